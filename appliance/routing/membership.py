@@ -1,0 +1,104 @@
+"""Which executors are alive, as seen from one query node.
+
+The ring is built over every configured executor and never changes while the process runs; liveness
+only *excludes* members. So when an executor dies its keys fall to the next member on the ring (and only
+its keys move), and when it comes back its keys return to it, where its cache still is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from appliance.routing.ring import HashRing
+
+log = logging.getLogger("appliance.routing")
+
+
+@dataclass
+class MemberState:
+    url: str
+    healthy: bool = False
+    draining: bool = False
+    last_seen: float = 0.0
+    last_error: str = ""
+    failures: int = 0
+
+
+class Membership:
+    """Executor health from periodic `/healthz` probes plus failures seen by the dispatcher."""
+
+    def __init__(self, urls: list[str], interval: float = 1.0, probe_timeout: float = 1.0) -> None:
+        if not urls:
+            raise ValueError("no executors configured (APPLIANCE_EXECUTOR_URLS is empty)")
+        self.ring = HashRing(urls)
+        self._states = {u: MemberState(u) for u in urls}
+        self._interval = interval
+        self._probe_timeout = probe_timeout
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Probe once synchronously (so the first request sees real health), then in the background."""
+        self.probe_all()
+        self._thread = threading.Thread(target=self._loop, name="executor-health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.probe_all()
+
+    def probe_all(self) -> None:
+        for url in list(self._states):
+            try:
+                resp = self._session.get(f"{url}/healthz", timeout=self._probe_timeout)
+                ok = resp.status_code == 200
+                error = "" if ok else f"healthz answered {resp.status_code}"
+            except requests.RequestException as exc:
+                ok, error = False, type(exc).__name__
+            self._record(url, ok, error)
+
+    def _record(self, url: str, ok: bool, error: str) -> None:
+        with self._lock:
+            state = self._states[url]
+            if ok and not state.healthy:
+                log.info("executor %s is up", url)
+            if not ok and state.healthy:
+                log.warning("executor %s is down: %s", url, error)
+            state.healthy = ok
+            if ok:
+                state.last_seen = time.time()
+                state.failures = 0
+                state.last_error = ""
+            else:
+                state.failures += 1
+                state.last_error = error
+
+    def mark_down(self, url: str, reason: str) -> None:
+        """A request to `url` failed: stop routing to it until a probe sees it healthy again."""
+        self._record(url, False, reason)
+
+    def down(self) -> set[str]:
+        with self._lock:
+            return {u for u, s in self._states.items() if not s.healthy or s.draining}
+
+    def live(self) -> list[str]:
+        excluded = self.down()
+        return [u for u in self.ring.nodes if u not in excluded]
+
+    def snapshot(self) -> list[dict[str, object]]:
+        with self._lock:
+            return [
+                {"url": s.url, "healthy": s.healthy, "draining": s.draining,
+                 "last_seen": s.last_seen, "last_error": s.last_error}
+                for s in self._states.values()
+            ]
