@@ -1,0 +1,137 @@
+"""One settings object for every process of the appliance.
+
+Each knob is declared once, below, with its default, its environment variable and its help text; the
+`appliance` CLI builds its flags from the same declarations, and `appliance up` hands the resolved values
+to the processes it starts as environment variables. That keeps the three ways of setting a knob (flag,
+environment, TOML file) from drifting apart. Precedence: flag > environment > TOML file > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "APPLIANCE_"
+CONFIG_FILE_ENV = "APPLIANCE_CONFIG"
+
+
+def _knob(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of every fleet; a process reads the ones its role needs."""
+
+    data: str = _knob("./data", "Storage root: a local folder, file:// or s3:// URI. Tables live under it.")
+    host: str = _knob("127.0.0.1", "Address the query node listens on.")
+    port: int = _knob(8080, "Port of the public HTTP API (the query node).")
+    executors: int = _knob(2, "Number of plan executors `appliance up` starts.")
+    executor_base_port: int = _knob(8181, "First internal port of the executors `appliance up` starts.")
+    executor_urls: str = _knob(
+        "", "Comma-separated executor URLs the query node routes to (set by `appliance up`)."
+    )
+    api_key: str = _knob(
+        "", "API key clients send in x-api-key. Unset: one is generated and kept under the data root."
+    )
+    internal_token: str = _knob(
+        "", "Shared secret between query nodes and executors. Unset: `appliance up` generates one."
+    )
+    query_threads: int = _knob(8, "Request threads of the query node's gunicorn worker.")
+    executor_threads: int = _knob(4, "Request threads of each executor's gunicorn worker.")
+    kernel_threads: int = _knob(1, "BLAS/faiss threads per executor, so executors do not oversubscribe cores.")
+    max_k: int = _knob(10_000, "Largest k a search may ask for.")
+    max_body_bytes: int = _knob(256 * 1024 * 1024, "Largest request body, in bytes.")
+    max_batch_rows: int = _knob(200_000, "Most rows one insert request may carry.")
+    max_query_vectors: int = _knob(1_000, "Most query vectors one search request may carry.")
+    routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
+    health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
+    request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")
+    startup_timeout: float = _knob(60.0, "Seconds `appliance up` waits for the fleet to become ready.")
+    log_level: str = _knob("info", "Log level of every process (debug, info, warning, error).")
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve settings from a TOML file, the environment and explicit overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config_path = env.get(CONFIG_FILE_ENV)
+        if config_path:
+            values.update(_read_toml(Path(config_path)))
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, for the child processes of a fleet."""
+        return {env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def executor_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.executor_urls.split(",") if u.strip()]
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Add one `--flag` per setting (all, or the named ones) with its env var and default in the help."""
+    for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_type_of(f),
+            default=None,
+            help=f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]",
+        )
+
+
+def settings_table_markdown() -> str:
+    """The settings as a Markdown table, so the README can be checked against the code."""
+    lines = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        lines.append(f"| `{flag}` | `{env_name(f.name)}` | `{f.default!r}` | {f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float}.get(str(f.type), str)
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    try:
+        return _type_of(f)(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {f.type}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        doc = tomllib.load(fh)
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
+    return doc
