@@ -1,0 +1,207 @@
+"""Starts and supervises a whole fleet on one machine: the embedded default behind `appliance up`.
+
+Every node is a real gunicorn process serving the same Flask apps the cloud fleets run; the supervisor
+only starts them with the right settings, waits until the fleet can serve, restarts a node that dies,
+and stops them all on Ctrl-C. Children run in their own sessions (so a terminal's Ctrl-C reaches only
+the supervisor, which then stops them gracefully) and die with the supervisor if it is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import requests
+
+from appliance.config import Settings
+from appliance.query.auth import resolve_api_key
+from appliance.storage import BlobStore, StorageRoot
+
+QUERY_APP = "appliance.query.app:create_app()"
+EXECUTOR_APP = "appliance.executor.app:create_app()"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Node:
+    role: str
+    name: str
+    port: int
+    threads: int
+    app: str
+    host: str = "127.0.0.1"
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class FleetError(RuntimeError):
+    pass
+
+
+class Fleet:
+    """One query node and N executors on this machine, sharing one storage root."""
+
+    def __init__(self, settings: Settings, log_dir: Path | None = None) -> None:
+        token = settings.internal_token or secrets.token_urlsafe(24)
+        api_key = resolve_api_key(settings, BlobStore(StorageRoot.parse(settings.data)))
+        self.executors = [
+            Node("executor", f"executor-{i}", settings.executor_base_port + i, settings.executor_threads,
+                 EXECUTOR_APP)
+            for i in range(settings.executors)
+        ]
+        self.settings = settings.replace(
+            internal_token=token,
+            api_key=api_key,
+            executor_urls=",".join(n.url for n in self.executors),
+        )
+        self.query = Node("query", "query-0", settings.port, settings.query_threads, QUERY_APP, settings.host)
+        self._log_dir = log_dir
+        self._stopping = threading.Event()
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [*self.executors, self.query]
+
+    @property
+    def url(self) -> str:
+        return self.query.url
+
+    @property
+    def api_key(self) -> str:
+        return self.settings.api_key
+
+    def start(self) -> None:
+        if self.settings.executors < 1:
+            raise FleetError("a fleet needs at least one executor (APPLIANCE_EXECUTORS >= 1)")
+        for node in self.nodes:
+            _check_port_free(node.host, node.port)
+        for node in self.nodes:
+            self._spawn(node)
+        try:
+            self.wait_ready(self.settings.startup_timeout)
+        except FleetError:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.process is not None and node.process.poll() is not None:
+                    raise FleetError(f"{node.name} exited with code {node.process.returncode} during start-up"
+                                     + self._log_hint(node))
+            try:
+                resp = requests.get(f"{self.url}/readyz", timeout=2)
+                if resp.status_code == 200 and resp.json().get("executors_live") == len(self.executors):
+                    return
+                last = resp.text
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+            time.sleep(0.2)
+        raise FleetError(f"fleet not ready after {timeout:.0f}s: {last}")
+
+    def supervise(self, poll: float = 0.5) -> None:
+        """Restart nodes that die, until stop() is called."""
+        while not self._stopping.wait(poll):
+            for node in self.nodes:
+                if not node.alive and not self._stopping.is_set():
+                    code = node.process.returncode if node.process else None
+                    print(f"[appliance] {node.name} exited (code {code}); restarting", file=sys.stderr,
+                          flush=True)
+                    node.restarts += 1
+                    time.sleep(min(5.0, 0.5 * node.restarts))
+                    self._spawn(node)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every node (gunicorn finishes in-flight requests), then SIGKILL what is left.
+
+        Signals go to each node's process group, so a worker whose master already died goes too."""
+        self._stopping.set()
+        for node in self.nodes:
+            _signal_group(node, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(node, signal.SIGKILL)
+            node.process.wait()
+            if node.log:
+                node.log.close()
+
+    def _spawn(self, node: Node) -> None:
+        env = {**os.environ, **self.settings.to_env(), "OMP_NUM_THREADS": str(self.settings.kernel_threads),
+               "OPENBLAS_NUM_THREADS": str(self.settings.kernel_threads)}
+        cmd = [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"{node.host}:{node.port}",
+            "--workers", "1",
+            "--worker-class", "gthread",
+            "--threads", str(node.threads),
+            "--timeout", str(int(self.settings.request_timeout) + 30),
+            "--graceful-timeout", "10",
+            "--log-level", self.settings.log_level,
+            "--name", f"appliance-{node.name}",
+            node.app,
+        ]
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            node.log = open(self._log_dir / f"{node.name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        node.process = subprocess.Popen(
+            cmd, env=env, stdout=node.log, stderr=subprocess.STDOUT if node.log else None,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+
+    def _log_hint(self, node: Node) -> str:
+        if self._log_dir is None:
+            return ""
+        return f" (log: {self._log_dir / (node.name + '.log')})"
+
+
+def _signal_group(node: Node, sig: int) -> None:
+    if node.process is None:
+        return
+    try:
+        os.killpg(node.process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise FleetError(f"port {host}:{port} is already in use; pick another with the flags") from exc
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when the supervisor dies, so no node outlives `appliance up`."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass

@@ -1,0 +1,5 @@
+"""The query node: the public HTTP API, query planning, dispatch to executors, merge and payload fetch.
+
+Handlers are thin: they parse a request into the service's terms and render its answer. The service
+(`service.py`) does the work, so a second front (the LanceDB-compatible protocol) reuses it unchanged.
+"""

@@ -1,0 +1,88 @@
+"""The native JSON API (`/api/v1/...`): tables, rows, deletes and search.
+
+JSON in and out by default; bulk inserts may send an Arrow IPC stream, and search answers Arrow IPC when
+the client asks for it with `Accept: application/vnd.apache.arrow.stream`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from flask import Blueprint, Response, g, request
+
+from appliance.errors import InvalidInput, PayloadTooLarge
+from appliance.query.bodies import ARROW_STREAM, parse_arrow_stream, parse_int, parse_json_body, parse_search
+from appliance.query.service import QueryService
+from appliance.storage.schema import rows_to_table
+from appliance.storage.tables import check_filter_text
+from appliance.web import json_response
+
+
+def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_rows: int) -> Blueprint:
+    api = Blueprint("native", __name__, url_prefix="/api/v1")
+
+    @api.post("/tables")
+    def create_table() -> Response:
+        doc = parse_json_body(request.get_data())
+        name = doc.get("name")
+        dimension = parse_int(doc, "dimension", 0, 1, 65_536)
+        info = service.create_table(name, dimension, doc.get("metric", "l2"), doc.get("schema"))
+        return json_response(info.to_json(), 201)
+
+    @api.get("/tables")
+    def list_tables() -> Response:
+        return json_response({"tables": service.list_tables()})
+
+    @api.get("/tables/<name>")
+    def describe(name: str) -> Response:
+        return json_response(service.describe(name).to_json())
+
+    @api.delete("/tables/<name>")
+    def drop(name: str) -> Response:
+        service.drop(name)
+        return json_response({"dropped": name})
+
+    @api.post("/tables/<name>/rows")
+    def insert(name: str) -> Response:
+        if request.mimetype == ARROW_STREAM:
+            data = parse_arrow_stream(request.get_data())
+        else:
+            doc = parse_json_body(request.get_data())
+            rows = doc.get("rows")
+            if not isinstance(rows, list):
+                raise InvalidInput("body must be {\"rows\": [...]} or an Arrow IPC stream")
+            if len(rows) > max_batch_rows:
+                raise PayloadTooLarge(f"at most {max_batch_rows} rows per request, got {len(rows)}")
+            data = rows_to_table(rows, service.describe_schema(name))
+        if data.num_rows > max_batch_rows:
+            raise PayloadTooLarge(f"at most {max_batch_rows} rows per request, got {data.num_rows}")
+        if data.num_rows == 0:
+            raise InvalidInput("no rows to insert")
+        version = service.insert(name, data)
+        return json_response({"table": name, "version": version, "inserted": data.num_rows})
+
+    @api.post("/tables/<name>/delete")
+    def delete(name: str) -> Response:
+        doc = parse_json_body(request.get_data())
+        predicate = doc.get("filter")
+        check_filter_text(predicate)
+        version, deleted = service.delete(name, predicate)
+        return json_response({"table": name, "version": version, "deleted": deleted})
+
+    @api.post("/tables/<name>/search")
+    def search(name: str) -> Response:
+        doc = parse_json_body(request.get_data())
+        search_request, batch = parse_search(doc, max_k, max_queries)
+        result = service.search(name, search_request, g.request_id)
+        if ARROW_STREAM in request.headers.get("accept", ""):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, result.rows.schema) as writer:
+                writer.write_table(result.rows)
+            return Response(sink.getvalue().to_pybytes(), mimetype=ARROW_STREAM,
+                            headers={"x-appliance-version": str(result.version)})
+        grouped = result.per_query(len(search_request.queries))
+        body = {"table": name, "version": result.version, "results": grouped if batch else grouped[0]}
+        if doc.get("explain"):
+            body["plan"] = result.plan.explain()
+        return json_response(body)
+
+    return api

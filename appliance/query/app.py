@@ -1,0 +1,70 @@
+"""The query node's Flask app.
+
+Run it with gunicorn: `gunicorn 'appliance.query.app:create_app()'`; settings come from the environment
+(`appliance up` sets them). The node keeps no state of its own: tables are in storage, executor health is
+re-learned by probing.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from appliance import __version__
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+from appliance.query.api import native_api
+from appliance.query.auth import API_KEY_HEADER, resolve_api_key
+from appliance.query.dispatch import Dispatcher
+from appliance.query.service import QueryService
+from appliance.routing.membership import Membership
+from appliance.storage import BlobStore, StorageRoot, TableStore
+from appliance.web import configure_logging, install_common, json_response, require_secret
+
+PUBLIC_PATHS = ("/healthz", "/readyz")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.load()
+    configure_logging(settings.log_level)
+    if not settings.internal_token:
+        raise RuntimeError("APPLIANCE_INTERNAL_TOKEN must be set for a query node")
+    root = StorageRoot.parse(settings.data)
+    api_key = resolve_api_key(settings, BlobStore(root))
+    membership = Membership(settings.executor_url_list, interval=settings.health_interval)
+    membership.start()
+    dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps)
+    service = QueryService(TableStore(root), dispatcher)
+
+    app = Flask("appliance.query")
+    install_common(app, "query", settings.max_body_bytes)
+
+    @app.before_request
+    def _authenticate() -> None:
+        if request.path not in PUBLIC_PATHS:
+            require_secret(API_KEY_HEADER, api_key)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response({"status": "ok", "role": "query", "version": __version__})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        problems = []
+        try:
+            root.check_reachable()
+        except ApplianceError as exc:
+            problems.append(f"{exc.message}: {exc.detail}")
+        live = membership.live()
+        if not live:
+            problems.append("no executor is healthy")
+        body = {"ready": not problems, "problems": problems, "executors_live": len(live),
+                "executors": len(membership.ring.nodes), "version": __version__}
+        return json_response(body, 200 if not problems else 503)
+
+    @app.get("/admin/ring")
+    def ring() -> Response:
+        return json_response({"members": membership.snapshot(), "live": membership.live()})
+
+    app.register_blueprint(native_api(service, settings.max_k, settings.max_query_vectors,
+                                      settings.max_batch_rows))
+    return app

@@ -1,0 +1,114 @@
+"""Shared fixtures: a real fleet (gunicorn processes on loopback) and a small HTTP client for it."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import requests
+
+from appliance.config import Settings
+from appliance.fleet import Fleet
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "debian-minilm"
+
+
+def free_port_block(n: int) -> int:
+    """The first of n consecutive free loopback ports (executors take consecutive ports)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports found")
+
+
+class Api:
+    """A thin client of the native API, so tests read as what a user does."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.key = key
+        self.http = requests.Session()
+        self.http.headers["x-api-key"] = key
+
+    def post(self, path: str, body: object = None) -> requests.Response:
+        """POST JSON; NaN and Infinity are written as JavaScript literals, as careless clients do."""
+        return self.http.post(self.url + path, data=json.dumps(body), timeout=60,
+                              headers={"content-type": "application/json"})
+
+    def get(self, path: str) -> requests.Response:
+        return self.http.get(self.url + path, timeout=60)
+
+    def create(self, name: str, dimension: int, metric: str = "l2", schema: dict | None = None) -> dict:
+        resp = self.post("/api/v1/tables", {"name": name, "dimension": dimension, "metric": metric,
+                                            "schema": schema or {}})
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    def insert(self, name: str, rows: list[dict]) -> dict:
+        resp = self.post(f"/api/v1/tables/{name}/rows", {"rows": rows})
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def insert_arrow(self, name: str, table: pa.Table) -> dict:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        resp = self.http.post(f"{self.url}/api/v1/tables/{name}/rows", data=sink.getvalue().to_pybytes(),
+                              headers={"content-type": "application/vnd.apache.arrow.stream"}, timeout=120)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def search(self, name: str, vector: list[float] | np.ndarray, k: int = 10, **extra: object) -> list[dict]:
+        body = {"vector": np.asarray(vector, dtype=float).tolist(), "k": k, **extra}
+        resp = self.post(f"/api/v1/tables/{name}/search", body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["results"]
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def start_fleet(data_root: Path, log_dir: Path, executors: int = 2, **settings: object) -> Fleet:
+    base_port = free_port_block(executors + 1)
+    settings = Settings.load(env={}).replace(
+        data=str(data_root), port=base_port, executors=executors, executor_base_port=base_port + 1,
+        health_interval=0.2, log_level="warning", **settings,
+    )
+    fleet = Fleet(settings, log_dir=log_dir)
+    fleet.start()
+    return fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A real fleet of 1 query node and 2 executors, shared by one test module."""
+    root = tmp_path_factory.mktemp("fleet")
+    f = start_fleet(root / "data", root / "logs")
+    yield f
+    f.stop()
+
+
+@pytest.fixture(scope="module")
+def api(fleet: Fleet) -> Api:
+    return Api(fleet.url, fleet.api_key)
