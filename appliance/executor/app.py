@@ -45,8 +45,12 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         if len(arrays) != 1 or arrays[0].ndim != 2 or arrays[0].dtype != np.float32:
             raise InvalidInput("a task batch carries exactly one float32 [nq, dimension] query matrix")
-        tasks = [Task.from_json(t) for t in header["tasks"]]
-        ids, dists, stats = runner.run(tasks, arrays[0], int(header["k"]), header["metric"], header.get("filter"))
+        try:
+            tasks = [Task.from_json(t) for t in header["tasks"]]
+            k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"malformed task batch: {exc}") from exc
+        ids, dists, stats = runner.run(tasks, arrays[0], k, metric, predicate)
         body = wire.encode(
             {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds},
             [ids, dists],

@@ -22,26 +22,47 @@ class SearchRequest:
     columns: list[str] | None = None
 
 
+FRAGMENT = "fragment"
+PARTITION = "partition"
+
+
 @dataclass(frozen=True)
 class Task:
-    """One unit of executor work. `key` is what routing hashes, so equal keys meet the same cache."""
+    """One unit of executor work. `key` is what routing hashes, so equal keys meet the same cache.
 
+    A `fragment` task flat-scans one fragment of the pinned table version; a `partition` task scans one
+    IVF partition (and its deltas) of a published index version.
+    """
+
+    kind: str
     key: str
     table: str
     version: int
-    fragment_id: int
+    fragment_id: int = -1
+    index_version: int = -1
+    partition: int = -1
 
     def to_json(self) -> dict[str, object]:
-        return {"key": self.key, "table": self.table, "version": self.version, "fragment": self.fragment_id}
+        return {"kind": self.kind, "key": self.key, "table": self.table, "version": self.version,
+                "fragment": self.fragment_id, "index_version": self.index_version, "partition": self.partition}
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> Task:
-        return cls(
-            key=str(doc["key"]),
-            table=str(doc["table"]),
-            version=int(doc["version"]),  # type: ignore[arg-type]
-            fragment_id=int(doc["fragment"]),  # type: ignore[arg-type]
-        )
+        try:
+            kind = str(doc["kind"])
+            if kind not in (FRAGMENT, PARTITION):
+                raise ValueError(f"unknown task kind {kind!r}")
+            return cls(
+                kind=kind,
+                key=str(doc["key"]),
+                table=str(doc["table"]),
+                version=int(doc["version"]),  # type: ignore[arg-type]
+                fragment_id=int(doc.get("fragment", -1)),  # type: ignore[arg-type]
+                index_version=int(doc.get("index_version", -1)),  # type: ignore[arg-type]
+                partition=int(doc.get("partition", -1)),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed task: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,7 @@ def plan_search(snapshot: TableSnapshot, request: SearchRequest) -> SearchPlan:
     if request.filter is not None:
         snapshot.validate_filter(request.filter)
     tasks = [
-        Task(key=fragment_key(snapshot.name, fid), table=snapshot.name, version=snapshot.version, fragment_id=fid)
+        Task(FRAGMENT, fragment_key(snapshot.name, fid), snapshot.name, snapshot.version, fragment_id=fid)
         for fid in snapshot.fragment_ids()
     ]
     return SearchPlan(
