@@ -12,7 +12,7 @@ APPLIANCE_DATA ?= ./data
 APPLIANCE_EXECUTORS ?= 2
 export APPLIANCE_PORT APPLIANCE_DATA APPLIANCE_EXECUTORS APPLIANCE_API_KEY
 
-.PHONY: run test test-fast bench lint venv clean
+.PHONY: run test test-fast bench bench-kernels bench-cache bench-search lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ test: $(VENV)/.installed-test
 
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Benchmarks write their sections of docs/BENCHMARKS.md (machine, data set and date included).
+bench: bench-kernels bench-cache bench-search
+
+bench-kernels: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_kernels.py
+
+bench-cache: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_cache.py
+
+bench-search: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_search.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check appliance kernels tests
