@@ -20,6 +20,10 @@ class SearchRequest:
     metric: str | None = None
     filter: str | None = None
     columns: list[str] | None = None
+    nprobes: int | None = None  # IVF partitions to probe; None = the index's default
+    refine_factor: int | None = None  # re-rank the top k x refine_factor with exact vectors
+    prefilter: bool = True  # evaluate the filter before the search (exact), else over-fetch and filter after
+    bypass_index: bool = False  # exact flat scan even when an index exists
 
 
 FRAGMENT = "fragment"
