@@ -1,12 +1,23 @@
-"""kernels: the compute layer of the appliance: distances, top-k selection and exact block search.
+"""kernels: the compute layer of the appliance: distances, top-k, IVF training and probing, codecs.
 
-Everything here is pure computation on numpy arrays, with no I/O and no dependency on `appliance`, so
-that each kernel can be swapped for a faster implementation behind the same signatures. Today that is
-the CPU through numpy's BLAS; SIMD dispatch and CUDA kernels come later.
+Everything here is pure computation on arrays, with no I/O and no dependency on `appliance`. Each kernel
+is written once against the array module (numpy on the CPU, cupy on a CUDA GPU; see `kernels.backend`),
+and the CPU route is numpy's BLAS for the matrix products plus faiss where it is faster. `python -m
+kernels info` reports what the running process uses.
 """
 
+from kernels.backend import cuda_available, resolve
+from kernels.codecs import fp16_decode, fp16_encode, sq8_decode, sq8_encode, sq8_train
 from kernels.distance import METRICS, pairwise_distances
+from kernels.ivf import assign, kmeans, probe
+from kernels.pq import pq_decode, pq_distances, pq_encode, pq_train
+from kernels.refine import candidate_distances
+from kernels.scan import CODECS, search_codes
 from kernels.threads import set_thread_budget
 from kernels.topk import NO_ID, merge_topk, search_block, topk
 
-__all__ = ["METRICS", "NO_ID", "merge_topk", "pairwise_distances", "search_block", "set_thread_budget", "topk"]
+__all__ = [
+    "CODECS", "METRICS", "NO_ID", "assign", "candidate_distances", "cuda_available", "fp16_decode", "fp16_encode",
+    "kmeans", "merge_topk", "pairwise_distances", "pq_decode", "pq_distances", "pq_encode", "pq_train", "probe",
+    "resolve", "search_block", "search_codes", "set_thread_budget", "sq8_decode", "sq8_encode", "sq8_train", "topk",
+]

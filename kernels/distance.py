@@ -9,27 +9,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.backend import module_of
+
 METRICS = ("l2", "cosine", "dot")
 
 
 def _as_matrix(name: str, array: np.ndarray) -> np.ndarray:
     # Converting once here keeps the BLAS call on the float32 path even when a caller hands us float64
     # or a strided view; a copy only happens when one is needed.
-    matrix = np.ascontiguousarray(array, dtype=np.float32)
+    matrix = module_of(array).ascontiguousarray(array, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape [rows, dim], got shape {matrix.shape}")
     return matrix
 
 
-def _row_norms(matrix: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
-
-
 def _inverse_norms(matrix: np.ndarray) -> np.ndarray:
     # A zero vector gets inverse norm 0 rather than inf, so its cosine similarity with anything is 0
     # (distance 1), as in Lance, instead of NaN.
-    norms = _row_norms(matrix)
-    return np.divide(np.float32(1), norms, out=np.zeros_like(norms), where=norms > 0)
+    xp = module_of(matrix)
+    norms = xp.sqrt(xp.einsum("ij,ij->i", matrix, matrix))
+    return xp.where(norms > 0, np.float32(1) / xp.where(norms > 0, norms, np.float32(1)), np.float32(0))
 
 
 def pairwise_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -46,14 +45,15 @@ def pairwise_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) ->
     if q.shape[1] != x.shape[1]:
         raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, vectors have dim {x.shape[1]}")
 
+    xp = module_of(q)
     products = q @ x.T
     if metric == "l2":
         products *= np.float32(-2)
-        products += np.einsum("ij,ij->i", q, q)[:, None]
-        products += np.einsum("ij,ij->i", x, x)[None, :]
-        # np.maximum (not fmax) so a NaN from bad input stays visible instead of becoming distance 0.
-        return np.maximum(products, np.float32(0), out=products)
+        products += xp.einsum("ij,ij->i", q, q)[:, None]
+        products += xp.einsum("ij,ij->i", x, x)[None, :]
+        # maximum (not fmax) so a NaN from bad input stays visible instead of becoming distance 0.
+        return xp.maximum(products, np.float32(0), out=products)
     if metric == "cosine":
         products *= _inverse_norms(q)[:, None]
         products *= _inverse_norms(x)[None, :]
-    return np.subtract(np.float32(1), products, out=products)
+    return xp.subtract(np.float32(1), products, out=products)

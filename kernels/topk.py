@@ -8,17 +8,19 @@ distances last, and short results are padded with (NO_ID, +inf) to a fixed [nq, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 
+from kernels.backend import module_of
 from kernels.distance import pairwise_distances
 
 NO_ID = np.uint64(2**64 - 1)
 """Id of a padding slot. Reserved: real row ids must be smaller, since padding is recognised by it."""
 
 
-def _padding(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((nq, k), NO_ID, dtype=np.uint64), np.full((nq, k), np.inf, dtype=np.float32)
+def _padding(nq: int, k: int, xp: ModuleType = np) -> tuple[np.ndarray, np.ndarray]:
+    return xp.full((nq, k), NO_ID, dtype=np.uint64), xp.full((nq, k), np.inf, dtype=np.float32)
 
 
 def _check_k(k: int) -> None:
@@ -31,33 +33,37 @@ def _select(distances: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
 
     argpartition alone cannot be used: among entries equal to the kth value it keeps an arbitrary
     subset, which would make the result depend on row order. So it only finds the kth value; every
-    entry <= it (all entries if it is NaN, since NaNs tie with each other) is a candidate, and one
-    lexsort over the candidates of all rows, keyed (row, distance, id), fixes the order. Candidates
-    are normally about nq * k entries, so the sort stays small next to the [nq, n] distance matrix.
+    entry <= it (all entries if it is NaN, since NaNs tie with each other) is a candidate, and three
+    stable sorts over the candidates of all rows, keyed (row, distance, id), fix the order. Candidates
+    are normally about nq * k entries, so the sorts stay small next to the [nq, n] distance matrix.
+    Written against the array module of `distances`, so the same code selects on the GPU.
     """
+    xp = module_of(distances)
     nq, n = distances.shape
-    out_ids, out_distances = _padding(nq, k)
+    out_ids, out_distances = _padding(nq, k, xp)
     m = min(k, n)
     if nq == 0 or m == 0:
         return out_ids, out_distances
 
     if m < n:
-        partitioned = np.argpartition(distances, m - 1, axis=1)[:, m - 1 : m]
-        kth = np.take_along_axis(distances, partitioned, axis=1)
-        candidates = (distances <= kth) | np.isnan(kth)
+        partitioned = xp.argpartition(distances, m - 1, axis=1)[:, m - 1 : m]
+        kth = xp.take_along_axis(distances, partitioned, axis=1)
+        candidates = (distances <= kth) | xp.isnan(kth)
     else:
-        candidates = np.ones((nq, n), dtype=bool)
+        candidates = xp.ones((nq, n), dtype=bool)
 
-    rows, cols = np.nonzero(candidates)
+    rows, cols = xp.nonzero(candidates)
     cand_distances = distances[rows, cols]
     cand_ids = ids[rows, cols] if ids.ndim == 2 else ids[cols]
-    order = np.lexsort((cand_ids, cand_distances, rows))
+    order = xp.argsort(cand_ids, kind="stable")
+    order = order[xp.argsort(cand_distances[order], kind="stable")]
+    order = order[xp.argsort(rows[order], kind="stable")]
 
     # nonzero lists candidates row by row and every row has at least m of them, so row r's sorted
     # candidates start at the number of candidates in the rows before it.
     counts = candidates.sum(axis=1)
-    starts = np.cumsum(counts) - counts
-    chosen = order[starts[:, None] + np.arange(m)]
+    starts = xp.cumsum(counts) - counts
+    chosen = order[starts[:, None] + xp.arange(m)]
     out_ids[:, :m] = cand_ids[chosen]
     out_distances[:, :m] = cand_distances[chosen]
     return out_ids, out_distances
@@ -70,8 +76,9 @@ def topk(distances: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np
     order or of where argpartition happened to split.
     """
     _check_k(k)
-    distances = np.asarray(distances, dtype=np.float32)
-    ids = np.asarray(ids, dtype=np.uint64)
+    xp = module_of(distances)
+    distances = xp.asarray(distances, dtype=np.float32)
+    ids = xp.asarray(ids, dtype=np.uint64)
     if distances.ndim != 2:
         raise ValueError(f"distances must be 2-D [nq, n], got shape {distances.shape}")
     if ids.shape != (distances.shape[1],):
@@ -89,8 +96,9 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
     _check_k(k)
     if not parts:
         raise ValueError("merge_topk needs at least one part (the number of queries comes from them)")
-    part_ids = [np.asarray(ids, dtype=np.uint64) for ids, _ in parts]
-    part_distances = [np.asarray(distances, dtype=np.float32) for _, distances in parts]
+    xp = module_of(parts[0][1])
+    part_ids = [xp.asarray(ids, dtype=np.uint64) for ids, _ in parts]
+    part_distances = [xp.asarray(distances, dtype=np.float32) for _, distances in parts]
     for ids, distances in zip(part_ids, part_distances, strict=True):
         # Part 0 is checked first, so its shape[0] is only read once it is known to be 2-D.
         if ids.ndim != 2 or ids.shape != distances.shape or ids.shape[0] != part_ids[0].shape[0]:
@@ -99,8 +107,8 @@ def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[
                 f"got ids {ids.shape} and distances {distances.shape}"
             )
 
-    ids = np.concatenate(part_ids, axis=1)
-    distances = np.concatenate(part_distances, axis=1)
+    ids = xp.concatenate(part_ids, axis=1)
+    distances = xp.concatenate(part_distances, axis=1)
     distances[ids == NO_ID] = np.nan
     out_ids, out_distances = _select(distances, ids, k)
     out_distances[out_ids == NO_ID] = np.inf
@@ -123,7 +131,7 @@ def search_block(
     _check_k(k)
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-    ids = np.asarray(ids, dtype=np.uint64)
+    ids = module_of(vectors).asarray(ids, dtype=np.uint64)
     n = len(vectors)
     if ids.shape != (n,):
         raise ValueError(f"ids must have shape ({n},) to match vectors, got {ids.shape}")
