@@ -1,57 +1,8 @@
-"""The query node <-> executor wire format.
+"""The query node <-> executor wire format: task batches and their results travel as frames."""
 
-A message is `MAGIC | u32 header length | JSON header | raw little-endian arrays`. The header is small
-(task list, k, metric, array shapes); the float32 query matrix and the result arrays travel as raw bytes,
-so a 1,000 x 384 query batch costs 1.5 MB and one memcpy, not a JSON float parser.
-"""
+from appliance.storage.frames import FrameError as WireError
+from appliance.storage.frames import decode, encode
 
-from __future__ import annotations
-
-import json
-import struct
-from typing import Any
-
-import numpy as np
-
-MAGIC = b"VAP1"
 CONTENT_TYPE = "application/x-appliance-tasks"
-_LEN = struct.Struct("<I")
 
-
-class WireError(ValueError):
-    """A message that is not in this format (truncated, wrong magic, shapes that do not add up)."""
-
-
-def encode(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
-    """Frame a header and arrays; the arrays' dtypes and shapes are recorded in the header."""
-    specs = [{"dtype": a.dtype.newbyteorder("<").str, "shape": list(a.shape)} for a in arrays]
-    head = json.dumps({**header, "arrays": specs}, separators=(",", ":")).encode()
-    parts = [MAGIC, _LEN.pack(len(head)), head]
-    parts += [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
-    return b"".join(parts)
-
-
-def decode(body: bytes) -> tuple[dict[str, Any], list[np.ndarray]]:
-    if len(body) < 8 or body[:4] != MAGIC:
-        raise WireError("not an appliance task message")
-    (head_len,) = _LEN.unpack_from(body, 4)
-    start = 8 + head_len
-    if start > len(body):
-        raise WireError("truncated header")
-    try:
-        header = json.loads(body[8:start])
-    except ValueError as exc:
-        raise WireError("header is not JSON") from exc
-    arrays = []
-    offset = start
-    for spec in header.pop("arrays", []):
-        dtype = np.dtype(spec["dtype"])
-        shape = tuple(int(n) for n in spec["shape"])
-        size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-        if offset + size > len(body):
-            raise WireError("truncated array data")
-        arrays.append(np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape))
-        offset += size
-    if offset != len(body):
-        raise WireError("trailing bytes after the last array")
-    return header, arrays
+__all__ = ["CONTENT_TYPE", "WireError", "decode", "encode"]
