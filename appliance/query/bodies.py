@@ -71,7 +71,20 @@ def parse_search(doc: dict[str, Any], max_k: int, max_queries: int) -> tuple[Sea
         not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
     ):
         raise InvalidInput("columns must be a list of column names")
-    return SearchRequest(queries=queries, k=k, metric=metric, filter=predicate, columns=columns), batch
+    nprobes = parse_int(doc, "nprobes", 0, 0, 1_000_000) or None
+    refine = doc.get("refine_factor")
+    refine_factor = None if refine is None else parse_int(doc, "refine_factor", 0, 0, 1_000)
+    prefilter = parse_bool(doc, "prefilter", True)
+    bypass = parse_bool(doc, "bypass_vector_index", False)
+    return SearchRequest(queries=queries, k=k, metric=metric, filter=predicate, columns=columns, nprobes=nprobes,
+                         refine_factor=refine_factor, prefilter=prefilter, bypass_index=bypass), batch
+
+
+def parse_bool(doc: dict[str, Any], name: str, default: bool) -> bool:
+    value = doc.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def parse_vectors(raw: Any, field: str) -> np.ndarray:

@@ -1,0 +1,13 @@
+"""The appliance's IVF index: its on-storage format, its builder, and how a partition is scanned.
+
+No HTTP here. The index of a table is a set of immutable objects beside the table (centroids with the
+codec's parameters, partition objects, delta objects) named by a manifest; a new version becomes visible
+only when its manifest is published by moving the table's CURRENT pointer, so readers never see half
+an index and older versions stay readable until cleanup.
+"""
+
+from appliance.index.manifest import IndexManifest, ObjectRef
+from appliance.index.params import CODECS, IndexParams
+from appliance.index.store import IndexStore
+
+__all__ = ["CODECS", "IndexManifest", "IndexParams", "IndexStore", "ObjectRef"]

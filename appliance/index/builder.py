@@ -1,0 +1,153 @@
+"""Builds index versions: full (train centroids and codec, assign every row) and partial (assign the rows
+added since the last version to the existing centroids, as delta objects).
+
+Both stream over the table in batches and spill partition buffers to storage whenever they pass a byte
+budget, so a table larger than RAM indexes in bounded memory; a partition is then several objects, which
+is also how deltas are represented.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+import kernels
+from appliance.errors import InvalidInput
+from appliance.index import codec
+from appliance.index.manifest import IndexManifest, ObjectRef
+from appliance.index.params import IndexParams
+from appliance.index.store import IndexStore
+from appliance.storage.schema import VECTOR_COLUMN, vectors_to_numpy
+from appliance.storage.tables import TableSnapshot, TableStore
+
+Progress = Callable[[int], None]
+SPILL_BYTES = 64 * 1024 * 1024
+
+
+class PartitionWriter:
+    """Buffers encoded rows per partition and writes them out as objects when the buffer is full."""
+
+    def __init__(self, store: IndexStore, table: str, nlist: int, spill_bytes: int = SPILL_BYTES) -> None:
+        self._store = store
+        self._table = table
+        self._ids: list[list[np.ndarray]] = [[] for _ in range(nlist)]
+        self._codes: list[list[np.ndarray]] = [[] for _ in range(nlist)]
+        self._buffered = 0
+        self._spill_bytes = spill_bytes
+        self.refs: list[list[ObjectRef]] = [[] for _ in range(nlist)]
+
+    def add(self, ids: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> None:
+        order = np.argsort(labels, kind="stable")
+        labels, ids, codes = labels[order], ids[order], codes[order]
+        bounds = np.searchsorted(labels, np.arange(len(self._ids) + 1))
+        for p in np.unique(labels):
+            lo, hi = bounds[p], bounds[p + 1]
+            self._ids[p].append(ids[lo:hi])
+            self._codes[p].append(codes[lo:hi])
+        self._buffered += ids.nbytes + codes.nbytes
+        if self._buffered >= self._spill_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        for p, (ids, codes) in enumerate(zip(self._ids, self._codes, strict=True)):
+            if ids:
+                all_ids = np.concatenate(ids)
+                ref = self._store.put_object(self._table, {"ids": all_ids, "codes": np.concatenate(codes)},
+                                             rows=len(all_ids))
+                self.refs[p].append(ref)
+                self._ids[p], self._codes[p] = [], []
+        self._buffered = 0
+
+
+def build_full(tables: TableStore, indexes: IndexStore, name: str, params: IndexParams,
+               progress: Progress | None = None, metric: str | None = None) -> IndexManifest:
+    """Train and write a whole new index version (under `metric`, the table's by default) and publish it."""
+    started = time.time()
+    snap = tables.snapshot(name)
+    metric = metric or snap.metric
+    rows = snap.dataset.count_rows()
+    if rows == 0:
+        raise InvalidInput(f"table '{name}' is empty; insert rows before building an index")
+    p = params.resolved(rows, snap.dimension)
+    sample = _sample(snap, p.sample_rows, p.seed)
+    centroids = kernels.kmeans(sample, p.nlist, metric=metric, iters=p.kmeans_iters, seed=p.seed)
+    codec_params = codec.train(p.codec, sample, metric, p.pq_m, p.seed, p.kmeans_iters)
+    centroids_ref = indexes.put_object(name, {"centroids": centroids, **codec_params}, rows=len(centroids))
+    writer = PartitionWriter(indexes, name, p.nlist)
+    indexed, watermark = _assign_all(_batches(snap, p.batch_rows), metric, centroids, codec_params, p, writer,
+                                     progress)
+    manifest = IndexManifest(
+        table=name, index_version=indexes.next_version(name), metric=metric, dimension=snap.dimension,
+        codec=p.codec, params=p.to_json(), table_version=snap.version, row_id_watermark=watermark,
+        rows=indexed, trained_rows=rows, centroids=centroids_ref, partitions=writer.refs,
+        created_at=started, build_seconds=time.time() - started, kind="full",
+    )
+    indexes.publish(manifest)
+    return manifest
+
+
+def build_partial(tables: TableStore, indexes: IndexStore, name: str,
+                  progress: Progress | None = None) -> IndexManifest | None:
+    """Index the rows added since the current version; None when there is nothing new."""
+    base = indexes.current(name)
+    if base is None:
+        raise InvalidInput(f"table '{name}' has no index to extend; build a full index first")
+    started = time.time()
+    snap = tables.snapshot(name)
+    p = IndexParams(**base.params)
+    arrays, _ = indexes.get_object(base.centroids)
+    centroids = arrays.pop("centroids")
+    writer = PartitionWriter(indexes, name, base.nlist)
+    batches = _batches(snap, p.batch_rows, f"_rowid >= {base.row_id_watermark}")
+    indexed, watermark = _assign_all(batches, base.metric, centroids, arrays, p, writer, progress)
+    if indexed == 0:
+        return None
+    manifest = IndexManifest(
+        table=name, index_version=indexes.next_version(name), metric=base.metric, dimension=base.dimension,
+        codec=base.codec, params=base.params, table_version=snap.version,
+        row_id_watermark=max(watermark, base.row_id_watermark), rows=base.rows + indexed,
+        trained_rows=base.trained_rows, centroids=base.centroids,
+        partitions=[old + new for old, new in zip(base.partitions, writer.refs, strict=True)],
+        created_at=started, build_seconds=time.time() - started, kind="partial",
+        history=[*base.history, base.index_version],
+    )
+    indexes.publish(manifest)
+    return manifest
+
+
+def _assign_all(batches: Iterator[pa.RecordBatch], metric: str, centroids: np.ndarray,
+                codec_params: dict[str, np.ndarray], p: IndexParams, writer: PartitionWriter,
+                progress: Progress | None) -> tuple[int, int]:
+    indexed, watermark = 0, 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        ids = batch.column("_rowid").to_numpy().astype(np.uint64)
+        vectors = vectors_to_numpy(batch.column(VECTOR_COLUMN))
+        labels, _ = kernels.assign(vectors, centroids, metric=metric)
+        writer.add(ids, codec.encode(p.codec, vectors, codec_params, metric), labels)
+        indexed += len(ids)
+        watermark = max(watermark, int(ids.max()) + 1)
+        if progress:
+            progress(len(ids))
+    writer.flush()
+    return indexed, watermark
+
+
+def _batches(snap: TableSnapshot, batch_rows: int, predicate: str | None = None) -> Iterator[pa.RecordBatch]:
+    scanner = snap.dataset.scanner(columns=[VECTOR_COLUMN], with_row_id=True, filter=predicate,
+                                   batch_size=batch_rows, scan_in_order=True)
+    yield from scanner.to_batches()
+
+
+def _sample(snap: TableSnapshot, n: int, seed: int) -> np.ndarray:
+    """A seeded uniform sample of the table's vectors, so the same data and seed train the same index."""
+    rows = snap.dataset.count_rows()
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(rows, size=min(n, rows), replace=False))
+    table = snap.dataset.take(picks, columns=[VECTOR_COLUMN])
+    return vectors_to_numpy(table.column(VECTOR_COLUMN))
+

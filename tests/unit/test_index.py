@@ -1,0 +1,132 @@
+"""The IVF index on a real local storage root: determinism, publication, deltas, compaction, corruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from appliance.errors import InvalidInput
+from appliance.index import IndexParams, IndexStore
+from appliance.index.builder import build_full, build_partial
+from appliance.index.partition import PartitionScanner
+from appliance.index.store import CorruptIndexObject
+from appliance.storage import StorageRoot, TableStore
+from appliance.storage.schema import vector_type
+
+
+@pytest.fixture
+def root(tmp_path) -> StorageRoot:
+    return StorageRoot.parse(str(tmp_path / "root"))
+
+
+def clustered(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(8, d)) * 4
+    return (centers[rng.integers(0, 8, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def load(tables: TableStore, name: str, vectors: np.ndarray, start: int = 0) -> None:
+    tables.append(name, pa.table({"vector": pa.array(vectors.tolist(), vector_type(vectors.shape[1])),
+                                  "n": np.arange(start, start + len(vectors))}))
+
+
+def contents(indexes: IndexStore, manifest) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for refs in manifest.partitions:
+        objs = [indexes.get_object(ref)[0] for ref in refs]
+        ids = np.concatenate([o["ids"] for o in objs]) if objs else np.empty(0, np.uint64)
+        codes = np.concatenate([o["codes"] for o in objs]) if objs else np.empty(0)
+        out.append((ids, codes))
+    return out
+
+
+@pytest.mark.parametrize("codec", ["flat", "fp16", "sq8", "pq"])
+def test_same_data_and_seed_build_the_same_index(root, codec) -> None:
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 16, "l2", {"n": "int64"})
+    load(tables, "t", clustered(2000, 16, 0))
+    params = IndexParams(codec=codec, nlist=16, pq_m=4, seed=3)
+    first = build_full(tables, indexes, "t", params)
+    second = build_full(tables, indexes, "t", params)
+    assert (first.index_version, second.index_version) == (1, 2)
+    assert indexes.current_version("t") == 2
+    c1, c2 = indexes.get_object(first.centroids)[0], indexes.get_object(second.centroids)[0]
+    assert c1.keys() == c2.keys() and all(np.array_equal(c1[k], c2[k]) for k in c1)
+    for (i1, x1), (i2, x2) in zip(contents(indexes, first), contents(indexes, second), strict=True):
+        assert np.array_equal(i1, i2) and np.array_equal(x1, x2)
+    assert sum(len(i) for i, _ in contents(indexes, first)) == 2000
+
+
+def test_partial_build_adds_deltas_and_survives_compaction(root) -> None:
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 8, "l2", {"n": "int64"})
+    load(tables, "t", clustered(500, 8, 1))
+    full = build_full(tables, indexes, "t", IndexParams(nlist=8))
+    assert build_partial(tables, indexes, "t") is None  # nothing new
+    load(tables, "t", clustered(100, 8, 2), start=500)
+    delta = build_partial(tables, indexes, "t")
+    assert delta.kind == "partial" and delta.rows == 600 and delta.history == [full.index_version]
+    assert delta.centroids == full.centroids  # not retrained
+    assert all(old == new[:len(old)] for old, new in zip(full.partitions, delta.partitions, strict=True))
+    indexed = np.sort(np.concatenate([i for i, _ in contents(indexes, delta)]))
+    tables.snapshot("t").dataset.optimize.compact_files(target_rows_per_fragment=10_000)
+    snap = tables.snapshot("t")
+    live = np.sort(snap.dataset.to_table(columns=[], with_row_id=True).column("_rowid").to_numpy())
+    assert np.array_equal(indexed, live)  # stable row ids: the index still names every row
+    assert all(hi < delta.row_id_watermark for hi in (h for _, h in snap.fragment_row_ranges().values()))
+
+
+def test_builder_killed_before_publication_leaves_previous_version(root, monkeypatch) -> None:
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 4, "l2", {"n": "int64"})
+    load(tables, "t", clustered(300, 4, 3))
+    build_full(tables, indexes, "t", IndexParams(nlist=4))
+
+    def die(*_args, **_kwargs):
+        raise KeyboardInterrupt("killed mid-build")
+
+    monkeypatch.setattr(IndexStore, "publish", die)
+    with pytest.raises(KeyboardInterrupt):
+        build_full(tables, indexes, "t", IndexParams(nlist=4, seed=9))
+    monkeypatch.undo()
+    assert indexes.current_version("t") == 1
+    assert indexes.current("t").index_version == 1
+
+
+def test_corrupt_objects_are_detected_never_served(root, tmp_path) -> None:
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 4, "l2", {"n": "int64"})
+    load(tables, "t", clustered(200, 4, 4))
+    manifest = build_full(tables, indexes, "t", IndexParams(nlist=2))
+    ref = next(refs[0] for refs in manifest.partitions if refs)
+    path = tmp_path / "root" / "_appliance" / "indexes" / ref.key
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndexObject):
+        indexes.get_object(ref)
+
+
+def test_scanner_finds_each_row_in_its_partition(root) -> None:
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 8, "cosine", {"n": "int64"})
+    vectors = clustered(400, 8, 5)
+    load(tables, "t", vectors)
+    manifest = build_full(tables, indexes, "t", IndexParams(nlist=4))
+    scanner = PartitionScanner(indexes)
+    found = 0
+    for p in range(manifest.nlist):
+        ids, dists, rows = scanner.scan("t", manifest.index_version, p, vectors[:5], 400)
+        found += rows
+    assert found == 400
+
+
+def test_empty_table_and_bad_params_are_refused(root) -> None:
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 4, "l2")
+    with pytest.raises(InvalidInput, match="empty"):
+        build_full(tables, indexes, "t", IndexParams())
+    for bad in [{"codec": "zip"}, {"nlist": -1}, {"bogus": 1}, {"nlist": "many"}]:
+        with pytest.raises(InvalidInput):
+            IndexParams.from_json(bad)
