@@ -1,16 +1,28 @@
-"""Runs a batch of search tasks: read each fragment, compute exact distances, keep the top k."""
+"""Runs a batch of search tasks (fragment flat scans, IVF partition scans) and keeps the top k.
+
+Everything a task scans comes through the executor's tiered cache, under keys that name immutable objects:
+a fragment's data files and deletion file at the pinned version, an index object's id.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from threading import Lock
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import xxhash
+from lance.fragment import LanceFragment
 
 import kernels
-from appliance.planner.plan import Task
+from appliance.cache import TieredCache
+from appliance.errors import InvalidInput
+from appliance.index.manifest import ObjectRef
+from appliance.index.partition import PartitionScanner
+from appliance.index.store import IndexStore
+from appliance.lru import Lru
+from appliance.planner.plan import FRAGMENT, PARTITION, Task
 from appliance.storage.tables import TableSnapshot, TableStore, read_fragment_vectors
 
 
@@ -19,53 +31,111 @@ class BatchStats:
     tasks: int = 0
     rows_scanned: int = 0
     seconds: float = 0.0
-    per_task: list[dict[str, object]] = field(default_factory=list)
 
 
-class SnapshotCache:
-    """Open Lance dataset handles by (table, version); opening one reads a manifest from storage."""
-
-    def __init__(self, store: TableStore, capacity: int = 64) -> None:
-        self._store = store
-        self._capacity = capacity
-        self._entries: OrderedDict[tuple[str, int], TableSnapshot] = OrderedDict()
-        self._lock = Lock()
-
-    def get(self, table: str, version: int) -> TableSnapshot:
-        key = (table, version)
-        with self._lock:
-            snap = self._entries.get(key)
-            if snap is not None:
-                self._entries.move_to_end(key)
-                return snap
-        snap = self._store.snapshot(table, version)
-        with self._lock:
-            self._entries[key] = snap
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
-        return snap
+TaskMethod = Callable[[Task, np.ndarray, int, str, "str | None"], tuple[np.ndarray, np.ndarray, int]]
 
 
 class TaskRunner:
-    def __init__(self, store: TableStore) -> None:
-        self._snapshots = SnapshotCache(store)
+    """Runs each task kind with one small method; results of all tasks are merged here."""
+
+    def __init__(self, store: TableStore, indexes: IndexStore, cache: TieredCache) -> None:
+        self.cache = cache
+        self._store = store
+        self._indexes = indexes
+        self._snapshots: Lru[TableSnapshot] = Lru(64)
+        self._partitions = PartitionScanner(indexes, load=self._index_object)
+        self._kinds: dict[str, TaskMethod] = {FRAGMENT: self._fragment, PARTITION: self._partition}
 
     def run(
         self, tasks: list[Task], queries: np.ndarray, k: int, metric: str, predicate: str | None
     ) -> tuple[np.ndarray, np.ndarray, BatchStats]:
-        """Top-k over all tasks' rows, merged here so only nq x k results go back over the network."""
+        """Top-k over all tasks' rows, merged here so only nq x k results go back over the network.
+
+        The filter applies to fragment tasks (exact prefilter); partition tasks return unfiltered
+        candidates, which the query node post-filters.
+        """
         started = time.perf_counter()
         stats = BatchStats()
         parts = []
         for task in tasks:
-            snap = self._snapshots.get(task.table, task.version)
-            ids, vectors = read_fragment_vectors(snap, task.fragment_id, predicate)
-            parts.append(kernels.search_block(queries, vectors, ids, metric, k))
+            method = self._kinds.get(task.kind)
+            if method is None:
+                raise InvalidInput(f"this executor does not run {task.kind!r} tasks")
+            ids, dists, rows = method(task, queries, k, metric, predicate)
+            parts.append((ids, dists))
             stats.tasks += 1
-            stats.rows_scanned += len(ids)
+            stats.rows_scanned += rows
         if not parts:
-            parts.append(kernels.search_block(queries, np.empty((0, queries.shape[1]), np.float32),
-                                              np.empty(0, np.uint64), metric, k))
+            parts.append(_no_rows(queries, metric, k))
         ids, dists = kernels.merge_topk(parts, k)
         stats.seconds = time.perf_counter() - started
         return ids, dists, stats
+
+    def _snapshot(self, table: str, version: int) -> TableSnapshot:
+        return self._snapshots.get_or_load((table, version), lambda: self._store.snapshot(table, version))
+
+    def _fragment(self, task: Task, queries: np.ndarray, k: int, metric: str, predicate: str | None
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Flat scan of one fragment's live rows (those matching the filter, ids >= min_row_id).
+
+        The cache holds the fragment's unfiltered rows, so every filter reuses them; a filter costs only the
+        ids of its matching rows, read from the payload columns without the vectors and cached as well.
+        """
+        snapshot = self._snapshot(task.table, task.version)
+        fragment = snapshot.dataset.get_fragment(task.fragment_id)
+        if fragment is None:
+            return (*_no_rows(queries, metric, k), 0)
+        key = fragment_cache_key(task.table, fragment)
+
+        def load() -> dict[str, np.ndarray]:
+            ids, vectors = read_fragment_vectors(snapshot, task.fragment_id)
+            return {"ids": ids, "vectors": vectors}
+
+        with self.cache.pinned(key, load) as rows:
+            ids, vectors = rows["ids"], rows["vectors"]
+            keep = ids >= task.min_row_id if task.min_row_id else None
+            if predicate is not None:
+                matching = self.cache.get(f"{key}?filter={predicate}",
+                                          lambda: {"ids": matching_row_ids(fragment, predicate)})["ids"]
+                keep = np.isin(ids, matching) if keep is None else keep & np.isin(ids, matching)
+            if keep is not None:
+                ids, vectors = ids[keep], vectors[keep]
+            found, dists = kernels.search_block(queries, vectors, ids, metric, k)
+        return found, dists, len(ids)
+
+    def _partition(self, task: Task, queries: np.ndarray, k: int, metric: str, predicate: str | None
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Candidates of one IVF partition, unfiltered: the query node post-filters them."""
+        return self._partitions.scan(task.table, task.index_version, task.partition, queries, k)
+
+    def _index_object(self, ref: ObjectRef) -> dict[str, np.ndarray]:
+        """An index object (centroids, partition, delta) through the cache; its storage key is a fresh
+        uuid per object, so it is immutable."""
+        return self.cache.get(f"index/{ref.key}", lambda: self._indexes.get_object(ref)[0])
+
+
+def _no_rows(queries: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (padding-only) top k of nothing, in the shape every part of a merge has."""
+    return kernels.search_block(queries, np.empty((0, queries.shape[1]), np.float32), np.empty(0, np.uint64),
+                                metric, k)
+
+
+def fragment_cache_key(table: str, fragment: LanceFragment) -> str:
+    """A name for exactly the rows a fragment holds at this version: its data files (immutable, uniquely
+    named by Lance) and its deletion file (each delete writes a new one), so a deletion makes a new key and
+    an unchanged fragment keeps its key across versions."""
+    meta = fragment.metadata
+    identity = {
+        "files": [f.path for f in meta.files],
+        "deletions": meta.deletion_file.path(meta.id) if meta.deletion_file is not None else None,
+        "overlays": meta.to_json().get("overlays") or [],
+    }
+    digest = xxhash.xxh3_128_hexdigest(json.dumps(identity, sort_keys=True, default=str).encode())
+    return f"{table}/fragment/{meta.id}/{digest}"
+
+
+def matching_row_ids(fragment: LanceFragment, predicate: str) -> np.ndarray:
+    """Ids of the fragment's live rows matching a filter, read from the columns the filter names only."""
+    table = fragment.to_table(columns=[], filter=predicate, with_row_id=True)
+    return table.column("_rowid").to_numpy().astype(np.uint64, copy=False)

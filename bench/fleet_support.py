@@ -1,0 +1,39 @@
+"""What the fleet benchmarks share: a real local fleet (1 query node, N executors on loopback) for one block.
+
+Benchmarks load data the way the integration tests do, so this module puts `tests/` and `tests/integration/`
+on the path and re-exports what they share from there (`Api`, `SHARED_DATA`, `load_debian`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+
+from conftest import SHARED_DATA, Api, free_port_block  # noqa: E402
+from test_cache_fleet import FRAGMENT_ROWS, load_debian  # noqa: E402
+
+from appliance.config import Settings  # noqa: E402
+from appliance.fleet import Fleet  # noqa: E402
+
+__all__ = ["FRAGMENT_ROWS", "REPO", "SHARED_DATA", "Api", "free_port_block", "load_debian", "local_fleet"]
+
+
+@contextmanager
+def local_fleet(work: Path, port: int, cache: str = "cache", executors: int = 2, **settings: object) -> Iterator[Api]:
+    """A fleet with its data root `work/data`, its cache in folder `work/cache` and its logs in `work/logs`,
+    listening on `port` (executors on the ports after it), stopped when the block ends. Extra keyword
+    arguments are settings (`cache_ram_bytes=1`, `data="s3://..."`, ...)."""
+    config = Settings.load(env={}).replace(**{
+        "data": str(work / "data"), "port": port, "executors": executors, "executor_base_port": port + 1,
+        "cache_dir": str(work / cache), "health_interval": 0.2, "log_level": "warning", **settings})
+    fleet = Fleet(config, log_dir=work / "logs")
+    fleet.start()
+    try:
+        yield Api(fleet.url, fleet.api_key)
+    finally:
+        fleet.stop()
