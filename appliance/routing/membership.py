@@ -30,7 +30,7 @@ class MemberState:
 
 
 class Membership:
-    """Executor health from periodic `/healthz` probes plus failures seen by the dispatcher."""
+    """Executor health from periodic `/readyz` probes plus failures seen by the dispatcher."""
 
     def __init__(self, urls: list[str], interval: float = 1.0, probe_timeout: float = 1.0) -> None:
         if not urls:
@@ -59,17 +59,31 @@ class Membership:
 
     def probe_all(self) -> None:
         for url in list(self._states):
-            try:
-                resp = self._session.get(f"{url}/healthz", timeout=self._probe_timeout)
-                ok = resp.status_code == 200
-                error = "" if ok else f"healthz answered {resp.status_code}"
-            except requests.RequestException as exc:
-                ok, error = False, type(exc).__name__
-            self._record(url, ok, error)
+            ok, draining, error = self._probe(url)
+            self._record(url, ok, error, draining)
 
-    def _record(self, url: str, ok: bool, error: str) -> None:
+    def _probe(self, url: str) -> tuple[bool, bool, str]:
+        """(alive, draining, error) from the executor's `/readyz`: 503 with `"draining": true` is a live
+        executor being taken out (POST /admin/drain), excluded from routing but not counted as failing. An
+        executor without `/readyz` (an older version, mid-upgrade) is probed on `/healthz`."""
+        try:
+            resp = self._session.get(f"{url}/readyz", timeout=self._probe_timeout)
+            if resp.status_code == 404:
+                resp = self._session.get(f"{url}/healthz", timeout=self._probe_timeout)
+        except requests.RequestException as exc:
+            return False, False, type(exc).__name__
+        if resp.status_code == 200:
+            return True, False, ""
+        if resp.status_code == 503 and _is_draining(resp):
+            return True, True, ""
+        return False, False, f"{resp.request.path_url} answered {resp.status_code}"
+
+    def _record(self, url: str, ok: bool, error: str, draining: bool = False) -> None:
         with self._lock:
             state = self._states[url]
+            if draining != state.draining:
+                log.info("executor %s %s", url, "is draining" if draining else "is no longer draining")
+            state.draining = draining
             if ok and not state.healthy:
                 log.info("executor %s is up", url)
             if not ok and state.healthy:
@@ -102,3 +116,10 @@ class Membership:
                  "last_seen": s.last_seen, "last_error": s.last_error}
                 for s in self._states.values()
             ]
+
+
+def _is_draining(resp: requests.Response) -> bool:
+    try:
+        return bool(resp.json().get("draining"))
+    except (ValueError, AttributeError):
+        return False
