@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import requests
+from s3_support import S3Endpoint, start_moto
 
 from appliance.config import Settings
 from appliance.fleet import Fleet
@@ -89,7 +90,7 @@ def data_root(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def start_fleet(data_root: Path, log_dir: Path, executors: int = 2, **settings: object) -> Fleet:
+def start_fleet(data_root: Path | str, log_dir: Path, executors: int = 2, **settings: object) -> Fleet:
     base_port = free_port_block(executors + 1)
     settings = Settings.load(env={}).replace(
         data=str(data_root), port=base_port, executors=executors, executor_base_port=base_port + 1,
@@ -100,11 +101,43 @@ def start_fleet(data_root: Path, log_dir: Path, executors: int = 2, **settings: 
     return fleet
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets `STORAGE_BACKENDS = ["local", "s3"]` runs its fleet tests once per storage root."""
+    if "storage" in metafunc.fixturenames:
+        backends = getattr(metafunc.module, "STORAGE_BACKENDS", ["local"])
+        metafunc.parametrize("storage", backends, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Endpoint]:
+    """moto's S3 server on loopback, shared by the session."""
+    port = free_port_block(1)
+    server = start_moto(port)
+    yield S3Endpoint(f"http://127.0.0.1:{port}")
+    server.stop()
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """A real fleet of 1 query node and 2 executors, shared by one test module."""
-    root = tmp_path_factory.mktemp("fleet")
-    f = start_fleet(root / "data", root / "logs")
+def storage(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "local")
+
+
+def storage_settings(storage: str, root: Path, request: pytest.FixtureRequest) -> dict[str, object]:
+    """Settings that put a fleet's tables on `storage`: a local folder, or a fresh bucket on moto (with the
+    event queue in a local SQLite file, since the default queue needs a local root)."""
+    if storage == "local":
+        return {"data": str(root / "data")}
+    s3: S3Endpoint = request.getfixturevalue("s3")
+    return {"data": f"s3://{s3.new_bucket()}/appliance", "storage_options": s3.storage_options,
+            "events": f"sqlite://{root / 'events.sqlite'}"}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, storage: str, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """A real fleet of 1 query node and 2 executors, shared by one test module, on `storage`."""
+    root = tmp_path_factory.mktemp(f"fleet-{storage}")
+    settings = storage_settings(storage, root, request)
+    f = start_fleet(settings.pop("data"), root / "logs", **settings)
     yield f
     f.stop()
 

@@ -9,6 +9,8 @@ import requests
 
 from appliance.storage.schema import vector_type
 
+STORAGE_BACKENDS = ["local", "s3"]
+
 
 def exact(base: np.ndarray, q: np.ndarray, metric: str, k: int) -> list[int]:
     b = base.astype(np.float64)

@@ -8,6 +8,7 @@ import pytest
 
 from appliance.errors import InvalidInput, TableExists, TableNotFound
 from appliance.storage import BlobStore, StorageRoot, TableStore
+from appliance.storage.root import parse_options
 from appliance.storage.schema import rows_to_table, vector_type
 from appliance.storage.tables import read_fragment_vectors
 
@@ -100,6 +101,24 @@ def test_blobs_are_atomic_and_keys_are_confined(tmp_path) -> None:
     assert not list((tmp_path / "_appliance" / "a").glob("*.tmp-*"))
     with pytest.raises(ValueError):
         blobs.put("../escape", b"x")
+
+
+def test_put_if_absent_never_overwrites(tmp_path) -> None:
+    blobs = BlobStore(StorageRoot.parse(str(tmp_path)))
+    assert blobs.put_if_absent("m/1.json", b"first")
+    assert not blobs.put_if_absent("m/1.json", b"second")
+    assert blobs.get("m/1.json") == b"first"
+    assert not list((tmp_path / "_appliance" / "m").glob("*.tmp-*"))
+
+
+def test_storage_options_reach_lance_and_local_roots_need_none() -> None:
+    assert parse_options(" aws_region = eu-west-1,ALLOW_HTTP=true") == {"aws_region": "eu-west-1", "allow_http": "true"}
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_options("aws_region")
+    remote = StorageRoot.parse("s3://bucket/prefix/", "aws_region=eu-west-1")
+    assert remote.uri == "s3://bucket/prefix" and remote.scheme == "s3"
+    assert remote.lance_options()["aws_region"] == "eu-west-1" and "timeout" in remote.lance_options()
+    assert StorageRoot.parse("./data", "aws_region=x").lance_options() is None
 
 
 def test_vector_column_round_trips_as_float32(store: TableStore) -> None:
