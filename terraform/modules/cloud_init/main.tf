@@ -1,0 +1,24 @@
+locals {
+  service = "appliance-${var.role}"
+  env_file = join("\n", concat(
+    ["# Written by cloud-init from Terraform; the service reads it at start."],
+    [for k in sort(keys(var.settings)) : "${k}=${var.settings[k]}"],
+    var.cache_nvme ? ["APPLIANCE_CACHE_DIR=${var.cache_mount}"] : [],
+  ))
+  secrets = [for k in sort(keys(var.secret_parameters)) : { env = k, parameter = var.secret_parameters[k] }]
+
+  user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
+    role               = var.role
+    service            = local.service
+    command            = join(" ", var.command)
+    appliance_package  = var.appliance_package
+    pip_index_url      = var.pip_index_url
+    env_file           = local.env_file
+    secrets            = local.secrets
+    region             = var.region
+    cache_nvme         = var.cache_nvme
+    cache_mount        = var.cache_mount
+    executor_discovery = var.executor_discovery
+    gpu                = var.gpu
+  })
+}

