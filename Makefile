@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
+CHECKOV_VENV := .venv-checkov
+export CHECKOV_BIN ?= $(abspath $(CHECKOV_VENV))/bin/checkov
 
 # Settings pass through from the environment (see README: Settings); these are the common ones.
 APPLIANCE_PORT ?= 8080
@@ -12,7 +14,7 @@ APPLIANCE_DATA ?= ./data
 APPLIANCE_EXECUTORS ?= 2
 export APPLIANCE_PORT APPLIANCE_DATA APPLIANCE_EXECUTORS APPLIANCE_API_KEY
 
-.PHONY: run test test-fast bench bench-kernels bench-cache bench-search lint venv clean
+.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-s3 bench-indexer lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +24,15 @@ $(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
 	$(PIP) install --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt $(CHECKOV_VENV)/.installed
 	$(PIP) install -r requirements-test.txt
+	touch $@
+
+# checkov (the Terraform security scan the tests run) pins versions of boto3 and packaging that conflict with
+# the test requirements, so it gets a virtual environment of its own.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip --disable-pip-version-check -q install -r requirements-checkov.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -38,10 +47,13 @@ test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Benchmarks write their sections of docs/BENCHMARKS.md (machine, data set and date included).
-bench: bench-kernels bench-cache bench-search
+bench: bench-kernels bench-cache bench-search bench-s3 bench-indexer
 
 bench-kernels: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_kernels.py
+
+bench-indexer: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_indexer.py
 
 bench-cache: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_cache.py
@@ -49,8 +61,11 @@ bench-cache: $(VENV)/.installed-test
 bench-search: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_search.py
 
+bench-s3: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_s3.py
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check appliance kernels tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache .hypothesis

@@ -15,7 +15,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.storage.root import StorageRoot
 
 ENV_PREFIX = "APPLIANCE_"
 CONFIG_FILE_ENV = "APPLIANCE_CONFIG"
@@ -29,7 +32,15 @@ def _knob(default: Any, help: str) -> Any:
 class Settings:
     """Every setting of every fleet; a process reads the ones its role needs."""
 
-    data: str = _knob("./data", "Storage root: a local folder, file:// or s3:// URI. Tables live under it.")
+    data: str = _knob(
+        "./data", "Storage root: a local folder, or an `s3://bucket/prefix` (also `gs://`, `az://`) URI. Tables and "
+        "index objects live under it. `--storage` is an alias of `--data`."
+    )
+    storage_options: str = _knob(
+        "", "Object-store options as comma-separated `key=value`, in Lance's names (`aws_endpoint`, `aws_region`, "
+        "`aws_access_key_id`, `aws_secret_access_key`, `allow_http`, ...). Empty: the standard AWS/GCS/Azure "
+        "environment and credential chain."
+    )
     host: str = _knob("127.0.0.1", "Address the query node listens on.")
     port: int = _knob(8080, "Port of the public HTTP API (the query node).")
     executors: int = _knob(2, "Number of plan executors `appliance up` starts.")
@@ -43,9 +54,22 @@ class Settings:
     internal_token: str = _knob(
         "", "Shared secret between query nodes and executors. Unset: `appliance up` generates one."
     )
+    admin_key: str = _knob(
+        "", "Key for the query node's /admin/* endpoints, sent in x-api-key. Unset: the API key."
+    )
     query_threads: int = _knob(8, "Request threads of the query node's gunicorn worker.")
     executor_threads: int = _knob(4, "Request threads of each executor's gunicorn worker.")
     kernel_threads: int = _knob(1, "BLAS/faiss threads per executor, so executors do not oversubscribe cores.")
+    cache_ram_bytes: int = _knob(
+        0, "RAM tier of each executor's cache, in bytes. 0: 25% of the machine's memory split over `executors`."
+    )
+    cache_disk_bytes: int = _knob(
+        0, "NVMe tier of each executor's cache, in bytes. 0: half the cache disk's free space split over `executors`."
+    )
+    cache_dir: str = _knob(
+        "", "Local folder of the NVMe cache tier; each executor keeps its own `executor-<port>` folder in it. "
+        "Empty: `appliance-cache` in the system temp folder."
+    )
     max_k: int = _knob(10_000, "Largest k a search may ask for.")
     max_body_bytes: int = _knob(256 * 1024 * 1024, "Largest request body, in bytes.")
     max_batch_rows: int = _knob(200_000, "Most rows one insert request may carry.")
@@ -54,6 +78,29 @@ class Settings:
     health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
     request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")
     startup_timeout: float = _knob(60.0, "Seconds `appliance up` waits for the fleet to become ready.")
+    events: str = _knob(
+        "", "Event queue between query nodes and indexers. Empty: a SQLite file `_appliance/events.sqlite` under "
+        "a local data root; `sqlite:///path`; or `sqs://NAME[?endpoint_url=URL&region=R]` (an SQS FIFO queue)."
+    )
+    event_visibility_timeout: float = _knob(
+        60.0, "Seconds a received event stays hidden before it is delivered again (an indexer extends it while "
+        "it works, so this is how long a crashed indexer's table waits)."
+    )
+    event_max_receives: int = _knob(5, "Deliveries of one event without success before it is dead-lettered.")
+    indexers: int = _knob(1, "Indexers `appliance up` may run at once, started when events wait (0: none).")
+    indexer_idle_timeout: float = _knob(60.0, "Seconds without events after which an indexer exits (scale to zero).")
+    indexer_min_rows: int = _knob(4096, "Rows a table needs before the indexer builds its first index.")
+    indexer_codec: str = _knob("flat", "Codec of the indexes the indexer builds by itself (flat, fp16, sq8, pq).")
+    indexer_growth: float = _knob(
+        1.0, "Full rebuild (retrain centroids) once the table has grown by this fraction since the last training."
+    )
+    indexer_max_deltas: int = _knob(32, "Full rebuild once an index has this many partial (delta) versions.")
+    indexer_compact_fragments: int = _knob(16, "Compact a table once it has this many small fragments.")
+    indexer_cleanup_grace: float = _knob(
+        3600.0, "Seconds an old table or index version stays readable after it was superseded, before cleanup."
+    )
+    indexer_threads: int = _knob(1, "BLAS/faiss threads of an indexer, so a build leaves cores to the executors.")
+    indexer_nice: int = _knob(10, "Niceness an indexer adds to itself, so builds yield the CPU to queries.")
     log_level: str = _knob("info", "Log level of every process (debug, info, warning, error).")
 
     @classmethod
@@ -84,9 +131,18 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def storage_root(self) -> StorageRoot:
+        """The storage root with its options, the one way every process opens storage."""
+        from appliance.storage.root import StorageRoot
+
+        return StorageRoot.parse(self.data, self.storage_options)
+
     @property
     def executor_url_list(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.executor_urls.split(",") if u.strip()]
+
+
+FLAG_ALIASES = {"data": ("--storage",)}
 
 
 def env_name(setting: str) -> str:
@@ -100,6 +156,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str] | None =
             continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
+            *FLAG_ALIASES.get(f.name, ()),
             dest=f.name,
             type=_type_of(f),
             default=None,

@@ -24,8 +24,9 @@ from typing import IO
 import requests
 
 from appliance.config import Settings
+from appliance.indexer.pool import IndexerPool
 from appliance.query.auth import resolve_api_key
-from appliance.storage import BlobStore, StorageRoot
+from appliance.storage import BlobStore
 
 QUERY_APP = "appliance.query.app:create_app()"
 EXECUTOR_APP = "appliance.executor.app:create_app()"
@@ -62,7 +63,7 @@ class Fleet:
 
     def __init__(self, settings: Settings, log_dir: Path | None = None) -> None:
         token = settings.internal_token or secrets.token_urlsafe(24)
-        api_key = resolve_api_key(settings, BlobStore(StorageRoot.parse(settings.data)))
+        api_key = resolve_api_key(settings, BlobStore(settings.storage_root()))
         self.executors = [
             Node("executor", f"executor-{i}", settings.executor_base_port + i, settings.executor_threads,
                  EXECUTOR_APP)
@@ -76,6 +77,7 @@ class Fleet:
         self.query = Node("query", "query-0", settings.port, settings.query_threads, QUERY_APP, settings.host)
         self._log_dir = log_dir
         self._stopping = threading.Event()
+        self.indexers = IndexerPool(self.settings, log_dir, preexec=_die_with_parent)
 
     @property
     def nodes(self) -> list[Node]:
@@ -121,8 +123,9 @@ class Fleet:
         raise FleetError(f"fleet not ready after {timeout:.0f}s: {last}")
 
     def supervise(self, poll: float = 0.5) -> None:
-        """Restart nodes that die, until stop() is called."""
+        """Restart nodes that die, and start an indexer when events wait, until stop() is called."""
         while not self._stopping.wait(poll):
+            self.indexers.tend()
             for node in self.nodes:
                 if not node.alive and not self._stopping.is_set():
                     code = node.process.returncode if node.process else None
@@ -137,6 +140,7 @@ class Fleet:
 
         Signals go to each node's process group, so a worker whose master already died goes too."""
         self._stopping.set()
+        self.indexers.stop(grace)
         for node in self.nodes:
             _signal_group(node, signal.SIGTERM)
         deadline = time.monotonic() + grace

@@ -18,7 +18,9 @@ import uuid
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from appliance.drain import install_gate
 from appliance.errors import ApplianceError, Unauthorized
+from appliance.metrics import install_metrics
 
 REQUEST_ID_HEADER = "x-request-id"
 log = logging.getLogger("appliance.http")
@@ -39,6 +41,9 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
         g.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         g.started = time.perf_counter()
 
+    install_gate(app, role)  # drain: refuse new work while drained, count what is in flight (appliance/drain.py)
+    install_metrics(app, role)  # request counts and latencies, GET /metrics (appliance/metrics.py)
+
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
@@ -48,6 +53,7 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
                 "request_id": g.get("request_id"),
                 "method": request.method,
                 "path": request.path,
+                "endpoint": request.url_rule.rule if request.url_rule is not None else None,
                 "status": response.status_code,
                 "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
             }))
@@ -65,6 +71,11 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if isinstance(exc, OSError):
+            # Lance and pyarrow raise OSError for an unreachable store, a missing bucket or refused
+            # credentials: the request was fine, the storage is not, and the caller may retry.
+            return json_response({"error": "storage unavailable", "code": "storage_unavailable",
+                                  "detail": str(exc)[:500]}, 503)
         return json_response({"error": "internal error", "code": "internal", "detail": str(exc)[:500]}, 500)
 
 

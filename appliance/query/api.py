@@ -10,6 +10,7 @@ import pyarrow as pa
 from flask import Blueprint, Response, g, request
 
 from appliance.errors import InvalidInput, PayloadTooLarge
+from appliance.index.params import IndexParams
 from appliance.query.bodies import ARROW_STREAM, parse_arrow_stream, parse_int, parse_json_body, parse_search
 from appliance.query.service import QueryService
 from appliance.storage.schema import rows_to_table
@@ -67,6 +68,31 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
         check_filter_text(predicate)
         version, deleted = service.delete(name, predicate)
         return json_response({"table": name, "version": version, "deleted": deleted})
+
+    @api.post("/tables/<name>/index")
+    def build_index(name: str) -> Response:
+        doc = parse_json_body(request.get_data() or b"{}")
+        background = doc.pop("background", False)
+        if not isinstance(background, bool):
+            raise InvalidInput(f"background must be true or false, got {background!r}")
+        if background:  # leave the build to the indexer fleet: 202 and its event
+            return json_response(service.request_index(name, doc), 202)
+        metric = doc.pop("metric", None)
+        manifest = service.build_index(name, IndexParams.from_json(doc), metric)
+        return json_response(manifest.describe(), 201)
+
+    @api.post("/tables/<name>/optimize")
+    def optimize(name: str) -> Response:
+        return json_response(service.request_optimize(name), 202)
+
+    @api.get("/tables/<name>/index")
+    def index_status(name: str) -> Response:
+        return json_response(service.index_stats(name))
+
+    @api.post("/tables/<name>/explain")
+    def explain(name: str) -> Response:
+        search_request, _ = parse_search(parse_json_body(request.get_data()), max_k, max_queries)
+        return json_response(service.explain(name, search_request).explain())
 
     @api.post("/tables/<name>/search")
     def search(name: str) -> Response:

@@ -11,16 +11,25 @@ from flask import Flask, Response, request
 
 from appliance import __version__
 from appliance.config import Settings
+from appliance.drain import drain_api
 from appliance.errors import ApplianceError
+from appliance.index import IndexStore
+from appliance.index.catalog import IndexCatalog
+from appliance.metrics import index_metrics, metrics_of, queue_metrics
+from appliance.query.admin import admin_api
 from appliance.query.api import native_api
-from appliance.query.auth import API_KEY_HEADER, resolve_api_key
+from appliance.query.auth import API_KEY_HEADER, require_admin, resolve_api_key
 from appliance.query.dispatch import Dispatcher
+from appliance.query.indexing import attach_indexer_events
+from appliance.query.lancedb import Limits, lancedb_api
+from appliance.query.openapi import openapi_document
 from appliance.query.service import QueryService
 from appliance.routing.membership import Membership
-from appliance.storage import BlobStore, StorageRoot, TableStore
+from appliance.storage import BlobStore, TableStore
 from appliance.web import configure_logging, install_common, json_response, require_secret
 
-PUBLIC_PATHS = ("/healthz", "/readyz")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+ADMIN_PREFIX = "/admin/"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,24 +37,36 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     if not settings.internal_token:
         raise RuntimeError("APPLIANCE_INTERNAL_TOKEN must be set for a query node")
-    root = StorageRoot.parse(settings.data)
+    root = settings.storage_root()
     api_key = resolve_api_key(settings, BlobStore(root))
+    admin_key = settings.admin_key or api_key
     membership = Membership(settings.executor_url_list, interval=settings.health_interval)
     membership.start()
     dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps)
-    service = QueryService(TableStore(root), dispatcher)
+    service = QueryService(TableStore(root), dispatcher, IndexCatalog(IndexStore(root)))
+    attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")
     install_common(app, "query", settings.max_body_bytes)
+    metrics = metrics_of(app)
+    dispatcher.on_batch = metrics.observe_dispatch
+    metrics.add_gauges(queue_metrics(lambda: service.events.stats() if service.events is not None else None))
+    metrics.add_gauges(index_metrics(service.list_tables, service.catalog.indexes.current))
 
     @app.before_request
     def _authenticate() -> None:
-        if request.path not in PUBLIC_PATHS:
+        if request.path.startswith(ADMIN_PREFIX):
+            require_admin(admin_key)
+        elif request.path not in PUBLIC_PATHS:
             require_secret(API_KEY_HEADER, api_key)
 
     @app.get("/healthz")
     def healthz() -> Response:
         return json_response({"status": "ok", "role": "query", "version": __version__})
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return json_response(openapi_document(__version__))
 
     @app.get("/readyz")
     def readyz() -> Response:
@@ -65,6 +86,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     def ring() -> Response:
         return json_response({"members": membership.snapshot(), "live": membership.live()})
 
+    app.register_blueprint(admin_api(membership, settings.internal_token))
+    app.register_blueprint(drain_api(app, lambda: require_admin(admin_key)))
     app.register_blueprint(native_api(service, settings.max_k, settings.max_query_vectors,
                                       settings.max_batch_rows))
+    app.register_blueprint(lancedb_api(service, Limits(settings.max_k, settings.max_query_vectors,
+                                                       settings.max_batch_rows)))
     return app

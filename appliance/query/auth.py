@@ -11,6 +11,7 @@ import secrets
 
 from appliance.config import Settings
 from appliance.storage.blobs import BlobStore
+from appliance.web import require_secret
 
 API_KEY_BLOB = "api_key"
 API_KEY_HEADER = "x-api-key"
@@ -25,3 +26,10 @@ def resolve_api_key(settings: Settings, blobs: BlobStore) -> str:
     key = "sk-" + secrets.token_urlsafe(24)
     blobs.put(API_KEY_BLOB, key.encode())
     return key
+
+
+def require_admin(api_key: str) -> None:
+    """Who may call a query node's admin endpoints (`/admin/*`): the one place that decides. The caller
+    passes the admin key (setting `admin_key`, the API key when unset), sent in x-api-key so existing
+    tools (`appliance cache --api-key`) keep working."""
+    require_secret(API_KEY_HEADER, api_key)

@@ -9,6 +9,8 @@ of any executor as long as one is left.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -44,6 +46,13 @@ class Dispatcher:
         self._session.mount("https://", adapter)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="dispatch")
 
+    # metrics hook (appliance/metrics.py): called with (seconds, ok) once per executor batch
+    on_batch: Callable[[float, bool], None] | None = None
+
+    def _observe(self, started: float, ok: bool) -> None:
+        if self.on_batch is not None:
+            self.on_batch(time.perf_counter() - started, ok)
+
     def assignment(self, plan: SearchPlan) -> dict[str, list[Task]]:
         """Which executor runs which task, given the members currently believed alive."""
         return self._assign(plan.tasks, self._membership.down())
@@ -57,7 +66,7 @@ class Dispatcher:
         return {node: [by_key[k] for k in keys] for node, keys in groups.items()}
 
     def search(self, plan: SearchPlan, queries: np.ndarray, request_id: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """Merged top-k (row ids, distances) of every task of the plan, padded with kernels.NO_ID."""
+        """Merged top `fetch_k` (row ids, distances) of every task of the plan, padded with kernels.NO_ID."""
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         pending = list(plan.tasks)
         failed: set[str] = set()
@@ -77,25 +86,27 @@ class Dispatcher:
                     self._membership.mark_down(node, str(exc))
                     pending.extend(groups[node])
         if not parts:
-            empty = kernels.NO_ID
-            return (np.full((len(queries), plan.k), empty, np.uint64),
-                    np.full((len(queries), plan.k), np.inf, np.float32))
-        return kernels.merge_topk(parts, plan.k)
+            return (np.full((len(queries), plan.fetch_k), kernels.NO_ID, np.uint64),
+                    np.full((len(queries), plan.fetch_k), np.inf, np.float32))
+        return kernels.merge_topk(parts, plan.fetch_k)
 
     def _send(
         self, node: str, plan: SearchPlan, tasks: list[Task], queries: np.ndarray, request_id: str
     ) -> tuple[np.ndarray, np.ndarray]:
         body = wire.encode(
-            {"tasks": [t.to_json() for t in tasks], "k": plan.k, "metric": plan.metric, "filter": plan.filter},
+            {"tasks": [t.to_json() for t in tasks], "k": plan.fetch_k, "metric": plan.metric, "filter": plan.filter},
             [queries],
         )
         headers = {INTERNAL_TOKEN_HEADER: self._token, "content-type": wire.CONTENT_TYPE,
                    "x-request-id": request_id}
+        started = time.perf_counter()
         try:
             resp = self._session.post(f"{node}/internal/v1/search", data=body, headers=headers,
                                       timeout=self._timeout)
         except requests.RequestException as exc:
+            self._observe(started, False)
             raise ExecutorFailed(type(exc).__name__) from exc
+        self._observe(started, resp.status_code < 400)
         if resp.status_code >= 500 or resp.status_code in (401, 403):
             # 401/403 means this executor has another internal token: a misconfigured member, not bad input.
             raise ExecutorFailed(f"HTTP {resp.status_code}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,10 +10,20 @@ import numpy as np
 import pyarrow as pa
 
 import kernels
-from appliance.errors import InvalidInput
+from appliance.errors import InvalidInput, Unavailable
+from appliance.events.event import APPENDED, DELETED, INDEX_REQUESTED, OPTIMIZE, OPTIMIZE_REQUESTED, REBUILD
+from appliance.events.publisher import Publisher
+from appliance.events.status import IndexerStatus
+from appliance.index.builder import Progress, build_full
+from appliance.index.catalog import IndexCatalog
+from appliance.index.manifest import IndexManifest
+from appliance.index.params import IndexParams
 from appliance.planner.plan import SearchPlan, SearchRequest, plan_search
 from appliance.query.dispatch import Dispatcher
-from appliance.storage.tables import TableInfo, TableStore
+from appliance.query.finish import finish_candidates
+from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
+
+WIDEN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -32,9 +43,12 @@ class SearchResult:
 
 
 class QueryService:
-    def __init__(self, store: TableStore, dispatcher: Dispatcher) -> None:
+    def __init__(self, store: TableStore, dispatcher: Dispatcher, catalog: IndexCatalog,
+                 prefilter_threshold: float = 0.05) -> None:
         self.store = store
         self.dispatcher = dispatcher
+        self.catalog = catalog
+        self.prefilter_threshold = prefilter_threshold
 
     def create_table(self, name: str, dimension: int, metric: str, payload: Any) -> TableInfo:
         return self.store.create(name, dimension, metric, payload)
@@ -50,13 +64,20 @@ class QueryService:
 
     def drop(self, name: str) -> None:
         self.store.drop(name)
+        self.catalog.indexes.drop(name)
+        self.catalog.forget(name)
 
     def insert(self, name: str, data: pa.Table) -> int:
         """Commit rows and return the committed version; the caller acknowledges only after this returns."""
-        return self.store.append(name, data)
+        version = self.store.append(name, data)
+        self._announce(name, APPENDED, version)
+        return version
 
     def delete(self, name: str, predicate: str) -> tuple[int, int]:
-        return self.store.delete(name, predicate)
+        version, deleted = self.store.delete(name, predicate)
+        if deleted:
+            self._announce(name, DELETED, version)
+        return version, deleted
 
     def search(self, name: str, request: SearchRequest, request_id: str = "") -> SearchResult:
         """Pin the latest version, run the plan on the executors, then fetch payload from that version."""
@@ -65,8 +86,7 @@ class QueryService:
         unknown = [c for c in columns if c not in snapshot.dataset.schema.names]
         if unknown:
             raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
-        plan = plan_search(snapshot, request)
-        ids, dists = self.dispatcher.search(plan, request.queries, request_id)
+        plan, ids, dists = self._execute(snapshot, request, request_id)
         found = ids != kernels.NO_ID
         query_index = np.nonzero(found)[0].astype(np.int32)
         row_ids = ids[found]
@@ -82,3 +102,196 @@ class QueryService:
             values = [payload[int(r)][column] for r in row_ids]
             arrays[column] = pa.array(values, type=schema.field(column).type)
         return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
+
+    def explain(self, name: str, request: SearchRequest) -> SearchPlan:
+        snapshot = self.store.snapshot(name)
+        return self._plan(snapshot, request)
+
+    def _plan(self, snapshot: TableSnapshot, request: SearchRequest) -> SearchPlan:
+        index = None if request.bypass_index else self.catalog.current(snapshot.name)
+        selectivity = None
+        if index is not None and request.filter is not None:
+            snapshot.validate_filter(request.filter)
+            rows = max(1, snapshot.dataset.count_rows())
+            selectivity = len(snapshot.matching_row_ids(request.filter)) / rows
+        return plan_search(snapshot, request, index, selectivity, self.prefilter_threshold)
+
+    def _execute(self, snapshot: TableSnapshot, request: SearchRequest, request_id: str
+                 ) -> tuple[SearchPlan, np.ndarray, np.ndarray]:
+        """Run the plan; an IVF plan whose finished candidates come up short is re-run wider, and finally
+        exactly, so deletions and post-filters never cost results that exist."""
+        plan = self._plan(snapshot, request)
+        for _ in range(WIDEN_ATTEMPTS):
+            ids, dists = self.dispatcher.search(plan, request.queries, request_id)
+            if not plan.uses_index:
+                return plan, ids, dists
+            ids, dists, short = finish_candidates(snapshot, plan, request.queries, ids, dists)
+            if not short:
+                return plan, ids, dists
+            plan = dataclasses.replace(plan, fetch_k=plan.fetch_k * 4)
+        plan = self._plan(snapshot, dataclasses.replace(request, bypass_index=True))
+        ids, dists = self.dispatcher.search(plan, request.queries, request_id)
+        return plan, ids, dists
+
+    def build_index(self, name: str, params: IndexParams, metric: str | None = None,
+                    progress: Progress | None = None) -> IndexManifest:
+        """Build and publish a full index version now (the indexer fleet does this in the background)."""
+        manifest = build_full(self.store, self.catalog.indexes, name, params, progress, metric)
+        self.catalog.forget(name)
+        return manifest
+
+    def index_status(self, name: str) -> dict[str, Any]:
+        """The published index and how many rows it does not cover yet."""
+        snapshot = self.store.snapshot(name)
+        rows = snapshot.dataset.count_rows()
+        manifest = self.catalog.indexes.current(name)
+        if manifest is None:
+            return {"table": name, "index": None, "indexed_rows": 0, "unindexed_rows": rows}
+        unindexed = snapshot.dataset.count_rows(f"_rowid >= {manifest.row_id_watermark}")
+        return {"table": name, "index": manifest.describe(), "indexed_rows": rows - unindexed,
+                "unindexed_rows": unindexed}
+
+    # --- used by the LanceDB-compatible front (appliance/query/lancedb/) ---------------------------------
+
+    def create_table_from_arrow(self, name: str, schema: pa.Schema, data: pa.Table | None,
+                                mode: str = "create", metric: str = "l2") -> TableInfo:
+        """Create (or with mode=overwrite replace) a table from an Arrow schema and rows. Replacing a table
+        drops its IVF index: the index describes rows that no longer exist."""
+        existed = mode == "overwrite" and name in self.store.list()
+        info = self.store.create_from_arrow(name, schema, data, metric, mode)
+        if existed:
+            self.drop_index(name)
+        if info.rows:
+            self._announce(name, APPENDED, info.version)
+        return info
+
+    def overwrite(self, name: str, data: pa.Table) -> int:
+        """Replace every row of the table; the IVF index goes with the old rows (see drop_index)."""
+        version = self.store.overwrite(name, data)
+        self.drop_index(name)
+        self._announce(name, APPENDED, version)
+        return version
+
+    def drop_index(self, name: str) -> bool:
+        """Unpublish a table's IVF index, and stop planning with it at once. Called whenever rows the index
+        covers change in place (overwrite, restore, vector updates): its row-id watermark would otherwise
+        claim rows it holds stale vectors for. Returns whether there was one."""
+        had = self.catalog.indexes.current_version(name) is not None
+        self.catalog.indexes.drop(name)
+        self.catalog.forget(name)
+        return had
+
+    def count_rows(self, name: str, predicate: str | None = None, version: int | None = None) -> int:
+        return self.store.count(name, predicate, version)
+
+    def update(self, name: str, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
+        """SQL updates of payload columns; row ids and vectors stay, so the index stays valid."""
+        return self.store.update(name, predicate, updates)
+
+    def merge_insert(self, name: str, on: str, data: pa.Table, **when: Any) -> dict[str, int]:
+        """Upsert by key. Updated rows keep their stable row ids but may carry new vectors, which an index
+        built before would still file under their old partition, so an update drops the index."""
+        result = self.store.merge_insert(name, on, data, **when)
+        if result["num_updated_rows"]:
+            self.drop_index(name)
+        if result["num_updated_rows"] or result["num_inserted_rows"]:
+            self._announce(name, APPENDED, result["version"])
+        elif result["num_deleted_rows"]:
+            self._announce(name, DELETED, result["version"])
+        return result
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return self.store.versions(name)
+
+    def restore(self, name: str, version: int) -> int:
+        """Bring an old version back as the latest; rows deleted since come back under ids the index
+        already passed, so the index is dropped."""
+        new_version = self.store.restore(name, version)
+        self.drop_index(name)
+        self._announce(name, APPENDED, new_version)
+        return new_version
+
+    def search_at(self, name: str, request: SearchRequest, request_id: str = "",
+                  version: int | None = None, columns: list[str] | None = None) -> SearchResult:
+        """`search` at a chosen version (latest when None), returning `columns` (every column, the vector
+        included, when None). An old version is searched exactly: the index only describes the latest."""
+        snapshot = self.store.snapshot(name, version)
+        if version is not None and version != self.store.snapshot(name).version:
+            request = dataclasses.replace(request, bypass_index=True)
+        columns = list(snapshot.dataset.schema.names) if columns is None else columns
+        unknown = [c for c in columns if c not in snapshot.dataset.schema.names]
+        if unknown:
+            raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
+        plan, ids, dists = self._execute(snapshot, request, request_id)
+        found = ids != kernels.NO_ID
+        row_ids = ids[found]
+        payload = snapshot.take(np.unique(row_ids), columns)
+        arrays: dict[str, Any] = {
+            "query_index": pa.array(np.nonzero(found)[0].astype(np.int32), pa.int32()),
+            "_rowid": pa.array(row_ids, pa.uint64()),
+            "_distance": pa.array(dists[found], pa.float32()),
+        }
+        schema = snapshot.dataset.schema
+        for column in columns:
+            arrays[column] = pa.array([payload[int(r)][column] for r in row_ids], type=schema.field(column).type)
+        return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
+
+    def snapshot(self, name: str, version: int | None = None) -> TableSnapshot:
+        return self.store.snapshot(name, version)
+
+    def add_columns(self, name: str, expressions: dict[str, str]) -> int:
+        """Schema evolution touches payload columns only: row ids and vectors, hence the index, stay valid."""
+        return self.store.add_columns(name, expressions)
+
+    def alter_columns(self, name: str, alterations: list[dict[str, Any]]) -> int:
+        return self.store.alter_columns(name, alterations)
+
+    def drop_columns(self, name: str, columns: list[str]) -> int:
+        return self.store.drop_columns(name, columns)
+
+    # --- the indexer fleet: events out, index stats in (appliance/events/, appliance/indexer/) ------------
+
+    events: Publisher | None = None  # set by attach_events; without it nothing is published
+    indexer_status: IndexerStatus | None = None
+    indexer_stale_after: float = 180.0
+
+    def attach_events(self, publisher: Publisher, status: IndexerStatus | None = None,
+                      stale_after: float = 180.0) -> None:
+        """Publish an event on every committed write and explicit request, and report indexer state."""
+        self.events = publisher
+        self.indexer_status = status
+        self.indexer_stale_after = stale_after
+
+    def _announce(self, name: str, kind: str, version: int) -> None:
+        """Tell the indexers a write committed; called only after the commit, never fails the write."""
+        if self.events is not None:
+            self.events.announce(name, kind, version)
+
+    def request_index(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask the indexers for a full build (in the background); the request's event, as JSON."""
+        if params:
+            IndexParams.from_json(dict(params))  # reject bad parameters now, not in the indexer
+        return self._request(name, INDEX_REQUESTED, REBUILD, params)
+
+    def request_optimize(self, name: str) -> dict[str, Any]:
+        """Ask the indexers to index new rows, compact small fragments and clean up old versions now."""
+        return self._request(name, OPTIMIZE_REQUESTED, OPTIMIZE, None)
+
+    def _request(self, name: str, kind: str, action: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        if self.events is None:
+            raise Unavailable("this query node has no event queue; background index requests are off")
+        version = self.store.snapshot(name).version
+        event = self.events.request(name, kind, version, action, params)
+        return {"table": name, "event": event.id, "kind": kind, "action": action, "table_version": version}
+
+    def index_stats(self, name: str) -> dict[str, Any]:
+        """`index_status` plus what the indexer fleet is doing: index version, last build, indexer state."""
+        stats = self.index_status(name)
+        index = stats.get("index") or {}
+        stats["index_version"] = index.get("index_version")
+        stats["last_build_time"] = (index["created_at"] + index["build_seconds"]) if index else None
+        if self.indexer_status is not None:
+            stats["indexer"] = self.indexer_status.describe(name, self.indexer_stale_after)
+        queue = self.events.stats() if self.events is not None else None
+        stats["events"] = queue.to_json() if queue is not None else None
+        return stats

@@ -147,7 +147,16 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             columns.append(pa.nulls(table.num_rows, f.type))
     out = pa.Table.from_arrays(columns, schema=schema)
     check_vectors(out)
+    check_required(out)
     return out
+
+
+def check_required(table: pa.Table) -> None:
+    """A column declared non-nullable must hold no nulls (missing columns arrive as nulls): Lance would
+    refuse the commit with an I/O-looking error otherwise."""
+    for f in table.schema:
+        if not f.nullable and table.column(f.name).null_count:
+            raise InvalidInput(f"column '{f.name}' is required (not nullable) but has null values")
 
 
 def check_vectors(table: pa.Table) -> None:

@@ -17,8 +17,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from appliance.errors import InvalidInput, TableExists, TableNotFound
+from appliance.lru import Lru
 from appliance.storage.root import StorageRoot
 from appliance.storage.schema import (
+    METRIC_KEY,
+    RESERVED_COLUMNS,
     VECTOR_COLUMN,
     build_schema,
     conform,
@@ -32,6 +35,11 @@ from appliance.storage.schema import (
 TABLE_SUFFIX = ".lance"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
 MAX_FILTER_CHARS = 4096
+
+
+_ROW_RANGES: Lru[tuple[int, int]] = Lru(100_000)
+_MATCHES: Lru[np.ndarray] = Lru(64)
+_COUNTS: Lru[int] = Lru(1024)
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,42 @@ class TableSnapshot:
         except (ValueError, OSError, RuntimeError) as exc:
             raise InvalidInput(f"invalid filter: {predicate}", clean_lance_message(exc)) from exc
 
+    def fragment_row_ranges(self) -> dict[int, tuple[int, int]]:
+        """(smallest, largest) live row id of every fragment; cached forever per fragment data file,
+        since a fragment's row ids never change (deletions only hide some)."""
+        ranges = {}
+        for fragment in self.dataset.get_fragments():
+            key = fragment.metadata.files[0].path if fragment.metadata.files else ""
+            span = _ROW_RANGES.get(key) if key else None
+            if span is None:
+                ids = fragment.to_table(columns=[], with_row_id=True).column("_rowid").to_numpy()
+                span = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
+                if key:
+                    _ROW_RANGES.put(key, span)
+            ranges[fragment.fragment_id] = span
+        return ranges
+
+    def matching_row_ids(self, predicate: str) -> np.ndarray:
+        """Sorted ids of the rows matching a filter at this version (cached per version and filter): both
+        the selectivity estimate and the set a post-filter keeps."""
+        def load() -> np.ndarray:
+            table = self.dataset.to_table(columns=[], with_row_id=True, filter=predicate)
+            return np.sort(table.column("_rowid").to_numpy().astype(np.uint64))
+
+        return _MATCHES.get_or_load((self.dataset.uri, self.version, predicate), load)
+
+    def live_rows_below(self, watermark: int) -> int:
+        return _COUNTS.get_or_load((self.dataset.uri, self.version, watermark),
+                                   lambda: self.dataset.count_rows(f"_rowid < {int(watermark)}"))
+
+    def vectors_of(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the rows still alive at this version among `row_ids`."""
+        if not len(row_ids):
+            return np.empty(0, np.uint64), np.empty((0, self.dimension), np.float32)
+        table = self.dataset._take_rows(row_ids.tolist(), columns=[VECTOR_COLUMN, "_rowid"])
+        ids = table.column("_rowid").to_numpy().astype(np.uint64)
+        return ids, vectors_to_numpy(table.column(VECTOR_COLUMN))
+
     def take(self, row_ids: np.ndarray, columns: list[str]) -> dict[int, dict[str, Any]]:
         """Payload columns of the given rows, keyed by row id (rows deleted in this version are absent)."""
         if not len(row_ids) or not columns:
@@ -103,9 +147,9 @@ class TableSnapshot:
 class TableStore:
     """Create, list, describe, drop, append to and delete from tables under one storage root."""
 
-    def __init__(self, root: StorageRoot, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(self, root: StorageRoot) -> None:
         self.root = root
-        self._options = storage_options or None
+        self._options = root.lance_options()
 
     def uri(self, name: str) -> str:
         check_table_name(name)
@@ -168,6 +212,7 @@ class TableStore:
         )
 
     def drop(self, name: str) -> None:
+        check_table_name(name)  # an over-long or odd name is bad input, not a storage failure
         if not self._exists(name):
             raise TableNotFound(name)
         fs, base = self.root.filesystem()
@@ -184,9 +229,172 @@ class TableStore:
         """Delete matching rows; returns (committed version, rows deleted)."""
         snap = self.snapshot(name)
         snap.validate_filter(predicate)
-        result = snap.dataset.delete(predicate)
+        try:
+            result = snap.dataset.delete(predicate)
+        except (OSError, ValueError) as exc:  # a filter failing on the data is bad input, not a storage fault
+            raise_if_rejected(exc)
+            raise
         deleted = int(result.get("num_deleted_rows", 0)) if isinstance(result, dict) else 0
         return snap.dataset.version, deleted
+
+    def create_from_arrow(self, name: str, schema: pa.Schema, data: pa.Table | None, metric: str = "l2",
+                          mode: str = "create") -> TableInfo:
+        """Create a table from a client's Arrow schema (and rows), as LanceDB clients do, in one commit.
+
+        The schema must hold a fixed-size-list column named `vector`; it is stored as float32 like every
+        table's, payload columns as given. `mode` is "create" (fail if it exists), "exist_ok" (keep the
+        existing table) or "overwrite" (replace its rows and schema in a new version, history kept)."""
+        if mode not in ("create", "exist_ok", "overwrite"):
+            raise InvalidInput(f"mode must be create, exist_ok or overwrite, got {mode!r}")
+        if VECTOR_COLUMN not in schema.names:
+            raise InvalidInput(f"the table needs a '{VECTOR_COLUMN}' column (a fixed-size list of floats)",
+                               f"columns given: {', '.join(schema.names) or 'none'}")
+        vtype = schema.field(VECTOR_COLUMN).type
+        if not pa.types.is_fixed_size_list(vtype) or not (
+                pa.types.is_floating(vtype.value_type) or pa.types.is_integer(vtype.value_type)):
+            raise InvalidInput(f"column '{VECTOR_COLUMN}' must be a fixed-size list of numbers, got {vtype}")
+        target = build_schema(vtype.list_size, metric, schema)
+        rows = conform(data, target) if data is not None and data.num_rows else pa.Table.from_batches([], target)
+        check_table_name(name)
+        exists = self._exists(name)
+        if exists and mode == "create":
+            raise TableExists(name)
+        if exists and mode == "exist_ok":
+            return self.describe(name)
+        write_mode = "overwrite" if exists else "create"
+        try:
+            lance.write_dataset(rows, self.uri(name), mode=write_mode, enable_stable_row_ids=True,
+                                storage_options=self._options)
+        except OSError as exc:
+            if "already exists" in str(exc).lower():
+                raise TableExists(name) from exc
+            raise_if_rejected(exc)
+            raise
+        return self.describe(name)
+
+    def overwrite(self, name: str, data: pa.Table) -> int:
+        """Replace every row with `data` (conformed to the current schema) in a new version; returns it."""
+        snap = self.snapshot(name)
+        rows = conform(data, snap.dataset.schema)
+        try:
+            ds = lance.write_dataset(rows, self.uri(name), mode="overwrite", storage_options=self._options)
+        except OSError as exc:
+            raise_if_rejected(exc)
+            raise
+        return ds.version
+
+    def count(self, name: str, predicate: str | None = None, version: int | None = None) -> int:
+        """Rows at a version (latest when None), optionally only those matching a filter."""
+        snap = self.snapshot(name, version)
+        if predicate is None:
+            return snap.dataset.count_rows()
+        snap.validate_filter(predicate)
+        try:
+            return snap.dataset.count_rows(predicate)
+        except (OSError, ValueError) as exc:
+            raise_if_rejected(exc)
+            raise
+
+    def update(self, name: str, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
+        """Set columns to SQL expressions on matching rows (all rows without a predicate); returns
+        (committed version, rows updated). Vectors cannot be set this way: an SQL expression would bypass
+        the dimension and NaN checks every other write passes."""
+        snap = self.snapshot(name)
+        if not updates:
+            raise InvalidInput("updates must name at least one column")
+        for column, expression in updates.items():
+            if column not in snap.dataset.schema.names:
+                raise InvalidInput(f"unknown column '{column}' in updates")
+            if column == VECTOR_COLUMN:
+                raise InvalidInput(f"column '{VECTOR_COLUMN}' cannot be updated with an SQL expression",
+                                   "replace such rows with merge_insert (or delete and add them)")
+            check_filter_text(expression)
+        if predicate is not None:
+            snap.validate_filter(predicate)
+        try:
+            result = snap.dataset.update(updates, where=predicate)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise InvalidInput("invalid update", clean_lance_message(exc)) from exc
+        updated = int(result.get("num_rows_updated", 0)) if isinstance(result, dict) else 0
+        return self.snapshot(name).version, updated
+
+    def merge_insert(self, name: str, on: str, data: pa.Table, update_matched: bool = False,
+                     matched_filter: str | None = None, insert_unmatched: bool = False,
+                     delete_unmatched_by_source: bool = False, delete_filter: str | None = None
+                     ) -> dict[str, int]:
+        """Upsert `data` by the key column `on` in one commit; returns the version and row counts."""
+        snap = self.snapshot(name)
+        if on not in snap.dataset.schema.names or on == VECTOR_COLUMN:
+            raise InvalidInput(f"merge key '{on}' is not a payload column of table '{name}'")
+        rows = conform(data, snap.dataset.schema)
+        try:  # Lance parses the conditions while building, so the whole build is inside
+            builder = snap.dataset.merge_insert(on)
+            if update_matched:
+                builder = builder.when_matched_update_all(matched_filter)
+            if insert_unmatched:
+                builder = builder.when_not_matched_insert_all()
+            if delete_unmatched_by_source:
+                builder = builder.when_not_matched_by_source_delete(delete_filter)
+            result = builder.execute(rows)
+        except (ValueError, OSError, RuntimeError, TypeError) as exc:
+            raise InvalidInput("merge insert failed", clean_lance_message(exc)) from exc
+        counts = {k: int(result.get(k, 0)) for k in ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")}
+        return {"version": self.snapshot(name).version, **counts}
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every version of the table: number, commit time and Lance's metadata (row counts)."""
+        return self.snapshot(name).dataset.versions()
+
+    def restore(self, name: str, version: int) -> int:
+        """Make an old version the latest again (as a new version, history kept); returns the new version."""
+        snap = self.snapshot(name, version)
+        snap.dataset.restore()
+        return self.snapshot(name).version
+
+    def add_columns(self, name: str, expressions: dict[str, str]) -> int:
+        """New payload columns computed by SQL expressions over existing ones; returns the new version."""
+        snap = self.snapshot(name)
+        for column, expression in expressions.items():
+            _check_new_column(column, snap.dataset.schema)
+            check_filter_text(expression)
+        return self._evolve(name, lambda ds: ds.add_columns(expressions))
+
+    def alter_columns(self, name: str, alterations: list[dict[str, Any]]) -> int:
+        """Rename payload columns, change their nullability or type (`{"path", "name"?, "nullable"?,
+        "data_type"?: pa.DataType}`); the vector column is not alterable. Returns the new version."""
+        snap = self.snapshot(name)
+        for alteration in alterations:
+            path = alteration.get("path")
+            if path not in snap.dataset.schema.names:
+                raise InvalidInput(f"unknown column {path!r} in alterations")
+            if path == VECTOR_COLUMN:
+                raise InvalidInput(f"column '{VECTOR_COLUMN}' cannot be altered")
+            if "name" in alteration:
+                _check_new_column(alteration["name"], snap.dataset.schema)
+        return self._evolve(name, lambda ds: ds.alter_columns(*alterations))
+
+    def drop_columns(self, name: str, columns: list[str]) -> int:
+        """Drop payload columns; returns the new version."""
+        snap = self.snapshot(name)
+        for column in columns:
+            if column not in snap.dataset.schema.names:
+                raise InvalidInput(f"unknown column {column!r} in columns")
+            if column == VECTOR_COLUMN:
+                raise InvalidInput(f"column '{VECTOR_COLUMN}' cannot be dropped")
+        return self._evolve(name, lambda ds: ds.drop_columns(columns))
+
+    def _evolve(self, name: str, change: Any) -> int:
+        """Apply a schema change to the latest version, keeping the table's metric in the schema metadata."""
+        ds = self.snapshot(name).dataset
+        metric = metric_of(ds.schema)
+        try:
+            change(ds)
+        except (ValueError, OSError, RuntimeError, TypeError, pa.ArrowInvalid) as exc:
+            raise InvalidInput("schema change failed", clean_lance_message(exc)) from exc
+        ds = self.snapshot(name).dataset
+        if metric_of(ds.schema) != metric:
+            ds.update_schema_metadata({METRIC_KEY.decode(): metric})
+        return self.snapshot(name).version
 
     def _exists(self, name: str) -> bool:
         fs, base = self.root.filesystem()
@@ -207,6 +415,13 @@ def read_fragment_vectors(
     return ids, vectors_to_numpy(table.column(VECTOR_COLUMN))
 
 
+def _check_new_column(column: Any, schema: pa.Schema) -> None:
+    if not isinstance(column, str) or not column or column in RESERVED_COLUMNS or not column.isprintable():
+        raise InvalidInput(f"invalid column name {column!r}")
+    if column in schema.names:
+        raise InvalidInput(f"column {column!r} already exists")
+
+
 def check_table_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
@@ -220,6 +435,21 @@ def check_filter_text(predicate: Any) -> None:
         raise InvalidInput("filter must be a non-empty SQL expression string")
     if len(predicate) > MAX_FILTER_CHARS:
         raise InvalidInput(f"filter is longer than {MAX_FILTER_CHARS} characters")
+
+
+_REJECTIONS = ("LanceError(Schema)", "Invalid user input", "Invalid argument error", "LanceError(Arrow)")
+_FILTER_FAILURES = ("Query Execution error", "Error applying filter")
+
+
+def raise_if_rejected(exc: BaseException) -> None:
+    """Lance reports data it refuses (a bad column name, a type it cannot store) and filters that type-check
+    but fail while running (a bad regex, a division by zero) as OSError or ArrowInvalid, like a storage
+    failure; raise InvalidInput for those, so the client sees a 400 and not a 503 it would retry."""
+    text = str(exc)
+    if any(marker in text for marker in _FILTER_FAILURES):
+        raise InvalidInput("the filter failed while running", clean_lance_message(exc)) from exc
+    if any(marker in text for marker in _REJECTIONS):
+        raise InvalidInput("Lance refused the data", clean_lance_message(exc)) from exc
 
 
 def clean_lance_message(exc: BaseException) -> str:
