@@ -64,8 +64,11 @@ def _update(xp: ModuleType, x: np.ndarray, labels: np.ndarray, dists: np.ndarray
     updated = (sums / xp.maximum(counts, 1)[:, None]).astype(np.float32)
     empty = to_host(xp.nonzero(counts == 0)[0])
     if len(empty):
-        farthest = xp.argsort(-dists, kind="stable")[: len(empty)]
-        updated[xp.asarray(empty)] = x[farthest]
+        # With fewer rows than empty clusters (k > n) the clusters left over keep their centroid.
+        updated[xp.asarray(empty)] = centroids[xp.asarray(empty)]
+        refill = empty[: len(x)]
+        farthest = xp.argsort(-dists, kind="stable")[: len(refill)]
+        updated[xp.asarray(refill)] = x[farthest]
     return _unit_rows(xp, updated) if metric == "cosine" else updated
 
 

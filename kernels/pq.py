@@ -22,6 +22,8 @@ CODES_PER_SUBSPACE = 256
 TRAIN_ROWS_PER_CODE = 64
 """Training rows per sub-centroid; more adds time, not accuracy (faiss warns below 39)."""
 PQ_METRICS = ("l2", "dot")
+SCAN_QUERIES = 32
+"""Queries per block of a lookup-table scan (their running sums are revisited once per sub-space)."""
 
 
 def _split(x: np.ndarray, m: int) -> np.ndarray:
@@ -91,10 +93,15 @@ def pq_distances(queries: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, 
     tables = _lookup_tables(xp, q, xp.asarray(codebooks, dtype=np.float32), metric)
     c = xp.asarray(codes, dtype=np.intp)
     m = c.shape[1] if c.ndim == 2 else len(codebooks)
-    # tables[:, j, codes[:, j]] gathered per sub-space and summed: [nq, n].
+    # tables[:, j, codes[:, j]] gathered per sub-space and summed in order j = 0..m-1: [nq, n]. The codes
+    # are transposed once so each gather reads one contiguous row of indices, and queries go SCAN_QUERIES
+    # at a time so the running sums stay in cache across the m passes (same additions, same order).
+    by_subspace = xp.ascontiguousarray(c.T)
     sums = xp.zeros((len(q), len(c)), dtype=np.float32)
-    for j in range(m):
-        sums += tables[:, j, c[:, j]]
+    for start in range(0, len(q), SCAN_QUERIES):
+        block, block_tables = sums[start : start + SCAN_QUERIES], tables[start : start + SCAN_QUERIES]
+        for j in range(m):
+            block += xp.take(block_tables[:, j, :], by_subspace[j], axis=1)
     if metric == "dot":
         sums += np.float32(1)
     else:
