@@ -12,12 +12,13 @@ from kernels.distance import METRICS, pairwise_distances
 from kernels.ivf import assign, kmeans, probe
 from kernels.pq import pq_decode, pq_distances, pq_encode, pq_train
 from kernels.refine import candidate_distances
-from kernels.scan import CODECS, search_codes
+from kernels.scan import CODECS, code_distances, search_codes
 from kernels.threads import set_thread_budget
 from kernels.topk import NO_ID, merge_topk, search_block, topk
 
 __all__ = [
-    "CODECS", "METRICS", "NO_ID", "assign", "candidate_distances", "cuda_available", "fp16_decode", "fp16_encode",
-    "kmeans", "merge_topk", "pairwise_distances", "pq_decode", "pq_distances", "pq_encode", "pq_train", "probe",
-    "resolve", "search_block", "search_codes", "set_thread_budget", "sq8_decode", "sq8_encode", "sq8_train", "topk",
+    "CODECS", "METRICS", "NO_ID", "assign", "candidate_distances", "code_distances", "cuda_available",
+    "fp16_decode", "fp16_encode", "kmeans", "merge_topk", "pairwise_distances", "pq_decode", "pq_distances",
+    "pq_encode", "pq_train", "probe", "resolve", "search_block", "search_codes", "set_thread_budget", "sq8_decode",
+    "sq8_encode", "sq8_train", "topk",
 ]

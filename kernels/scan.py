@@ -7,10 +7,30 @@ from collections.abc import Mapping
 import numpy as np
 
 from kernels.codecs import fp16_decode, sq8_decode
+from kernels.distance import pairwise_distances
 from kernels.pq import pq_distances
 from kernels.topk import search_block, topk
 
 CODECS = ("flat", "fp16", "sq8", "pq")
+
+
+def code_distances(queries: np.ndarray, codes: np.ndarray, *, codec: str, params: Mapping[str, np.ndarray],
+                   metric: str) -> np.ndarray:
+    """Distances float32 [nq, n] of every query to every encoded row: what a caller scanning many small
+    blocks (IVF partitions) concatenates before one top-k, instead of a top-k and a merge per block."""
+    if codec == "pq":
+        return pq_distances(queries, codes, params["pq_codebooks"], metric, device="cpu")
+    return pairwise_distances(queries, _decoded(codes, codec, params), metric)
+
+
+def _decoded(codes: np.ndarray, codec: str, params: Mapping[str, np.ndarray]) -> np.ndarray:
+    if codec == "flat":
+        return codes
+    if codec == "fp16":
+        return fp16_decode(codes)
+    if codec == "sq8":
+        return sq8_decode(codes, params["sq8_lo"], params["sq8_scale"])
+    raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(CODECS)}")
 
 
 def search_codes(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int, *, codec: str,
@@ -21,12 +41,6 @@ def search_codes(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
     distance product); PQ codes are scanned through lookup tables without decoding. `params` holds the
     codec's trained arrays: `sq8_lo`/`sq8_scale`, or `pq_codebooks`.
     """
-    if codec == "flat":
-        return search_block(queries, codes, ids, metric, k)
-    if codec == "fp16":
-        return search_block(queries, fp16_decode(codes), ids, metric, k)
-    if codec == "sq8":
-        return search_block(queries, sq8_decode(codes, params["sq8_lo"], params["sq8_scale"]), ids, metric, k)
     if codec == "pq":
-        return topk(pq_distances(queries, codes, params["pq_codebooks"], metric, device="cpu"), ids, k)
-    raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(CODECS)}")
+        return topk(code_distances(queries, codes, codec=codec, params=params, metric=metric), ids, k)
+    return search_block(queries, _decoded(codes, codec, params), ids, metric, k)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +32,6 @@ class BatchStats:
     seconds: float = 0.0
 
 
-TaskMethod = Callable[[Task, np.ndarray, int, str, "str | None"], tuple[np.ndarray, np.ndarray, int]]
-
-
 class TaskRunner:
     """Runs each task kind with one small method; results of all tasks are merged here."""
 
@@ -45,7 +41,6 @@ class TaskRunner:
         self._indexes = indexes
         self._snapshots: Lru[TableSnapshot] = Lru(64)
         self._partitions = PartitionScanner(indexes, load=self._index_object)
-        self._kinds: dict[str, TaskMethod] = {FRAGMENT: self._fragment, PARTITION: self._partition}
 
     def run(
         self, tasks: list[Task], queries: np.ndarray, k: int, metric: str, predicate: str | None
@@ -57,18 +52,24 @@ class TaskRunner:
         """
         started = time.perf_counter()
         stats = BatchStats()
+        unknown = sorted({t.kind for t in tasks} - {FRAGMENT, PARTITION})
+        if unknown:
+            raise InvalidInput(f"this executor does not run {', '.join(map(repr, unknown))} tasks")
         parts = []
         for task in tasks:
-            method = self._kinds.get(task.kind)
-            if method is None:
-                raise InvalidInput(f"this executor does not run {task.kind!r} tasks")
-            ids, dists, rows = method(task, queries, k, metric, predicate)
+            if task.kind == FRAGMENT:
+                ids, dists, rows = self._fragment(task, queries, k, metric, predicate)
+                parts.append((ids, dists))
+                stats.rows_scanned += rows
+        for (table, index_version), group in _by_index(tasks).items():
+            ids, dists, rows = self._partitions.scan_many(
+                table, index_version, [(t.partition, t.queries) for t in group], queries, k)
             parts.append((ids, dists))
-            stats.tasks += 1
             stats.rows_scanned += rows
+        stats.tasks = len(tasks)
         if not parts:
             parts.append(_no_rows(queries, metric, k))
-        ids, dists = kernels.merge_topk(parts, k)
+        ids, dists = kernels.merge_topk(parts, k) if len(parts) > 1 else parts[0]
         stats.seconds = time.perf_counter() - started
         return ids, dists, stats
 
@@ -104,15 +105,19 @@ class TaskRunner:
             found, dists = kernels.search_block(queries, vectors, ids, metric, k)
         return found, dists, len(ids)
 
-    def _partition(self, task: Task, queries: np.ndarray, k: int, metric: str, predicate: str | None
-                   ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Candidates of one IVF partition, unfiltered: the query node post-filters them."""
-        return self._partitions.scan(task.table, task.index_version, task.partition, queries, k)
-
     def _index_object(self, ref: ObjectRef) -> dict[str, np.ndarray]:
         """An index object (centroids, partition, delta) through the cache; its storage key is a fresh
         uuid per object, so it is immutable."""
         return self.cache.get(f"index/{ref.key}", lambda: self._indexes.get_object(ref)[0])
+
+
+def _by_index(tasks: list[Task]) -> dict[tuple[str, int], list[Task]]:
+    """Partition tasks grouped by the index version they read: each group is scanned in one pass."""
+    groups: dict[tuple[str, int], list[Task]] = {}
+    for task in tasks:
+        if task.kind == PARTITION:
+            groups.setdefault((task.table, task.index_version), []).append(task)
+    return groups
 
 
 def _no_rows(queries: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,10 @@
 """The partition codecs: training their parameters, encoding vectors, and scanning encoded partitions.
 
-For cosine, PQ encodes L2-normalised vectors and scans with squared L2, which on unit vectors is
-2 - 2cos; halving it gives the cosine distance (1 - cos) the other codecs report.
+For cosine, every codec stores L2-normalised vectors and scans normalised queries, so the cosine distance
+1 - cos is the dot distance 1 - q.x of the unit vectors: one matrix product per partition, with no norms
+recomputed on every scan (they were most of a partition's scan time). PQ scans unit vectors with squared
+L2, which is 2 - 2cos; halving it gives the same cosine distance. A zero vector stays zero, so its
+distance to anything is 1, as Lance defines it.
 """
 
 from __future__ import annotations
@@ -16,35 +19,44 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
+def _stored_form(vectors: np.ndarray, metric: str) -> np.ndarray:
+    return normalise(vectors) if metric == "cosine" else vectors
+
+
 def train(codec: str, sample: np.ndarray, metric: str, pq_m: int, seed: int, iters: int) -> dict[str, np.ndarray]:
     """The codec's parameters, as named arrays stored in the centroids object."""
+    data = _stored_form(sample, metric)
     if codec == "sq8":
-        lo, scale = kernels.sq8_train(sample)
+        lo, scale = kernels.sq8_train(data)
         return {"sq8_lo": lo, "sq8_scale": scale}
     if codec == "pq":
-        data = normalise(sample) if metric == "cosine" else sample
         return {"pq_codebooks": kernels.pq_train(data, pq_m, seed=seed, iters=iters)}
     return {}
 
 
 def encode(codec: str, vectors: np.ndarray, params: dict[str, np.ndarray], metric: str) -> np.ndarray:
+    data = _stored_form(vectors, metric)
     if codec == "flat":
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return np.ascontiguousarray(data, dtype=np.float32)
     if codec == "fp16":
-        return kernels.fp16_encode(vectors)
+        return kernels.fp16_encode(data)
     if codec == "sq8":
-        return kernels.sq8_encode(vectors, params["sq8_lo"], params["sq8_scale"])
+        return kernels.sq8_encode(data, params["sq8_lo"], params["sq8_scale"])
     if codec == "pq":
-        data = normalise(vectors) if metric == "cosine" else vectors
         return kernels.pq_encode(data, params["pq_codebooks"])
     raise ValueError(f"unknown codec {codec!r}")
 
 
-def scan(codec: str, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int,
-         params: dict[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (ids, distances) of one partition's encoded rows for every query."""
-    if codec == "pq" and metric == "cosine":
-        found, dists = kernels.search_codes(normalise(queries), codes, ids, k, codec="pq", params=params,
-                                            metric="l2")
-        return found, dists / 2
-    return kernels.search_codes(queries, codes, ids, k, codec=codec, params=params, metric=metric)
+def prepare_queries(queries: np.ndarray, metric: str) -> np.ndarray:
+    """Queries in the form `distances` expects, computed once per batch rather than once per partition."""
+    return np.ascontiguousarray(_stored_form(queries, metric), dtype=np.float32)
+
+
+def distances(codec: str, prepared: np.ndarray, codes: np.ndarray, params: dict[str, np.ndarray],
+              metric: str) -> np.ndarray:
+    """Distances float32 [nq, n] of every query (from `prepare_queries`) to one partition's encoded rows."""
+    if metric != "cosine":
+        return kernels.code_distances(prepared, codes, codec=codec, params=params, metric=metric)
+    if codec == "pq":
+        return kernels.code_distances(prepared, codes, codec="pq", params=params, metric="l2") / 2
+    return kernels.code_distances(prepared, codes, codec=codec, params=params, metric="dot")

@@ -48,11 +48,16 @@ class Task:
     min_row_id: int = 0  # fragment tasks scan only rows with ids >= this (the ones the index lacks)
     index_version: int = -1
     partition: int = -1
+    queries: tuple[int, ...] | None = None  # the batch's queries that probe this partition; None: all
 
     def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "key": self.key, "table": self.table, "version": self.version,
-                "fragment": self.fragment_id, "min_row_id": self.min_row_id,
-                "index_version": self.index_version, "partition": self.partition}
+        doc: dict[str, object] = {
+            "kind": self.kind, "key": self.key, "table": self.table, "version": self.version,
+            "fragment": self.fragment_id, "min_row_id": self.min_row_id, "index_version": self.index_version,
+            "partition": self.partition}
+        if self.queries is not None:
+            doc["queries"] = list(self.queries)
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> Task:
@@ -69,6 +74,7 @@ class Task:
                 min_row_id=int(doc.get("min_row_id", 0)),  # type: ignore[arg-type]
                 index_version=int(doc.get("index_version", -1)),  # type: ignore[arg-type]
                 partition=int(doc.get("partition", -1)),  # type: ignore[arg-type]
+                queries=None if doc.get("queries") is None else tuple(int(q) for q in doc["queries"]),  # type: ignore[union-attr]
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed task: {exc}") from exc
@@ -177,6 +183,13 @@ def _exact_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str,
     )
 
 
+def _probing_queries(probed: np.ndarray, partition: int) -> tuple[int, ...] | None:
+    """The queries of a batch that probe `partition` (None when all do): each query scans only its own
+    `nprobes` partitions, so a batch answers exactly as its queries would one by one."""
+    rows = np.nonzero((probed == partition).any(axis=1))[0]
+    return None if len(rows) == len(probed) else tuple(int(r) for r in rows)
+
+
 def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, index: LoadedIndex,
               selectivity: float | None) -> SearchPlan:
     manifest = index.manifest
@@ -184,7 +197,8 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
     probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric)
     partitions = sorted({int(p) for p in np.unique(probed)})
     tasks = [Task(PARTITION, partition_key(snapshot.name, manifest.index_version, p), snapshot.name,
-                  snapshot.version, index_version=manifest.index_version, partition=p) for p in partitions]
+                  snapshot.version, index_version=manifest.index_version, partition=p,
+                  queries=_probing_queries(probed, p)) for p in partitions]
     watermark = manifest.row_id_watermark
     unindexed = [fid for fid, (_, hi) in snapshot.fragment_row_ranges().items() if hi >= watermark]
     tasks += _fragment_tasks(snapshot, unindexed, min_row_id=watermark)

@@ -57,6 +57,16 @@ def test_flat_ivf_recall_at_default_nprobes(api, minilm) -> None:
     assert recall(api, "minilm", queries, truth, bypass_vector_index=True) == 1.0
 
 
+def test_a_batch_answers_as_its_queries_one_by_one(api, minilm) -> None:
+    """Each query of a batch scans only its own nprobes partitions, so batching (one request, one matrix
+    product per partition) cannot quietly raise recall above what single queries get."""
+    _, queries, _ = minilm
+    batch = api.post("/api/v1/tables/minilm/search", {"vectors": queries[:20].tolist(), "k": 10, "nprobes": 4,
+                                                      "columns": ["row"]}).json()["results"]
+    singles = [api.search("minilm", q, k=10, nprobes=4, columns=["row"]) for q in queries[:20]]
+    assert [[r["row"] for r in rows] for rows in batch] == [[r["row"] for r in rows] for rows in singles]
+
+
 def test_pq_with_refine_recall(api, minilm) -> None:
     _, queries, truth = minilm
     build(api, "minilm", codec="pq")
