@@ -28,7 +28,7 @@ from appliance.fleet import EXECUTOR_APP, QUERY_APP, Fleet, FleetError
 from appliance.index import CODECS, IndexParams, IndexStore
 from appliance.index.builder import build_full
 from appliance.query.admin import cache_table
-from appliance.query.auth import API_KEY_BLOB, API_KEY_HEADER
+from appliance.query.auth import API_KEY_BLOB, API_KEY_HEADER, hash_key
 from appliance.storage import BlobStore, TableStore
 
 
@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     indexer = sub.add_parser("indexer", help="run one indexer: handle table events until idle, then exit 0")
     add_setting_flags(indexer, INDEXER_SETTINGS)
     indexer.set_defaults(func=cmd_indexer)
+
+    hashed = sub.add_parser("hash-key", help="print the api_keys_file line for an API key (read from stdin if -)")
+    hashed.add_argument("key")
+    hashed.set_defaults(func=lambda args: print(
+        hash_key(sys.stdin.readline().strip() if args.key == "-" else args.key)) or 0)
 
     show = sub.add_parser("settings", help="print every setting as a Markdown table")
     show.set_defaults(func=lambda _args: print(settings_table_markdown()) or 0)

@@ -51,6 +51,10 @@ class Settings:
     api_key: str = _knob(
         "", "API key clients send in x-api-key. Unset: one is generated and kept under the data root."
     )
+    api_keys_file: str = _knob(
+        "", "File of further accepted API keys, hashed: one `sha256:<hex> [name]` per line (`appliance hash-key "
+        "KEY` prints a line). The query node reads it at start."
+    )
     internal_token: str = _knob(
         "", "Shared secret between query nodes and executors. Unset: `appliance up` generates one."
     )

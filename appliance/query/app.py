@@ -18,7 +18,7 @@ from appliance.index.catalog import IndexCatalog
 from appliance.metrics import index_metrics, metrics_of, queue_metrics
 from appliance.query.admin import admin_api
 from appliance.query.api import native_api
-from appliance.query.auth import API_KEY_HEADER, require_admin, resolve_api_key
+from appliance.query.auth import ApiKeys, read_key_hashes, require_admin, resolve_api_key
 from appliance.query.dispatch import Dispatcher
 from appliance.query.indexing import attach_indexer_events
 from appliance.query.lancedb import Limits, lancedb_api
@@ -26,7 +26,7 @@ from appliance.query.openapi import openapi_document
 from appliance.query.service import QueryService
 from appliance.routing.membership import Membership
 from appliance.storage import BlobStore, TableStore
-from appliance.web import configure_logging, install_common, json_response, require_secret
+from appliance.web import configure_logging, install_common, json_response
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 ADMIN_PREFIX = "/admin/"
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     root = settings.storage_root()
     api_key = resolve_api_key(settings, BlobStore(root))
     admin_key = settings.admin_key or api_key
+    api_keys = ApiKeys(api_key, read_key_hashes(settings.api_keys_file) if settings.api_keys_file else [])
     membership = Membership(settings.executor_url_list, interval=settings.health_interval)
     membership.start()
     dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps)
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if request.path.startswith(ADMIN_PREFIX):
             require_admin(admin_key)
         elif request.path not in PUBLIC_PATHS:
-            require_secret(API_KEY_HEADER, api_key)
+            api_keys.require()
 
     @app.get("/healthz")
     def healthz() -> Response:
