@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fleet_support import FRAGMENT_ROWS, SHARED_DATA, Api, free_port_block, load_debian, local_fleet
+from fleet_support import FRAGMENT_ROWS, SHARED_DATA, Api, free_port_block, load_debian, local_fleet, timed
 from report import machine_line, write_section
 
 QUERIES = 200
@@ -52,16 +51,6 @@ class Bench:
         after = cache_stats(api)
         self.rows.append(row(state, ms, before, after))
         return after
-
-
-def timed(api: Api, queries: np.ndarray) -> np.ndarray:
-    """Milliseconds of each query, one request each, as a client sends them."""
-    ms = []
-    for q in queries:
-        started = time.perf_counter()
-        api.search("debian", q, k=10)
-        ms.append((time.perf_counter() - started) * 1000)
-    return np.array(ms)
 
 
 def cache_stats(api: Api) -> dict[str, Any]:

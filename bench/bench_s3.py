@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fleet_support import REPO, SHARED_DATA, Api, free_port_block, load_debian, local_fleet
+from fleet_support import REPO, SHARED_DATA, free_port_block, load_debian, local_fleet, timed
 from report import machine_line, write_section
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -23,15 +23,6 @@ from s3_support import REQUESTS, S3Endpoint, start_moto  # noqa: E402
 
 QUERIES = 100
 COLD = {"cache_ram_bytes": 1, "cache_disk_bytes": 1}
-
-
-def latencies(api: Api, queries: np.ndarray) -> np.ndarray:
-    ms = []
-    for q in queries:
-        started = time.perf_counter()
-        api.search("debian", q, k=10)
-        ms.append((time.perf_counter() - started) * 1000)
-    return np.array(ms)
 
 
 def measure(work: Path, port: int, storage: dict[str, str], queries: np.ndarray) -> dict[str, float]:
@@ -42,11 +33,11 @@ def measure(work: Path, port: int, storage: dict[str, str], queries: np.ndarray)
         ingest = time.perf_counter() - started
     with local_fleet(work, port, "cache-cold", **storage, **COLD) as api:
         api.search("debian", queries[0], k=10)
-        cold = latencies(api, queries)
+        cold = timed(api, queries)
     with local_fleet(work, port, "cache-warm", **storage) as api:
-        latencies(api, queries[:10])  # fill the RAM tier
+        timed(api, queries[:10])  # fill the RAM tier
         before = REQUESTS.total()
-        warm = latencies(api, queries)
+        warm = timed(api, queries)
         requests_per_query = (REQUESTS.total() - before) / len(queries)
     rows = len(np.load(SHARED_DATA / "base.npy", mmap_mode="r"))
     return {"ingest_s": ingest, "rows_per_s": rows / ingest, "cold_p50": float(np.percentile(cold, 50)),

@@ -7,9 +7,12 @@ on the path and re-exports what they share from there (`Api`, `SHARED_DATA`, `lo
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
@@ -20,7 +23,7 @@ from test_cache_fleet import FRAGMENT_ROWS, load_debian  # noqa: E402
 from appliance.config import Settings  # noqa: E402
 from appliance.fleet import Fleet  # noqa: E402
 
-__all__ = ["FRAGMENT_ROWS", "REPO", "SHARED_DATA", "Api", "free_port_block", "load_debian", "local_fleet"]
+__all__ = ["FRAGMENT_ROWS", "REPO", "SHARED_DATA", "Api", "free_port_block", "load_debian", "local_fleet", "timed"]
 
 
 @contextmanager
@@ -37,3 +40,13 @@ def local_fleet(work: Path, port: int, cache: str = "cache", executors: int = 2,
         yield Api(fleet.url, fleet.api_key)
     finally:
         fleet.stop()
+
+
+def timed(api: Api, queries: np.ndarray) -> np.ndarray:
+    """Milliseconds of each query, one request each, as a client sends them."""
+    ms = []
+    for q in queries:
+        started = time.perf_counter()
+        api.search("debian", q, k=10)
+        ms.append((time.perf_counter() - started) * 1000)
+    return np.array(ms)

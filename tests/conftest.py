@@ -41,6 +41,20 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no block of free ports found")
 
 
+def exact_ids(base: np.ndarray, q: np.ndarray, metric: str, k: int, mask: np.ndarray | None = None) -> list[int]:
+    """The reference answer: row numbers of the k nearest rows of `base` (those `mask` keeps) in float64,
+    ties by row number, by the metric definitions of Lance."""
+    b, q = base.astype(np.float64), q.astype(np.float64)
+    if metric == "l2":
+        d = ((b - q) ** 2).sum(1)
+    elif metric == "cosine":
+        d = 1 - b @ q / (np.linalg.norm(b, axis=1) * np.linalg.norm(q))
+    else:
+        d = 1 - b @ q
+    order = [i for i in sorted(range(len(b)), key=lambda i: (d[i], i)) if mask is None or mask[i]]
+    return order[:k]
+
+
 class Api:
     """A thin client of the native API, so tests read as what a user does."""
 

@@ -6,22 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import requests
+from conftest import exact_ids
 
 from appliance.storage.schema import vector_type
 
 STORAGE_BACKENDS = ["local", "s3"]
-
-
-def exact(base: np.ndarray, q: np.ndarray, metric: str, k: int) -> list[int]:
-    b = base.astype(np.float64)
-    q = q.astype(np.float64)
-    if metric == "l2":
-        d = ((b - q) ** 2).sum(1)
-    elif metric == "cosine":
-        d = 1 - b @ q / (np.linalg.norm(b, axis=1) * np.linalg.norm(q))
-    else:
-        d = 1 - b @ q
-    return sorted(range(len(b)), key=lambda i: (d[i], i))[:k]
 
 
 def test_health_and_readiness(api) -> None:
@@ -51,7 +40,7 @@ def test_search_equals_exact_search(api, metric: str) -> None:
         api.insert(name, [{"vector": v.tolist(), "n": start + i} for i, v in enumerate(base[start:start + 150])])
     for q in rng.normal(size=(10, 8)).astype(np.float32):
         got = [r["n"] for r in api.search(name, q, k=15)]
-        assert got == exact(base, q, metric, 15)
+        assert got == exact_ids(base, q, metric, 15)
 
 
 def test_batch_search_and_arrow_answers(api) -> None:
@@ -63,11 +52,11 @@ def test_batch_search_and_arrow_answers(api) -> None:
     queries = rng.normal(size=(3, 4)).astype(np.float32)
     resp = api.post("/api/v1/tables/batch/search", {"vectors": queries.tolist(), "k": 5})
     results = resp.json()["results"]
-    assert [[r["n"] for r in rows] for rows in results] == [exact(base, q, "l2", 5) for q in queries]
+    assert [[r["n"] for r in rows] for rows in results] == [exact_ids(base, q, "l2", 5) for q in queries]
     arrow = api.http.post(api.url + "/api/v1/tables/batch/search", json={"vector": queries[0].tolist(), "k": 5},
                           headers={"accept": "application/vnd.apache.arrow.stream"})
     table = pa.ipc.open_stream(arrow.content).read_all()
-    assert table.column("n").to_pylist() == exact(base, queries[0], "l2", 5)
+    assert table.column("n").to_pylist() == exact_ids(base, queries[0], "l2", 5)
     assert table.column_names[:3] == ["query_index", "_rowid", "_distance"]
 
 

@@ -5,7 +5,6 @@ its errors surfacing as the client's normal exceptions with our message."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import re
 from pathlib import Path
@@ -15,32 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import requests
+from conftest import exact_ids
 from lancedb.index import FTS, BTree
 from lancedb.remote import ClientConfig, RetryConfig
 from lancedb.remote.errors import HttpError
 
 DIM = 8
 ROWS = 300
-
-
-def kernels_ready() -> bool:
-    """IVF index builds need kernels.kmeans (being written); index tests wait for it."""
-    try:
-        return hasattr(importlib.import_module("kernels"), "kmeans")
-    except ImportError:
-        return False
-
-
-def exact_ids(base: np.ndarray, q: np.ndarray, metric: str, k: int, mask: np.ndarray | None = None) -> list[int]:
-    b, q = base.astype(np.float64), q.astype(np.float64)
-    if metric == "l2":
-        d = ((b - q) ** 2).sum(1)
-    elif metric == "cosine":
-        d = 1 - b @ q / (np.linalg.norm(b, axis=1) * np.linalg.norm(q))
-    else:
-        d = 1 - b @ q
-    order = [i for i in sorted(range(len(b)), key=lambda i: (d[i], i)) if mask is None or mask[i]]
-    return order[:k]
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +265,6 @@ def test_stats_and_scalar_and_fts_indices(db) -> None:
         table.drop_index("id_idx")
 
 
-@pytest.mark.skipif(not kernels_ready(), reason="IVF builds need kernels.kmeans, not written yet")
 def test_vector_index_lifecycle(db, base) -> None:
     table = db.create_table("indexed", data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base)])
     table.create_index(metric="l2", vector_column_name="vector", index_type="IVF_FLAT", num_partitions=4)
