@@ -10,7 +10,7 @@ output "autoscaling_group_arn" {
 
 output "launch_template_id" {
   description = "Launch template of the executors."
-  value       = aws_launch_template.this.id
+  value       = module.node_template.id
 }
 
 output "port" {

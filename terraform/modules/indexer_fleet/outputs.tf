@@ -5,7 +5,7 @@ output "autoscaling_group_name" {
 
 output "launch_template_id" {
   description = "Launch template of the indexers."
-  value       = aws_launch_template.this.id
+  value       = module.node_template.id
 }
 
 output "scale_out_alarm_name" {

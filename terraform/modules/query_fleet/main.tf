@@ -1,62 +1,18 @@
 data "aws_region" "current" {}
 
-data "aws_ssm_parameter" "ami" {
-  count = var.ami_id == null ? 1 : 0
-  name  = var.ami_ssm_parameter
-}
-
-resource "aws_launch_template" "this" {
-  name_prefix            = "${var.name}-${local.role}-"
-  description            = "appliance ${local.role} node"
-  image_id               = var.ami_id != null ? var.ami_id : nonsensitive(data.aws_ssm_parameter.ami[0].value)
-  instance_type          = var.instance_type
-  update_default_version = true
-  user_data              = module.cloud_init.user_data_base64
-  ebs_optimized          = true
-
-  iam_instance_profile {
-    name = var.instance_profile_name
-  }
-
-  network_interfaces {
-    associate_public_ip_address = false
-    security_groups             = [var.security_group_id]
-    delete_on_termination       = true
-  }
-
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required" # IMDSv2 only
-    http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  block_device_mappings {
-    device_name = "/dev/xvda"
-    ebs {
-      volume_size           = var.root_volume_size_gb
-      volume_type           = "gp3"
-      encrypted             = true
-      kms_key_id            = var.ebs_kms_key_arn
-      delete_on_termination = true
-    }
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(var.tags, { Name = "${var.name}-${local.role}", "appliance:role" = local.role })
-  }
-
-  tag_specifications {
-    resource_type = "volume"
-    tags          = merge(var.tags, { Name = "${var.name}-${local.role}", "appliance:role" = local.role })
-  }
-
-  tags = var.tags
+module "node_template" {
+  source                = "../node_template"
+  name                  = var.name
+  role                  = local.role
+  ami_id                = var.ami_id
+  ami_ssm_parameter     = var.ami_ssm_parameter
+  instance_type         = var.instance_type
+  instance_profile_name = var.instance_profile_name
+  security_group_id     = var.security_group_id
+  root_volume_size_gb   = var.root_volume_size_gb
+  ebs_kms_key_arn       = var.ebs_kms_key_arn
+  tags                  = var.tags
+  user_data_base64      = module.cloud_init.user_data_base64
 }
 
 locals {
@@ -190,8 +146,8 @@ resource "aws_autoscaling_group" "this" {
   default_instance_warmup   = 300
 
   launch_template {
-    id      = aws_launch_template.this.id
-    version = aws_launch_template.this.latest_version
+    id      = module.node_template.id
+    version = module.node_template.latest_version
   }
 
   # A new launch template version (a new appliance_package, say) replaces nodes a few at a time.

@@ -25,5 +25,5 @@ output "autoscaling_group_name" {
 
 output "launch_template_id" {
   description = "Launch template of the query nodes."
-  value       = aws_launch_template.this.id
+  value       = module.node_template.id
 }
