@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,46 @@ def exact_ids(base: np.ndarray, q: np.ndarray, metric: str, k: int, mask: np.nda
         d = 1 - b @ q
     order = [i for i in sorted(range(len(b)), key=lambda i: (d[i], i)) if mask is None or mask[i]]
     return order[:k]
+
+
+class SearchLoad:
+    """Clients searching a table in a loop (one thread each) and checking every answer, so a test can break
+    the fleet underneath and then assert that no query failed."""
+
+    def __init__(self, url: str, key: str, table: str, queries: np.ndarray, expected: list[list[int]],
+                 clients: int = 1) -> None:
+        self._url, self._key, self._table = url, key, table
+        self._queries, self._expected = queries, expected
+        self.failures: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def __enter__(self) -> SearchLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        session = requests.Session()
+        session.headers["x-api-key"] = self._key
+        k = len(self._expected[0])
+        i = 0
+        while not self._stop.is_set():
+            q = i % len(self._queries)
+            resp = session.post(f"{self._url}/api/v1/tables/{self._table}/search",
+                                json={"vector": self._queries[q].tolist(), "k": k}, timeout=30)
+            if resp.status_code != 200:
+                self.failures.append(f"{resp.status_code} {resp.text}")
+            elif [r["n"] for r in resp.json()["results"]] != self._expected[q]:
+                self.failures.append(f"wrong answer for query {q}")
+            self.answered += 1
+            i += 1
 
 
 class Api:

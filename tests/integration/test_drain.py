@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import requests
-from conftest import Api, start_fleet
+from conftest import Api, SearchLoad, start_fleet
 
 from appliance import __version__
 from appliance.drain import DrainState
@@ -50,30 +50,8 @@ def test_drain_executor_and_query_node(tmp_path) -> None:
         queries = rng.normal(size=(10, 8)).astype(np.float32)
         expected = [np.argsort(((base - q) ** 2).sum(1), kind="stable")[:5].tolist() for q in queries]
 
-        failures: list[str] = []
-        answered = 0
-        stop = threading.Event()
-
-        def load() -> None:
-            nonlocal answered
-            session = requests.Session()
-            session.headers["x-api-key"] = fleet.api_key
-            i = 0
-            while not stop.is_set():
-                q = i % len(queries)
-                resp = session.post(f"{fleet.url}/api/v1/tables/d/search",
-                                    json={"vector": queries[q].tolist(), "k": 5}, timeout=30)
-                if resp.status_code != 200:
-                    failures.append(f"{resp.status_code} {resp.text}")
-                elif [r["n"] for r in resp.json()["results"]] != expected[q]:
-                    failures.append(f"wrong answer for query {q}")
-                answered += 1
-                i += 1
-
-        client = threading.Thread(target=load)
-        client.start()
-        victim = fleet.executors[0].url
-        try:
+        with SearchLoad(fleet.url, fleet.api_key, "d", queries, expected) as load:
+            victim = fleet.executors[0].url
             # An executor: the admin endpoints want the internal token.
             assert requests.post(f"{victim}/admin/drain", timeout=10).status_code == 403
             resp = requests.post(f"{victim}/admin/drain?wait=10", headers=token, timeout=20)
@@ -96,11 +74,8 @@ def test_drain_executor_and_query_node(tmp_path) -> None:
             assert requests.post(f"{victim}/admin/undrain", headers=token, timeout=5).json()["draining"] is False
             _wait(lambda: victim in api.get("/admin/ring").json()["live"])
             time.sleep(0.3)
-        finally:
-            stop.set()
-            client.join()
-        assert not failures, failures[:5]
-        assert answered > 5
+        assert not load.failures, load.failures[:5]
+        assert load.answered > 5
 
         # A query node: the API key guards its admin endpoints; drained, it refuses searches with JSON.
         assert requests.post(f"{fleet.url}/admin/drain", timeout=5).status_code == 401

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import numpy as np
 import requests
-from conftest import Api, start_fleet
+from conftest import Api, SearchLoad, start_fleet
 
 
 def test_kill_one_executor_mid_run(tmp_path) -> None:
@@ -24,40 +23,15 @@ def test_kill_one_executor_mid_run(tmp_path) -> None:
         queries = rng.normal(size=(20, 16)).astype(np.float32)
         expected = [np.argsort(((base - q) ** 2).sum(1), kind="stable")[:10].tolist() for q in queries]
 
-        failures: list[str] = []
-        answered = 0
-        stop = threading.Event()
+        with SearchLoad(fleet.url, fleet.api_key, "ha", queries, expected, clients=3) as load:
+            time.sleep(1.0)
+            victim = fleet.executors[1]
+            # The whole node dies at once (master and worker), as when its host or container is lost.
+            os.killpg(victim.process.pid, signal.SIGKILL)
+            time.sleep(2.0)
 
-        def load() -> None:
-            nonlocal answered
-            session = requests.Session()
-            session.headers["x-api-key"] = fleet.api_key
-            i = 0
-            while not stop.is_set():
-                q = i % len(queries)
-                resp = session.post(f"{fleet.url}/api/v1/tables/ha/search",
-                                    json={"vector": queries[q].tolist(), "k": 10}, timeout=30)
-                if resp.status_code != 200:
-                    failures.append(f"{resp.status_code} {resp.text}")
-                elif [r["n"] for r in resp.json()["results"]] != expected[q]:
-                    failures.append(f"wrong answer for query {q}")
-                answered += 1
-                i += 1
-
-        clients = [threading.Thread(target=load) for _ in range(3)]
-        for c in clients:
-            c.start()
-        time.sleep(1.0)
-        victim = fleet.executors[1]
-        # The whole node dies at once (master and worker), as when its host or container is lost.
-        os.killpg(victim.process.pid, signal.SIGKILL)
-        time.sleep(2.0)
-        stop.set()
-        for c in clients:
-            c.join()
-
-        assert not failures, failures[:5]
-        assert answered > 20
+        assert not load.failures, load.failures[:5]
+        assert load.answered > 20
         ring = requests.get(f"{fleet.url}/admin/ring", headers={"x-api-key": fleet.api_key}).json()
         assert victim.url not in ring["live"]
     finally:

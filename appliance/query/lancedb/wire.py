@@ -7,14 +7,13 @@ must come back as Arrow IPC with an Arrow content-type, or the client refuses th
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pyarrow as pa
 from flask import Response, request
 
 from appliance.errors import InvalidInput, PayloadTooLarge
-from appliance.query.bodies import parse_arrow_stream
+from appliance.query.bodies import parse_arrow_stream, parse_json_body
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
 HUGE_K = 2**62  # `limit(None)` and `take_*` send isize::MAX: "no limit"
@@ -23,15 +22,7 @@ HUGE_K = 2**62  # `limit(None)` and `take_*` send isize::MAX: "no limit"
 def optional_json() -> dict[str, Any]:
     """The JSON object of the request, or {} when the client sent no body."""
     raw = request.get_data()
-    if not raw or not raw.strip():
-        return {}
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("request body is not valid JSON", str(exc)) from exc
-    if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return doc
+    return parse_json_body(raw) if raw.strip() else {}
 
 
 def arrow_body(max_rows: int, allow_empty: bool = True) -> pa.Table:
