@@ -8,19 +8,20 @@ of any executor as long as one is left.
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import requests
-from requests.adapters import HTTPAdapter
 
 import kernels
 from appliance.errors import InvalidInput, Unavailable
 from appliance.planner import wire
 from appliance.planner.plan import SearchPlan, Task
+from appliance.routing.connections import ConnectionPool
 from appliance.routing.membership import Membership
 from appliance.routing.ring import NoLiveNodes
 
@@ -40,10 +41,7 @@ class Dispatcher:
         self._token = token
         self._timeout = timeout
         self._eps = eps
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=max_parallel, pool_maxsize=max_parallel, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._connections = ConnectionPool(timeout, max_idle=max_parallel)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="dispatch")
 
     # metrics hook (appliance/metrics.py): called with (seconds, ok) once per executor batch
@@ -101,25 +99,23 @@ class Dispatcher:
                    "x-request-id": request_id}
         started = time.perf_counter()
         try:
-            resp = self._session.post(f"{node}/internal/v1/search", data=body, headers=headers,
-                                      timeout=self._timeout)
-        except requests.RequestException as exc:
+            status, content = self._connections.request("POST", node, "/internal/v1/search", body, headers)
+        except (OSError, http.client.HTTPException) as exc:
             self._observe(started, False)
             raise ExecutorFailed(type(exc).__name__) from exc
-        self._observe(started, resp.status_code < 400)
-        if resp.status_code >= 500 or resp.status_code in (401, 403):
+        self._observe(started, status < 400)
+        if status >= 500 or status in (401, 403):
             # 401/403 means this executor has another internal token: a misconfigured member, not bad input.
-            raise ExecutorFailed(f"HTTP {resp.status_code}")
-        if resp.status_code >= 400:
-            detail = _error_text(resp)
-            raise InvalidInput(f"executor rejected the task batch: {detail}")
-        _, (ids, dists) = wire.decode(resp.content)
+            raise ExecutorFailed(f"HTTP {status}")
+        if status >= 400:
+            raise InvalidInput(f"executor rejected the task batch: {_error_text(content)}")
+        _, (ids, dists) = wire.decode(content)
         return ids, dists
 
 
-def _error_text(resp: requests.Response) -> str:
+def _error_text(content: bytes) -> str:
     try:
-        doc = resp.json()
+        doc = json.loads(content)
         return f"{doc.get('error')}: {doc.get('detail', '')}".rstrip(": ")
-    except ValueError:
-        return resp.text[:200]
+    except (ValueError, AttributeError):
+        return content[:200].decode("utf-8", "replace")

@@ -7,13 +7,14 @@ its keys move), and when it comes back its keys return to it, where its cache st
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
-import requests
-
+from appliance.routing.connections import ConnectionPool
 from appliance.routing.ring import HashRing
 
 log = logging.getLogger("appliance.routing")
@@ -40,7 +41,7 @@ class Membership:
         self._interval = interval
         self._probe_timeout = probe_timeout
         self._lock = threading.Lock()
-        self._session = requests.Session()
+        self._connections = ConnectionPool(probe_timeout, max_idle=1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,16 +68,16 @@ class Membership:
         executor being taken out (POST /admin/drain), excluded from routing but not counted as failing. An
         executor without `/readyz` (an older version, mid-upgrade) is probed on `/healthz`."""
         try:
-            resp = self._session.get(f"{url}/readyz", timeout=self._probe_timeout)
-            if resp.status_code == 404:
-                resp = self._session.get(f"{url}/healthz", timeout=self._probe_timeout)
-        except requests.RequestException as exc:
+            status, body = self._connections.request("GET", url, "/readyz")
+            if status == 404:
+                status, body = self._connections.request("GET", url, "/healthz")
+        except (OSError, http.client.HTTPException) as exc:
             return False, False, type(exc).__name__
-        if resp.status_code == 200:
+        if status == 200:
             return True, False, ""
-        if resp.status_code == 503 and _is_draining(resp):
+        if status == 503 and _is_draining(body):
             return True, True, ""
-        return False, False, f"{resp.request.path_url} answered {resp.status_code}"
+        return False, False, f"answered {status}"
 
     def _record(self, url: str, ok: bool, error: str, draining: bool = False) -> None:
         with self._lock:
@@ -118,8 +119,8 @@ class Membership:
             ]
 
 
-def _is_draining(resp: requests.Response) -> bool:
+def _is_draining(body: bytes) -> bool:
     try:
-        return bool(resp.json().get("draining"))
+        return bool(json.loads(body).get("draining"))
     except (ValueError, AttributeError):
         return False

@@ -1,0 +1,94 @@
+"""Keep-alive HTTP connections from a query node to its executors, without `requests`.
+
+Every search crosses this hop once per executor, so its cost is paid on every query: `requests` spends
+about 2 ms of Python per call on loopback (sessions, adapters, urllib3 pools, proxy settings read from
+the environment on every call), a bare `http.client` connection a tenth of that. The pool keeps idle
+connections per executor, last used first, and retries a request once on a fresh connection when a
+reused one turns out to be closed by the server (gunicorn drops idle keep-alive connections after a few
+seconds). Only idempotent requests go through it (executor searches are read-only, probes are GETs), so
+sending one again is safe.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections import defaultdict
+from urllib.parse import urlsplit
+
+# what a connection the server already closed raises on reuse, before any byte of an answer arrives
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per base URL (`http://host:port`), shared by the threads using it."""
+
+    def __init__(self, timeout: float, max_idle: int = 32) -> None:
+        self._timeout = timeout
+        self._max_idle = max_idle
+        self._idle: dict[str, list[http.client.HTTPConnection]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def request(self, method: str, base_url: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, body) of one idempotent request. Raises OSError or http.client.HTTPException when the
+        node cannot be reached or breaks the connection."""
+        headers = headers or {}
+        conn, reused = self._checkout(base_url)
+        try:
+            status, data = _exchange(conn, method, path, body, headers)
+        except _STALE:
+            conn.close()
+            if not reused:
+                raise
+            conn = self._connect(base_url)
+            try:
+                status, data = _exchange(conn, method, path, body, headers)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        self._checkin(base_url, conn)
+        return status, data
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, defaultdict(list)
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def _checkout(self, base_url: str) -> tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle[base_url]
+            if idle:
+                return idle.pop(), True
+        return self._connect(base_url), False
+
+    def _checkin(self, base_url: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle[base_url]
+            if len(idle) < self._max_idle:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _connect(self, base_url: str) -> http.client.HTTPConnection:
+        url = urlsplit(base_url)
+        if url.scheme == "https":
+            return http.client.HTTPSConnection(url.hostname or "", url.port, timeout=self._timeout)
+        if url.scheme != "http":
+            raise ValueError(f"node URL must be http:// or https://, not {base_url!r}")
+        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=self._timeout)
+
+
+def _exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+              headers: dict[str, str]) -> tuple[int, bytes]:
+    conn.request(method, path, body, headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.will_close:
+        conn.close()  # the next request reconnects by itself
+    return resp.status, data
