@@ -78,6 +78,13 @@ class Settings:
     max_body_bytes: int = _knob(256 * 1024 * 1024, "Largest request body, in bytes.")
     max_batch_rows: int = _knob(200_000, "Most rows one insert request may carry.")
     max_query_vectors: int = _knob(1_000, "Most query vectors one search request may carry.")
+    search_batch_rows: int = _knob(
+        256, "Concurrent searches of the same shape run as one batch of up to this many query vectors "
+        "(one plan, one executor request each, one scan per partition). 0: every search runs alone."
+    )
+    search_batches_inflight: int = _knob(
+        1, "Batches of one search shape running at once on a query node; more searches queue for the next."
+    )
     routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
     health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
     request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")

@@ -118,6 +118,20 @@ def cache_metrics(stats: Callable[[], dict[str, Any]]) -> Callable[[], list[Any]
     return read
 
 
+def batching_metrics(counts: Callable[[], tuple[int, int]]) -> Callable[[], list[Any]]:
+    """Scrape-time counters of the query node's cross-request batching (`counts()` gives (batches, searches)
+    run so far): their ratio over an interval is the mean batch size under the load of that interval."""
+
+    def read() -> list[Any]:
+        batches, searches = counts()
+        return [CounterMetricFamily("appliance_search_batches", "Search batches run (coalesced searches).",
+                                    value=float(batches)),
+                CounterMetricFamily("appliance_search_batched", "Searches run in those batches.",
+                                    value=float(searches))]
+
+    return read
+
+
 def queue_metrics(stats: Callable[[], Any]) -> Callable[[], list[Any]]:
     """Scrape-time depth of the indexer event queue (`stats()` gives a QueueStats, or None when the node has
     no queue or it cannot be read): events ready, handed out to an indexer, and dead-lettered."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -200,3 +201,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, storage: str, request: pytes
 @pytest.fixture(scope="module")
 def api(fleet: Fleet) -> Api:
     return Api(fleet.url, fleet.api_key)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -15,7 +15,7 @@ from appliance.drain import drain_api
 from appliance.errors import ApplianceError
 from appliance.index import IndexStore
 from appliance.index.catalog import IndexCatalog
-from appliance.metrics import index_metrics, metrics_of, queue_metrics
+from appliance.metrics import batching_metrics, index_metrics, metrics_of, queue_metrics
 from appliance.query.admin import admin_api
 from appliance.query.api import native_api
 from appliance.query.auth import ApiKeys, read_key_hashes, require_admin, resolve_api_key
@@ -44,13 +44,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     membership = Membership(settings.executor_url_list, interval=settings.health_interval)
     membership.start()
     dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps)
-    service = QueryService(TableStore(root), dispatcher, IndexCatalog(IndexStore(root)))
+    service = QueryService(TableStore(root), dispatcher, IndexCatalog(IndexStore(root)),
+                           batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight)
     attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")
     install_common(app, "query", settings.max_body_bytes)
     metrics = metrics_of(app)
     dispatcher.on_batch = metrics.observe_dispatch
+    if service.coalescer is not None:
+        coalescer = service.coalescer
+        metrics.add_gauges(batching_metrics(lambda: (coalescer.batches, coalescer.items)))
     metrics.add_gauges(queue_metrics(lambda: service.events.stats() if service.events is not None else None))
     metrics.add_gauges(index_metrics(service.list_tables, service.catalog.indexes.current))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from appliance.index.catalog import IndexCatalog
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
 from appliance.planner.plan import SearchPlan, SearchRequest, plan_search
+from appliance.query.coalesce import Coalescer
 from appliance.query.dispatch import Dispatcher
 from appliance.query.finish import finish_candidates
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
@@ -41,14 +43,34 @@ class SearchResult:
             grouped[row.pop("query_index")].append(row)
         return grouped
 
+    def split(self, sizes: list[int]) -> list[SearchResult]:
+        """The results of consecutive groups of queries (`sizes` queries each), numbered from 0 in each."""
+        query_index = self.rows.column("query_index").to_numpy()
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        starts = np.searchsorted(query_index, bounds)  # rows are ordered by query, best first
+        parts = []
+        for i in range(len(sizes)):
+            rows = self.rows.slice(starts[i], starts[i + 1] - starts[i])
+            shifted = pa.array(rows.column("query_index").to_numpy() - bounds[i], pa.int32())
+            parts.append(dataclasses.replace(self, rows=rows.set_column(0, "query_index", shifted)))
+        return parts
+
+
+# what searches batched together must agree on, besides table, version, columns and dimension
+_SHAPE_FIELDS = ("k", "metric", "filter", "nprobes", "refine_factor", "prefilter", "bypass_index")
+
 
 class QueryService:
     def __init__(self, store: TableStore, dispatcher: Dispatcher, catalog: IndexCatalog,
-                 prefilter_threshold: float = 0.05) -> None:
+                 prefilter_threshold: float = 0.05, batch_rows: int = 0, batches_inflight: int = 1) -> None:
+        """`batch_rows` > 0 batches concurrent searches of the same shape, up to that many query vectors,
+        with at most `batches_inflight` batches of one shape running at a time (coalesce.py)."""
         self.store = store
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.prefilter_threshold = prefilter_threshold
+        self.coalescer: Coalescer[tuple[SearchRequest, str], SearchResult] | None = (
+            Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
 
     def create_table(self, name: str, dimension: int, metric: str, payload: Any) -> TableInfo:
         return self.store.create(name, dimension, metric, payload)
@@ -80,27 +102,51 @@ class QueryService:
         return version, deleted
 
     def search(self, name: str, request: SearchRequest, request_id: str = "") -> SearchResult:
-        """Pin the latest version, run the plan on the executors, then fetch payload from that version."""
-        snapshot = self.store.snapshot(name)
-        columns = request.columns if request.columns is not None else snapshot.payload_columns
+        """Pin the latest version, run the plan on the executors, then fetch payload from that version.
+        `request.columns` None returns the payload columns (every column but the vector)."""
+        return self._search(name, request, request_id, None, request.columns, include_vector=False)
+
+    def _search(self, name: str, request: SearchRequest, request_id: str, version: int | None,
+                columns: list[str] | None, include_vector: bool) -> SearchResult:
+        """Run now, or with the concurrent searches of the same shape when batching is on (coalesce.py)."""
+        if self.coalescer is None:
+            return self._search_now(name, request, request_id, version, columns, include_vector)
+        shape = (name, version, None if columns is None else tuple(columns), include_vector,
+                 request.queries.shape[1], *(getattr(request, f) for f in _SHAPE_FIELDS))
+        return self.coalescer.submit(shape, (request, request_id), rows=len(request.queries))
+
+    def _search_batch(self, shape: Hashable, members: list[tuple[SearchRequest, str]]) -> list[SearchResult]:
+        """One search for the stacked queries of `members`, split back into one result per member."""
+        name, version, columns, include_vector = shape[:4]  # type: ignore[index]
+        request, request_id = members[0]
+        if len(members) > 1:
+            request = dataclasses.replace(request, queries=np.concatenate([m.queries for m, _ in members]))
+        result = self._search_now(name, request, request_id, version, None if columns is None else list(columns),
+                                  include_vector)
+        return result.split([len(m.queries) for m, _ in members]) if len(members) > 1 else [result]
+
+    def _search_now(self, name: str, request: SearchRequest, request_id: str, version: int | None,
+                    columns: list[str] | None, include_vector: bool) -> SearchResult:
+        snapshot = self.store.snapshot(name, version)
+        if version is not None and version != self.store.snapshot(name).version:
+            request = dataclasses.replace(request, bypass_index=True)  # the index only describes the latest
+        if columns is None:
+            columns = list(snapshot.dataset.schema.names) if include_vector else snapshot.payload_columns
         unknown = [c for c in columns if c not in snapshot.dataset.schema.names]
         if unknown:
             raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
         plan, ids, dists = self._execute(snapshot, request, request_id)
         found = ids != kernels.NO_ID
-        query_index = np.nonzero(found)[0].astype(np.int32)
         row_ids = ids[found]
-        distances = dists[found]
         payload = snapshot.take(np.unique(row_ids), columns)
         arrays: dict[str, Any] = {
-            "query_index": pa.array(query_index, pa.int32()),
+            "query_index": pa.array(np.nonzero(found)[0].astype(np.int32), pa.int32()),
             "_rowid": pa.array(row_ids, pa.uint64()),
-            "_distance": pa.array(distances, pa.float32()),
+            "_distance": pa.array(dists[found], pa.float32()),
         }
         schema = snapshot.dataset.schema
         for column in columns:
-            values = [payload[int(r)][column] for r in row_ids]
-            arrays[column] = pa.array(values, type=schema.field(column).type)
+            arrays[column] = pa.array([payload[int(r)][column] for r in row_ids], type=schema.field(column).type)
         return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
 
     def explain(self, name: str, request: SearchRequest) -> SearchPlan:
@@ -215,26 +261,7 @@ class QueryService:
                   version: int | None = None, columns: list[str] | None = None) -> SearchResult:
         """`search` at a chosen version (latest when None), returning `columns` (every column, the vector
         included, when None). An old version is searched exactly: the index only describes the latest."""
-        snapshot = self.store.snapshot(name, version)
-        if version is not None and version != self.store.snapshot(name).version:
-            request = dataclasses.replace(request, bypass_index=True)
-        columns = list(snapshot.dataset.schema.names) if columns is None else columns
-        unknown = [c for c in columns if c not in snapshot.dataset.schema.names]
-        if unknown:
-            raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
-        plan, ids, dists = self._execute(snapshot, request, request_id)
-        found = ids != kernels.NO_ID
-        row_ids = ids[found]
-        payload = snapshot.take(np.unique(row_ids), columns)
-        arrays: dict[str, Any] = {
-            "query_index": pa.array(np.nonzero(found)[0].astype(np.int32), pa.int32()),
-            "_rowid": pa.array(row_ids, pa.uint64()),
-            "_distance": pa.array(dists[found], pa.float32()),
-        }
-        schema = snapshot.dataset.schema
-        for column in columns:
-            arrays[column] = pa.array([payload[int(r)][column] for r in row_ids], type=schema.field(column).type)
-        return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
+        return self._search(name, request, request_id, version, columns, include_vector=True)
 
     def snapshot(self, name: str, version: int | None = None) -> TableSnapshot:
         return self.store.snapshot(name, version)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import SHARED_DATA
+import requests
+from conftest import SHARED_DATA, metric_value
 
 from appliance.storage.schema import vector_type
 
@@ -111,3 +114,30 @@ def test_filtered_search_returns_only_matching_rows(api, minilm) -> None:
     for q in queries[:10]:
         rows = api.search("minilm", q, k=10, filter=broad, columns=["bucket"])
         assert len(rows) == 10 and all(r["bucket"] < 50 for r in rows)
+
+
+
+def test_concurrent_searches_batched_together_answer_as_one_by_one(api, minilm) -> None:
+    """The query node runs concurrent searches of one shape as one batch (appliance/query/coalesce.py):
+    each must still get exactly its own answer, in its own response."""
+    _, queries, _ = minilm
+    chosen = queries[:64]
+
+    def rows(q: np.ndarray) -> list[int]:
+        resp = requests.post(f"{api.url}/api/v1/tables/minilm/search", headers={"x-api-key": api.key}, timeout=60,
+                             json={"vector": q.tolist(), "k": 10, "nprobes": 8, "columns": ["row"]})
+        assert resp.status_code == 200, resp.text
+        return [r["row"] for r in resp.json()["results"]]
+
+    singles = [rows(q) for q in chosen]
+    before = api.get("/metrics").text
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(rows, chosen))
+    after = api.get("/metrics").text
+    assert together == singles
+
+    def grown(name: str) -> float:
+        return metric_value(after, name) - metric_value(before, name)
+
+    assert grown("appliance_search_batched_total") == len(chosen)
+    assert grown("appliance_search_batches_total") < len(chosen)  # 16 clients at once: some shared a batch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Api, free_port_block
+from conftest import Api, free_port_block, metric_value
 
 from appliance.config import Settings
 from appliance.fleet import Fleet
@@ -39,17 +39,6 @@ def obs_api(obs_fleet) -> Api:
     api.create("obs", 3, "l2", {"n": "int64"})
     api.insert("obs", [{"vector": [float(i), 0.0, 1.0], "n": i} for i in range(20)])
     return api
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_index_build_durations(obs_fleet, obs_api) -> None:
