@@ -183,11 +183,17 @@ def _exact_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str,
     )
 
 
-def _probing_queries(probed: np.ndarray, partition: int) -> tuple[int, ...] | None:
-    """The queries of a batch that probe `partition` (None when all do): each query scans only its own
-    `nprobes` partitions, so a batch answers exactly as its queries would one by one."""
-    rows = np.nonzero((probed == partition).any(axis=1))[0]
-    return None if len(rows) == len(probed) else tuple(int(r) for r in rows)
+def _probing_queries(probed: np.ndarray) -> dict[int, tuple[int, ...] | None]:
+    """For every probed partition, the queries of the batch that probe it (None when all do): each query
+    scans only its own `nprobes` partitions, so a batch answers exactly as its queries would one by one."""
+    nq, nprobes = probed.shape
+    flat = probed.ravel()
+    order = np.argsort(flat, kind="stable")  # stable: each partition's queries come out in ascending order
+    partitions, starts = np.unique(flat[order], return_index=True)
+    queries = (order // nprobes).tolist()
+    bounds = [*starts.tolist(), len(flat)]
+    return {int(p): None if bounds[i + 1] - bounds[i] == nq else tuple(queries[bounds[i]:bounds[i + 1]])
+            for i, p in enumerate(partitions)}
 
 
 def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, index: LoadedIndex,
@@ -195,10 +201,11 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
     manifest = index.manifest
     nprobes = min(request.nprobes or int(manifest.params["nprobes"]), manifest.nlist)
     probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric)
-    partitions = sorted({int(p) for p in np.unique(probed)})
+    probing = _probing_queries(probed)
+    partitions = sorted(probing)
     tasks = [Task(PARTITION, partition_key(snapshot.name, manifest.index_version, p), snapshot.name,
                   snapshot.version, index_version=manifest.index_version, partition=p,
-                  queries=_probing_queries(probed, p)) for p in partitions]
+                  queries=probing[p]) for p in partitions]
     watermark = manifest.row_id_watermark
     unindexed = [fid for fid, (_, hi) in snapshot.fragment_row_ranges().items() if hi >= watermark]
     tasks += _fragment_tasks(snapshot, unindexed, min_row_id=watermark)

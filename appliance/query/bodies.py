@@ -87,6 +87,9 @@ def parse_bool(doc: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
+_NUMBERS = frozenset({int, float})  # not bool, which JSON true/false decode to and isinstance calls an int
+
+
 def parse_vectors(raw: Any, field: str) -> np.ndarray:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput(f"'{field}' must be a non-empty list")
@@ -95,9 +98,9 @@ def parse_vectors(raw: Any, field: str) -> np.ndarray:
         if not isinstance(row, list) or not row:
             raise InvalidInput(f"'{field}' must hold non-empty lists of numbers")
         dims.add(len(row))
-        for x in row:
-            if isinstance(x, bool) or not isinstance(x, int | float):
-                raise InvalidInput(f"'{field}' values must be numbers, got {x!r}")
+        if not _NUMBERS.issuperset(map(type, row)):  # exact types: JSON gives int and float, never subclasses
+            bad = next(x for x in row if type(x) not in _NUMBERS)
+            raise InvalidInput(f"'{field}' values must be numbers, got {bad!r}")
     if len(dims) != 1:
         raise InvalidInput(f"all query vectors in '{field}' must have the same dimension")
     with np.errstate(over="ignore"):

@@ -17,6 +17,10 @@ import hashlib
 import math
 from collections.abc import Collection, Iterable, Iterator, Sequence
 
+MEMO_KEYS = 65_536
+"""Keys whose node order a ring remembers (all forgotten when full): far more than the partitions and
+fragments of the tables one query node serves, small next to its memory."""
+
 
 class NoLiveNodes(RuntimeError):
     """Every member of the ring is excluded (or it has none): there is nowhere to send work."""
@@ -44,6 +48,7 @@ class HashRing:
         points = sorted((_hash64(f"{node}#{i}"), node) for node in self._nodes for i in range(vnodes))
         self._hashes = [h for h, _ in points]
         self._owners = [node for _, node in points]
+        self._orders: dict[str, tuple[int, tuple[str, ...]]] = {}
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -53,21 +58,24 @@ class HashRing:
         return f"HashRing({list(self._nodes)!r}, vnodes={self._vnodes})"
 
     def _walk(self, key: str, excluded: frozenset[str]) -> Iterator[str]:
-        """Distinct live nodes clockwise from the key's hash; lazy, because a key usually stops at the first."""
-        live = sum(1 for node in self._nodes if node not in excluded)
-        if not live:
-            return
-        seen: set[str] = set()
-        start = bisect.bisect_left(self._hashes, _hash64(key))
-        size = len(self._hashes)
-        for i in range(size):
-            node = self._owners[(start + i) % size]
-            if node in seen or node in excluded:
-                continue
-            seen.add(node)
-            yield node
-            if len(seen) == live:
-                return
+        """Distinct live nodes clockwise from the key's hash. Excluding nodes keeps the others' order, so
+        this filters the key's full order, which is computed once per key: the same keys (a table's
+        partitions and fragments) come back with every query."""
+        return (node for node in self._order(key)[1] if node not in excluded)
+
+    def _order(self, key: str) -> tuple[int, tuple[str, ...]]:
+        """(hash, every node clockwise from it) of a key, from a bounded memo."""
+        known = self._orders.get(key)
+        if known is None:
+            hashed = _hash64(key)
+            start = bisect.bisect_left(self._hashes, hashed)
+            size = len(self._hashes)
+            order = list(dict.fromkeys(self._owners[(start + i) % size] for i in range(size)))
+            known = (hashed, tuple(order))
+            if len(self._orders) >= MEMO_KEYS:
+                self._orders.clear()  # one atomic step, safe beside other threads' lookups
+            self._orders[key] = known
+        return known
 
     def preference(self, key: str, exclude: Collection[str] = ()) -> list[str]:
         """Every live node once, in the order that should take `key`: its owner first, then who fails over.
@@ -96,7 +104,7 @@ class HashRing:
         capacity = math.ceil((1 + eps) * len(keys) / len(live))
         load = dict.fromkeys(live, 0)
         owner: list[str] = [""] * len(keys)
-        for index in sorted(range(len(keys)), key=lambda i: (_hash64(keys[i]), keys[i])):
+        for index in sorted(range(len(keys)), key=lambda i: (self._order(keys[i])[0], keys[i])):
             node = next(n for n in self._walk(keys[index], excluded) if load[n] < capacity)
             load[node] += 1
             owner[index] = node
