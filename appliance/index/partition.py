@@ -45,28 +45,30 @@ class PartitionScanner:
         manifest = self.manifest(table, index_version)
         params = self._load(manifest.centroids)
         nq = len(queries)
-        prepared = codec.prepare_queries(queries, manifest.metric)
-        blocks, id_blocks, rows = [], [], 0
+        objects: list[tuple[dict[str, np.ndarray], np.ndarray | None]] = []
         for partition, subset in work:
             if not 0 <= partition < manifest.nlist:
                 raise ValueError(f"index {table} v{index_version} has no partition {partition}")
             chosen = None if subset is None else np.asarray(subset, dtype=np.intp)
-            for ref in manifest.partitions[partition]:
-                obj = self._load(ref)
-                if len(obj["ids"]) == 0:
-                    continue
-                probing = prepared if chosen is None else prepared[chosen]
-                dists = codec.distances(manifest.codec, probing, obj["codes"], params, manifest.metric)
-                if chosen is not None:
-                    full = np.full((nq, dists.shape[1]), np.nan, dtype=np.float32)
-                    full[chosen] = dists
-                    dists = full
-                blocks.append(dists)
-                id_blocks.append(obj["ids"])
-                rows += len(obj["ids"])
-        if not blocks:
+            objects += [(obj, chosen) for obj in map(self._load, manifest.partitions[partition]) if len(obj["ids"])]
+        rows = sum(len(obj["ids"]) for obj, _ in objects)
+        if not rows:
             return (np.full((nq, k), kernels.NO_ID, np.uint64), np.full((nq, k), np.inf, np.float32), 0)
-        ids, dists = kernels.topk(np.concatenate(blocks, axis=1), np.concatenate(id_blocks), k)
+        # one matrix for all objects, filled in place: NaN stays where a query does not probe the partition
+        dists = np.full((nq, rows), np.nan, dtype=np.float32)
+        ids = np.empty(rows, dtype=np.uint64)
+        prepared = codec.prepare_queries(queries, manifest.metric)
+        start = 0
+        for obj, chosen in objects:
+            block = slice(start, start + len(obj["ids"]))
+            ids[block] = obj["ids"]
+            if chosen is None:
+                dists[:, block] = codec.distances(manifest.codec, prepared, obj["codes"], params, manifest.metric)
+            else:
+                dists[chosen, block] = codec.distances(manifest.codec, prepared[chosen], obj["codes"], params,
+                                                       manifest.metric)
+            start = block.stop
+        ids, dists = kernels.topk(dists, ids, k)
         # NaN marks rows a query did not probe; a stored vector is finite, so its distance never is NaN.
         unprobed = np.isnan(dists)
         ids[unprobed], dists[unprobed] = kernels.NO_ID, np.inf
