@@ -2,8 +2,9 @@
 added since the last version to the existing centroids, as delta objects).
 
 Both stream over the table in batches and spill partition buffers to storage whenever they pass a byte
-budget, so a table larger than RAM indexes in bounded memory; a partition is then several objects, which
-is also how deltas are represented.
+budget, so a table larger than RAM indexes in bounded memory. A full build then merges each partition's
+spilled pieces into one object (one partition in memory at a time): executors pay a fixed cost per object
+they scan, so a partition should be one block. Deltas from partial builds stay separate objects.
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ from appliance.storage.schema import VECTOR_COLUMN, vectors_to_numpy
 from appliance.storage.tables import TableSnapshot, TableStore
 
 Progress = Callable[[int], None]
-SPILL_BYTES = 64 * 1024 * 1024
+SPILL_BYTES = 256 * 1024 * 1024
 
 
 class PartitionWriter:
     """Buffers encoded rows per partition and writes them out as objects when the buffer is full."""
 
-    def __init__(self, store: IndexStore, table: str, nlist: int, spill_bytes: int = SPILL_BYTES) -> None:
+    def __init__(self, store: IndexStore, table: str, nlist: int, spill_bytes: int | None = None) -> None:
         self._store = store
         self._table = table
         self._ids: list[list[np.ndarray]] = [[] for _ in range(nlist)]
         self._codes: list[list[np.ndarray]] = [[] for _ in range(nlist)]
         self._buffered = 0
-        self._spill_bytes = spill_bytes
+        self._spill_bytes = spill_bytes or SPILL_BYTES
         self.refs: list[list[ObjectRef]] = [[] for _ in range(nlist)]
 
     def add(self, ids: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> None:
@@ -61,6 +62,18 @@ class PartitionWriter:
                 self._ids[p], self._codes[p] = [], []
         self._buffered = 0
 
+    def consolidate(self) -> None:
+        """Merge each partition's spilled pieces into one object and delete the pieces (no manifest names
+        them yet); call after the last flush."""
+        for p, refs in enumerate(self.refs):
+            if len(refs) > 1:
+                pieces = [self._store.get_object(ref)[0] for ref in refs]
+                ids = np.concatenate([piece["ids"] for piece in pieces])
+                codes = np.concatenate([piece["codes"] for piece in pieces])
+                self.refs[p] = [self._store.put_object(self._table, {"ids": ids, "codes": codes}, rows=len(ids))]
+                for ref in refs:
+                    self._store.delete_object(ref.key)
+
 
 def build_full(tables: TableStore, indexes: IndexStore, name: str, params: IndexParams,
                progress: Progress | None = None, metric: str | None = None) -> IndexManifest:
@@ -79,6 +92,7 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
     writer = PartitionWriter(indexes, name, p.nlist)
     indexed, watermark = _assign_all(_batches(snap, p.batch_rows), metric, centroids, codec_params, p, writer,
                                      progress)
+    writer.consolidate()
     manifest = IndexManifest(
         table=name, index_version=indexes.next_version(name), metric=metric, dimension=snap.dimension,
         codec=p.codec, params=p.to_json(), table_version=snap.version, row_id_watermark=watermark,

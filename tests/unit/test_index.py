@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from appliance.errors import InvalidInput
-from appliance.index import IndexParams, IndexStore
+from appliance.index import IndexParams, IndexStore, builder
 from appliance.index.builder import build_full, build_partial
 from appliance.index.partition import PartitionScanner
 from appliance.index.store import CorruptIndexObject
@@ -56,6 +56,23 @@ def test_same_data_and_seed_build_the_same_index(root, codec) -> None:
     for (i1, x1), (i2, x2) in zip(contents(indexes, first), contents(indexes, second), strict=True):
         assert np.array_equal(i1, i2) and np.array_equal(x1, x2)
     assert sum(len(i) for i, _ in contents(indexes, first)) == 2000
+
+
+def test_a_full_build_that_spilled_leaves_one_object_per_partition(root, monkeypatch) -> None:
+    """Spilling keeps a large build's memory bounded; merging the pieces afterwards keeps every partition
+    one block for the executors, with the same rows in the same order, and leaves no orphaned pieces."""
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 16, "l2", {"n": "int64"})
+    load(tables, "t", clustered(3000, 16, 0))
+    params = IndexParams(nlist=8, batch_rows=500, seed=1)
+    whole = build_full(tables, indexes, "t", params)
+    monkeypatch.setattr(builder, "SPILL_BYTES", 4096)  # spills after almost every batch of 500 rows
+    spilled = build_full(tables, indexes, "t", params)
+    assert all(len(refs) == 1 for refs in spilled.partitions)
+    for (i1, x1), (i2, x2) in zip(contents(indexes, whole), contents(indexes, spilled), strict=True):
+        assert np.array_equal(i1, i2) and np.array_equal(x1, x2)
+    named = {ref.key for m in (whole, spilled) for ref in m.objects()}
+    assert set(indexes.object_times("t")) == named
 
 
 def test_partial_build_adds_deltas_and_survives_compaction(root) -> None:
