@@ -8,6 +8,7 @@ of any executor as long as one is left.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
@@ -70,14 +71,15 @@ class Dispatcher:
         failed: set[str] = set()
         while pending:
             groups = self._assign(pending, self._membership.down() | failed)
-            futures = {
-                node: self._pool.submit(self._send, node, plan, tasks, queries, request_id)
-                for node, tasks in groups.items()
-            }
+            sends = {node: functools.partial(self._send, node, plan, tasks, queries, request_id)
+                     for node, tasks in groups.items()}
+            # the first executor's request goes from this thread, the others from the pool meanwhile: one
+            # thread handoff less on every search
+            futures = {node: self._pool.submit(send) for node, send in list(sends.items())[1:]}
             pending = []
-            for node, future in futures.items():
+            for node, send in sends.items():
                 try:
-                    parts.append(future.result())
+                    parts.append(futures[node].result() if node in futures else send())
                 except ExecutorFailed as exc:
                     log.warning("executor %s failed (%s); rerouting %d tasks", node, exc, len(groups[node]))
                     failed.add(node)
