@@ -57,6 +57,25 @@ def test_append_returns_committed_version_and_row_ids_are_stable(store: TableSto
     }
 
 
+def test_snapshots_see_every_commit_and_a_recreated_table_never_its_old_rows(store: TableStore) -> None:
+    """Snapshots share one Lance session (cached manifests and row-id index): it must never serve a
+    version older than the latest, nor the rows of a dropped table whose name was taken again."""
+    store.create("t", 3, "l2", {"n": "int64"})
+    schema = store.snapshot("t").dataset.schema
+    store.append("t", rows_to_table(rows(3), schema))
+    old = store.snapshot("t")
+    assert old.take(np.array([0, 1, 2], np.uint64), ["n"]) == {0: {"n": 0}, 1: {"n": 1}, 2: {"n": 2}}
+    store.append("t", rows_to_table(rows(2, start=3), schema))
+    assert store.snapshot("t").dataset.count_rows() == 5
+    store.drop("t")
+    store.create("t", 3, "l2", {"n": "int64"})
+    store.append("t", rows_to_table(rows(3, start=100), schema))  # the same version number as `old`
+    again = store.snapshot("t")
+    assert again.version == old.version
+    assert again.take(np.array([0, 1, 2], np.uint64), ["n"]) == {0: {"n": 100}, 1: {"n": 101}, 2: {"n": 102}}
+    assert sorted(again.dataset.to_table(columns=["n"]).column("n").to_pylist()) == [100, 101, 102]
+
+
 def test_bad_rows_are_rejected_before_commit(store: TableStore) -> None:
     store.create("t", 3, "l2", {"n": "int64"})
     schema = store.snapshot("t").dataset.schema
