@@ -61,6 +61,7 @@ LANCEDB_PARTITIONS, LANCEDB_SUB_VECTORS, LANCEDB_REFINE = 256, 48, 10
 FAISS_NLIST = 256
 SYNTHETIC_BATCH = 100_000
 TABLE = "minilm"
+UNBATCHED = "appliance, batching off"
 
 Sender = Callable[[int], list[int]]  # query number -> the returned row numbers
 
@@ -246,6 +247,21 @@ def bench_appliance(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list
             print(rows[-1].markdown(), flush=True)
 
 
+def bench_unbatched(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list[Row], one_client: int) -> None:
+    """The flat index at its default nprobes once more, on a fleet whose query node runs every search alone
+    (`search_batch_rows=0`): what cross-request batching is worth under 8 clients."""
+    info, _ = build_index(api, TABLE, codec="flat")
+    p = info["params"]
+    appliance_recall(api, queries, truth, nprobes=p["nprobes"])  # warms this fleet's executor caches
+    n = min(len(queries), one_client)
+    one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], nprobes=p["nprobes"])), n)
+    many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], nprobes=p["nprobes"])),
+                   len(queries) - n, CLIENTS)
+    rows.append(Row(UNBATCHED, f"IVF{p['nlist']} flat", f"nprobes={p['nprobes']} (default)", "-",
+                    both(one, many, truth), one, many))
+    print(rows[-1].markdown(), flush=True)
+
+
 # --- LanceDB OSS, embedded ---------------------------------------------------------------------------------
 
 
@@ -374,7 +390,8 @@ def bench_synthetic_build(work: Path, api: Api, rows: int) -> tuple[str, list[st
 def at_recall(rows: list[Row], system: str, index: str | None = None, target: float = 0.95) -> Row | None:
     """The cheapest setting (fewest probes: rows are in increasing order) of a system reaching `target`."""
     for row in rows:
-        if row.system.startswith(system) and (index is None or index in row.index) and row.recall >= target:
+        if (row.system.startswith(system) and row.system != UNBATCHED and (index is None or index in row.index)
+                and row.recall >= target):
             return row
     return None
 
@@ -398,6 +415,15 @@ def summary(rows: list[Row]) -> str:
         if exact is not None:
             text += f"; p50 {row.one.p(50) / exact.one.p(50):.2f}x the appliance's own exact scan"
         lines.append(text + ".")
+    batched = next((r for r in rows if r.system == "appliance" and r.index.endswith("flat")
+                    and r.knob.endswith("(default)")), None)
+    unbatched = next((r for r in rows if r.system == UNBATCHED), None)
+    if batched is not None and unbatched is not None and batched.many and unbatched.many:
+        on, off = batched.many, unbatched.many
+        lines.append(f"- Cross-request batching (flat, default nprobes, {CLIENTS} clients): {on.qps:,.0f} QPS with "
+                     f"it, {off.qps:,.0f} without ({on.qps / off.qps:.2f}x); p50 {on.p(50):.1f} vs {off.p(50):.1f} "
+                     f"ms. With 1 client it changes nothing by design: p50 {batched.one.p(50):.2f} vs "
+                     f"{unbatched.one.p(50):.2f} ms.")
     if lance_row is not None:
         lines.append(f"- LanceDB at {lance_row.knob} (recall {lance_row.recall:.3f}): p50 "
                      f"{lance_row.one.p(50):.2f} ms, {lance_row.many.qps:,.0f} QPS with {CLIENTS} threads.")
@@ -441,11 +467,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         work = Path(tmp)
-        with local_fleet(work, free_port_block(3), indexers=0) as api:
-            if "appliance" not in skip:
+        if "appliance" not in skip:
+            with local_fleet(work, free_port_block(3), indexers=0) as api:
                 load_table(api, TABLE, base, "cosine", FRAGMENT_ROWS)
                 bench_appliance(api, queries, truth, rows, builds, args.one_client)
-                print(f"appliance done at {(time.time() - started) / 60:.1f} min", flush=True)
+            with local_fleet(work, free_port_block(3), indexers=0, search_batch_rows=0) as api:
+                bench_unbatched(api, queries, truth, rows, args.one_client)
+            print(f"appliance done at {(time.time() - started) / 60:.1f} min", flush=True)
         if "lancedb" not in skip:
             bench_lancedb(work, base, queries, truth, rows, builds, args.one_client)
             print(f"LanceDB done at {(time.time() - started) / 60:.1f} min", flush=True)
@@ -500,6 +528,8 @@ queries; recall@10 against the exact top-10 (`dev_gt_ids.npy`). Each setting: 1 
   sent {RECALL_BATCH} to a request (`vectors`): each query of a batch scans only its own nprobes partitions, so it
   must equal the one-query recall (an earlier planner scanned the union for every query and read 1.000 here).
   "none (exact scan)" is `bypass_vector_index`, the first {min(n, EXACT_QUERIES)} queries, 1 client.
+  The query node batches concurrent searches of one shape (`search_batch_rows`, on by default);
+  "{UNBATCHED}" is the flat index at its default nprobes on a second fleet with `search_batch_rows=0`.
 - **LanceDB** OSS embedded on a local folder, in the benchmark process; {CLIENTS} clients = {CLIENTS}
   threads sharing one table handle.
 - **faiss** in the benchmark process, one query at a time on one thread, all {len(queries):,} queries.
