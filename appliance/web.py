@@ -47,7 +47,7 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-        if request.path not in ("/healthz", "/readyz"):
+        if request.path not in ("/healthz", "/readyz") and log.isEnabledFor(logging.INFO):
             log.info(json.dumps({
                 "role": role,
                 "request_id": g.get("request_id"),
