@@ -14,7 +14,6 @@ fixed, after every member arrived, so read-your-writes holds for every member.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ class Coalescer(Generic[Item, Result]):
                 member.result = result
         except BaseException as exc:  # noqa: BLE001 - every member gets it, not just this thread
             for member in batch:
-                member.error = exc if member is batch[0] else copy.copy(exc)
+                member.error = exc  # the same instance: a copy could not be made of every exception type
         finally:
             nxt = self._finish(key, len(batch))
             for member in batch[1:]:

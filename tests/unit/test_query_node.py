@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
+from appliance.errors import TableNotFound
 from appliance.query.coalesce import Coalescer
 from appliance.routing.connections import ConnectionPool
 
@@ -29,7 +30,7 @@ class Recorder:
         self.entered.set()
         self.gate.wait(10)
         if self.fail_on in items:
-            raise ValueError(f"bad item {self.fail_on}")
+            raise TableNotFound(f"t{self.fail_on}")  # an error whose constructor is not (message,)
         return [2 * i for i in items]
 
 
@@ -104,7 +105,7 @@ def test_an_error_reaches_every_member_of_the_batch_and_later_batches_still_run(
         first, *rest = held_batch(run, coalescer, pool, [1, 2, 3])
         assert first.result(5) == 0
         for future in rest:
-            with pytest.raises(ValueError, match="bad item 2"):
+            with pytest.raises(TableNotFound, match="^Table 't2' was not found$"):
                 future.result(5)
     run.fail_on = None
     assert coalescer.submit("k", 4) == 8
