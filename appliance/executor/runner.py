@@ -6,12 +6,10 @@ a fragment's data files and deletion file at the pinned version, an index object
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
 from lance.fragment import LanceFragment
 
 import kernels
@@ -22,7 +20,7 @@ from appliance.index.partition import PartitionScanner
 from appliance.index.store import IndexStore
 from appliance.lru import Lru
 from appliance.planner.plan import FRAGMENT, PARTITION, Task
-from appliance.storage.tables import TableSnapshot, TableStore, read_fragment_vectors
+from appliance.storage.tables import TableSnapshot, TableStore, fragment_cache_key, read_fragment_vectors
 
 
 @dataclass
@@ -124,20 +122,6 @@ def _no_rows(queries: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.n
     """The (padding-only) top k of nothing, in the shape every part of a merge has."""
     return kernels.search_block(queries, np.empty((0, queries.shape[1]), np.float32), np.empty(0, np.uint64),
                                 metric, k)
-
-
-def fragment_cache_key(table: str, fragment: LanceFragment) -> str:
-    """A name for exactly the rows a fragment holds at this version: its data files (immutable, uniquely
-    named by Lance) and its deletion file (each delete writes a new one), so a deletion makes a new key and
-    an unchanged fragment keeps its key across versions."""
-    meta = fragment.metadata
-    identity = {
-        "files": [f.path for f in meta.files],
-        "deletions": meta.deletion_file.path(meta.id) if meta.deletion_file is not None else None,
-        "overlays": meta.to_json().get("overlays") or [],
-    }
-    digest = xxhash.xxh3_128_hexdigest(json.dumps(identity, sort_keys=True, default=str).encode())
-    return f"{table}/fragment/{meta.id}/{digest}"
 
 
 def matching_row_ids(fragment: LanceFragment, predicate: str) -> np.ndarray:

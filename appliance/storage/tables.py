@@ -7,6 +7,7 @@ returns only after Lance has committed it, which is what lets the query node ack
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import xxhash
+from lance.fragment import LanceFragment
 
 from appliance.errors import InvalidInput, TableExists, TableNotFound
 from appliance.lru import Lru
@@ -38,6 +41,7 @@ MAX_FILTER_CHARS = 4096
 
 
 _ROW_RANGES: Lru[tuple[int, int]] = Lru(100_000)
+_VERSION_RANGES: Lru[dict[int, tuple[int, int]]] = Lru(256)
 _MATCHES: Lru[np.ndarray] = Lru(64)
 _COUNTS: Lru[int] = Lru(1024)
 
@@ -98,9 +102,23 @@ class TableSnapshot:
         except (ValueError, OSError, RuntimeError) as exc:
             raise InvalidInput(f"invalid filter: {predicate}", clean_lance_message(exc)) from exc
 
+    def identity(self) -> str | None:
+        """A digest of this version's manifest (its fragments' files, its commit time): equal only for the
+        same version of the same incarnation of the table, so what is memoised under it cannot outlive a
+        table dropped and created again under its name. None where this Lance build cannot tell."""
+        try:
+            return xxhash.xxh3_128_hexdigest(self.dataset._ds.serialized_manifest())
+        except AttributeError:  # a private method of pylance (pinned in requirements.txt): degrade, not fail
+            return None
+
     def fragment_row_ranges(self) -> dict[int, tuple[int, int]]:
         """(smallest, largest) live row id of every fragment; cached forever per fragment data file,
-        since a fragment's row ids never change (deletions only hide some)."""
+        since a fragment's row ids never change (deletions only hide some), and per version, since every
+        search of a version asks again."""
+        identity = self.identity()
+        known = _VERSION_RANGES.get(identity) if identity else None
+        if known is not None:
+            return dict(known)
         ranges = {}
         for fragment in self.dataset.get_fragments():
             key = fragment.metadata.files[0].path if fragment.metadata.files else ""
@@ -111,6 +129,8 @@ class TableSnapshot:
                 if key:
                     _ROW_RANGES.put(key, span)
             ranges[fragment.fragment_id] = span
+        if identity:
+            _VERSION_RANGES.put(identity, dict(ranges))
         return ranges
 
     def matching_row_ids(self, predicate: str) -> np.ndarray:
@@ -469,3 +489,17 @@ def raise_if_rejected(exc: BaseException) -> None:
 def clean_lance_message(exc: BaseException) -> str:
     """Lance's messages end with the Rust source location of the build machine; clients need not see it."""
     return re.sub(r",\s*/\S+\.rs:\d+:\d+", "", str(exc)).strip()
+
+
+def fragment_cache_key(table: str, fragment: LanceFragment) -> str:
+    """A name for exactly the rows a fragment holds at this version: its data files (immutable, uniquely
+    named by Lance) and its deletion file (each delete writes a new one), so a deletion makes a new key and
+    an unchanged fragment keeps its key across versions."""
+    meta = fragment.metadata
+    identity = {
+        "files": [f.path for f in meta.files],
+        "deletions": meta.deletion_file.path(meta.id) if meta.deletion_file is not None else None,
+        "overlays": meta.to_json().get("overlays") or [],
+    }
+    digest = xxhash.xxh3_128_hexdigest(json.dumps(identity, sort_keys=True, default=str).encode())
+    return f"{table}/fragment/{meta.id}/{digest}"

@@ -16,12 +16,13 @@ import pytest
 import kernels
 from appliance.cache import ARRAYS, CacheDirInUse, TieredCache, cache_folder, disk_budget, ram_budget
 from appliance.cache.disk import DiskTier
-from appliance.executor.runner import TaskRunner, fragment_cache_key
+from appliance.executor.runner import TaskRunner
 from appliance.index import IndexStore
 from appliance.planner.plan import FRAGMENT, Task, fragment_key
 from appliance.query.admin import cache_table, fleet_cache_stats
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table
+from appliance.storage.tables import fragment_cache_key
 
 ENTRY = 108  # RAM bytes of one test value: one uint64 id and 25 float32
 

@@ -65,15 +65,17 @@ def test_snapshots_see_every_commit_and_a_recreated_table_never_its_old_rows(sto
     store.append("t", rows_to_table(rows(3), schema))
     old = store.snapshot("t")
     assert old.take(np.array([0, 1, 2], np.uint64), ["n"]) == {0: {"n": 0}, 1: {"n": 1}, 2: {"n": 2}}
+    assert old.fragment_row_ranges() == {0: (0, 2)}  # memoised per version
     store.append("t", rows_to_table(rows(2, start=3), schema))
     assert store.snapshot("t").dataset.count_rows() == 5
     store.drop("t")
     store.create("t", 3, "l2", {"n": "int64"})
-    store.append("t", rows_to_table(rows(3, start=100), schema))  # the same version number as `old`
+    store.append("t", rows_to_table(rows(4, start=100), schema))  # the same version number as `old`
     again = store.snapshot("t")
-    assert again.version == old.version
+    assert again.version == old.version and again.identity() != old.identity()
     assert again.take(np.array([0, 1, 2], np.uint64), ["n"]) == {0: {"n": 100}, 1: {"n": 101}, 2: {"n": 102}}
-    assert sorted(again.dataset.to_table(columns=["n"]).column("n").to_pylist()) == [100, 101, 102]
+    assert sorted(again.dataset.to_table(columns=["n"]).column("n").to_pylist()) == [100, 101, 102, 103]
+    assert again.fragment_row_ranges() == {0: (0, 3)}
 
 
 def test_bad_rows_are_rejected_before_commit(store: TableStore) -> None:
