@@ -85,6 +85,10 @@ class Settings:
     search_batches_inflight: int = _knob(
         1, "Batches of one search shape running at once on a query node; more searches queue for the next."
     )
+    payload_cache_bytes: int = _knob(
+        256 * 1024 * 1024, "Bytes of payload columns a query node keeps in memory, per fragment, to answer the "
+        "columns of search results without reading them again. 0: read them from the table every time."
+    )
     routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
     health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
     request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")

@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     membership.start()
     dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps)
     service = QueryService(TableStore(root), dispatcher, IndexCatalog(IndexStore(root)),
-                           batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight)
+                           batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
+                           payload_cache_bytes=settings.payload_cache_bytes)
     attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def ring() -> Response:
         return json_response({"members": membership.snapshot(), "live": membership.live()})
 
-    app.register_blueprint(admin_api(membership, settings.internal_token))
+    app.register_blueprint(admin_api(membership, settings.internal_token, service.payload.stats))
     app.register_blueprint(drain_api(app, lambda: require_admin(admin_key)))
     app.register_blueprint(native_api(service, settings.max_k, settings.max_query_vectors,
                                       settings.max_batch_rows))

@@ -23,6 +23,7 @@ from appliance.planner.plan import SearchPlan, SearchRequest, plan_search
 from appliance.query.coalesce import Coalescer
 from appliance.query.dispatch import Dispatcher
 from appliance.query.finish import finish_candidates
+from appliance.query.payload import PayloadCache
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
 
 WIDEN_ATTEMPTS = 3
@@ -62,13 +63,16 @@ _SHAPE_FIELDS = ("k", "metric", "filter", "nprobes", "refine_factor", "prefilter
 
 class QueryService:
     def __init__(self, store: TableStore, dispatcher: Dispatcher, catalog: IndexCatalog,
-                 prefilter_threshold: float = 0.05, batch_rows: int = 0, batches_inflight: int = 1) -> None:
+                 prefilter_threshold: float = 0.05, batch_rows: int = 0, batches_inflight: int = 1,
+                 payload_cache_bytes: int = 0) -> None:
         """`batch_rows` > 0 batches concurrent searches of the same shape, up to that many query vectors,
-        with at most `batches_inflight` batches of one shape running at a time (coalesce.py)."""
+        with at most `batches_inflight` batches of one shape running at a time (coalesce.py);
+        `payload_cache_bytes` > 0 keeps payload columns of fragments in memory (payload.py)."""
         self.store = store
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.prefilter_threshold = prefilter_threshold
+        self.payload = PayloadCache(payload_cache_bytes)
         self.coalescer: Coalescer[tuple[SearchRequest, str], SearchResult] | None = (
             Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
 
@@ -138,7 +142,7 @@ class QueryService:
         plan, ids, dists = self._execute(snapshot, request, request_id)
         found = ids != kernels.NO_ID
         row_ids = ids[found]
-        payload = snapshot.take(np.unique(row_ids), columns)
+        payload = self.payload.take(snapshot, np.unique(row_ids), columns)
         arrays: dict[str, Any] = {
             "query_index": pa.array(np.nonzero(found)[0].astype(np.int32), pa.int32()),
             "_rowid": pa.array(row_ids, pa.uint64()),
