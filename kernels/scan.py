@@ -20,7 +20,20 @@ def code_distances(queries: np.ndarray, codes: np.ndarray, *, codec: str, params
     blocks (IVF partitions) concatenates before one top-k, instead of a top-k and a merge per block."""
     if codec == "pq":
         return pq_distances(queries, codes, params["pq_codebooks"], metric, device="cpu")
+    if codec == "sq8" and metric == "dot":
+        return _sq8_dot_distances(queries, codes, params["sq8_lo"], params["sq8_scale"])
     return pairwise_distances(queries, _decoded(codes, codec, params), metric)
+
+
+def _sq8_dot_distances(queries: np.ndarray, codes: np.ndarray, lo: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """1 - q.x for x = lo + code * scale, without decoding x: q.x = q.lo + (q * scale).code. A partition
+    then costs one uint8 -> float32 conversion and one matrix product over a quarter of flat's bytes,
+    where decoding first took three passes over the float32 rows (about half the time of a flat scan on
+    debian-minilm partitions, against slightly more than a flat scan)."""
+    q = np.asarray(queries, dtype=np.float32)
+    products = (q * scale) @ np.asarray(codes, dtype=np.float32).T
+    products += (q @ lo)[:, None]
+    return np.subtract(np.float32(1), products, out=products)
 
 
 def _decoded(codes: np.ndarray, codec: str, params: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from test_kernels import EPS32, assert_same_result, real_values, reference_distances, small_ints
+from test_kernels import EPS32, assert_same_result, real_values, reference_distances, small_ints, vector_cases
 
 from kernels import (
     METRICS,
     candidate_distances,
+    code_distances,
     fp16_decode,
     fp16_encode,
     pq_decode,
@@ -227,6 +228,25 @@ def test_search_codes_equals_search_block_on_decoded_rows(case, codec, k, data):
         decoded = pq_decode(codes, codebooks)
     got = search_codes(queries, codes, ids, k, codec=codec, params=params, metric=metric)
     assert_same_result(got, search_block(queries, decoded, ids, metric, k))
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=vector_cases(real_values), metric=st.sampled_from(METRICS))
+def test_sq8_code_distances_match_the_decoded_rows(case, metric):
+    """Dot distances of SQ8 codes are computed without decoding (q.lo + (q*scale).code): they must still
+    be the float64 distances to the decoded rows, up to float32 rounding of the terms summed."""
+    queries, x = case
+    if not len(x):
+        return
+    lo, scale = sq8_train(x)
+    codes = sq8_encode(x, lo, scale)
+    decoded = sq8_decode(codes, lo, scale)
+    got = code_distances(queries, codes, codec="sq8", params={"sq8_lo": lo, "sq8_scale": scale}, metric=metric)
+    want, magnitude = reference_distances(queries, decoded, metric)
+    q_norm = np.linalg.norm(queries.astype(np.float64), axis=1)[:, None]
+    terms = q_norm * (np.linalg.norm(lo.astype(np.float64)) + np.linalg.norm(codes * scale.astype(np.float64), axis=1))
+    tolerance = 8 * (queries.shape[1] + 2) * EPS32 * (magnitude + terms)
+    assert got.shape == (len(queries), len(x)) and np.all(np.abs(got - want) <= tolerance)
 
 
 def test_search_codes_rejects_unknown_codec():
