@@ -62,6 +62,7 @@ FAISS_NLIST = 256
 SYNTHETIC_BATCH = 100_000
 TABLE = "minilm"
 UNBATCHED = "appliance, batching off"
+CODECS = ("flat", "sq8", "pq")  # the appliance's codecs measured, each with default parameters
 
 Sender = Callable[[int], list[int]]  # query number -> the returned row numbers
 
@@ -227,7 +228,7 @@ def bench_appliance(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list
     exact = min(n, EXACT_QUERIES)
     run = measure(appliance_sender(api, TABLE, search_bodies(queries[:exact], bypass_vector_index=True)), exact)
     rows.append(Row("appliance", "none (exact scan)", "-", "-", recall_at_k(run.ids, truth[:exact]), run))
-    for codec in ("flat", "pq"):
+    for codec in CODECS:
         info, seconds = build_index(api, TABLE, codec=codec)
         p = info["params"]
         builds.append(f"| appliance (`POST .../index`, query node, 1 thread) | IVF {codec}, nlist={p['nlist']}"
@@ -401,7 +402,7 @@ def summary(rows: list[Row]) -> str:
     lines = ["At the first (fewest-probes) setting of each with recall@10 >= 0.95, in this run:", ""]
     lance_row = at_recall(rows, "LanceDB")
     exact = next((r for r in rows if r.system == "appliance" and r.index.startswith("none")), None)
-    for codec in ("flat", "pq"):
+    for codec in CODECS:
         row = at_recall(rows, "appliance", codec)
         if row is None:
             if any(r.index.endswith(codec) for r in rows):
@@ -522,11 +523,12 @@ queries; recall@10 against the exact top-10 (`dev_gt_ids.npy`). Each setting: 1 
 - **appliance**: 1 query node and 2 executors on loopback; the table loaded through the HTTP API in
   fragments of {FRAGMENT_ROWS:,} rows; indexes built with `POST /api/v1/tables/{TABLE}/index` and default
   parameters (nlist about sqrt(rows), default nprobes nlist/6, PQ with dimension/8 sub-vectors and refine
-  factor 10); caches warm. One query per HTTP request (JSON, k=10, payload column `row`, bodies encoded
-  before the clock starts); {CLIENTS} clients = {CLIENTS} threads of the benchmark process, each with its
-  own keep-alive connection. "recall@10, batches of 100" (at the default nprobes only) is the same queries
-  sent {RECALL_BATCH} to a request (`vectors`): each query of a batch scans only its own nprobes partitions, so it
-  must equal the one-query recall (an earlier planner scanned the union for every query and read 1.000 here).
+  factor 10, SQ8 without refine); caches warm. One query per HTTP request (JSON,
+  k=10, payload column `row`, bodies encoded before the clock starts); {CLIENTS} clients = {CLIENTS}
+  threads of the benchmark process, each with its own keep-alive connection. "recall@10, batches of 100"
+  (at the default nprobes only) is the same queries sent {RECALL_BATCH} to a request (`vectors`): each
+  query of a batch scans only its own nprobes partitions, so it must equal the one-query recall (an
+  earlier planner scanned the union for every query and read 1.000 here).
   "none (exact scan)" is `bypass_vector_index`, the first {min(n, EXACT_QUERIES)} queries, 1 client.
   The query node batches concurrent searches of one shape (`search_batch_rows`, on by default);
   "{UNBATCHED}" is the flat index at its default nprobes on a second fleet with `search_batch_rows=0`.
