@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +56,18 @@ class SearchResult:
         return parts
 
 
-# what searches batched together must agree on, besides table, version, columns and dimension
-_SHAPE_FIELDS = ("k", "metric", "filter", "nprobes", "refine_factor", "prefilter", "bypass_index")
+@dataclass(frozen=True)
+class _Shape:
+    """What searches batched together agree on: everything but their query vectors."""
+
+    name: str
+    version: int | None
+    columns: tuple[str, ...] | None
+    include_vector: bool
+    dimension: int
+    options: tuple[Any, ...]  # the request's fields below
+
+    OPTIONS = ("k", "metric", "filter", "nprobes", "refine_factor", "prefilter", "bypass_index")
 
 
 class QueryService:
@@ -115,24 +124,23 @@ class QueryService:
         """Run now, or with the concurrent searches of the same shape when batching is on (coalesce.py)."""
         if self.coalescer is None:
             return self._search_now(name, request, request_id, version, columns, include_vector)
-        shape = (name, version, None if columns is None else tuple(columns), include_vector,
-                 request.queries.shape[1], *(getattr(request, f) for f in _SHAPE_FIELDS))
+        shape = _Shape(name, version, None if columns is None else tuple(columns), include_vector,
+                       request.queries.shape[1], tuple(getattr(request, f) for f in _Shape.OPTIONS))
         return self.coalescer.submit(shape, (request, request_id), rows=len(request.queries))
 
-    def _search_batch(self, shape: Hashable, members: list[tuple[SearchRequest, str]]) -> list[SearchResult]:
+    def _search_batch(self, shape: _Shape, members: list[tuple[SearchRequest, str]]) -> list[SearchResult]:
         """One search for the stacked queries of `members`, split back into one result per member."""
-        name, version, columns, include_vector = shape[:4]  # type: ignore[index]
         request, request_id = members[0]
         if len(members) > 1:
             request = dataclasses.replace(request, queries=np.concatenate([m.queries for m, _ in members]))
-        result = self._search_now(name, request, request_id, version, None if columns is None else list(columns),
-                                  include_vector)
+        columns = None if shape.columns is None else list(shape.columns)
+        result = self._search_now(shape.name, request, request_id, shape.version, columns, shape.include_vector)
         return result.split([len(m.queries) for m, _ in members]) if len(members) > 1 else [result]
 
     def _search_now(self, name: str, request: SearchRequest, request_id: str, version: int | None,
                     columns: list[str] | None, include_vector: bool) -> SearchResult:
         snapshot = self.store.snapshot(name, version)
-        if version is not None and version != self.store.snapshot(name).version:
+        if version is not None and version != snapshot.dataset.latest_version:
             request = dataclasses.replace(request, bypass_index=True)  # the index only describes the latest
         if columns is None:
             columns = list(snapshot.dataset.schema.names) if include_vector else snapshot.payload_columns
