@@ -1,7 +1,7 @@
 """What the fleet benchmarks share: a real local fleet (1 query node, N executors on loopback) for one block.
 
-Benchmarks load data the way the integration tests do, so this module puts `tests/` and `tests/integration/`
-on the path and re-exports what they share from there (`Api`, `SHARED_DATA`, `load_debian`).
+Benchmarks load data the way the integration tests do, so this module puts `tests/` on the path and
+re-exports what the tests share in `tests/conftest.py` (`Api`, `SHARED_DATA`, `load_debian`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+sys.path[:0] = [str(REPO / "tests")]
 
-from conftest import SHARED_DATA, Api, free_port_block  # noqa: E402
-from test_cache_fleet import FRAGMENT_ROWS, load_debian  # noqa: E402
+from conftest import FRAGMENT_ROWS, SHARED_DATA, Api, free_port_block, load_debian  # noqa: E402
 
 from appliance.config import Settings  # noqa: E402
 from appliance.fleet import Fleet  # noqa: E402

@@ -18,6 +18,7 @@ from s3_support import S3Endpoint, start_moto
 
 from appliance.config import Settings
 from appliance.fleet import Fleet
+from appliance.storage.schema import vector_type
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "debian-minilm"
@@ -212,3 +213,20 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+FRAGMENT_ROWS = 8192
+
+
+def load_debian(api: Api) -> None:
+    """The shared base set as table `debian` (column `row` = its row in base.npy), one fragment per
+    FRAGMENT_ROWS rows, through the HTTP API; the fleet benchmarks load it the same way."""
+    base = np.load(SHARED_DATA / "base.npy")
+    api.create("debian", base.shape[1], "cosine", {"row": "int64"})
+    for start in range(0, len(base), FRAGMENT_ROWS):
+        chunk = base[start:start + FRAGMENT_ROWS]
+        api.insert_arrow("debian", pa.table({
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), base.shape[1]).cast(
+                vector_type(base.shape[1])),
+            "row": np.arange(start, start + len(chunk)),
+        }))

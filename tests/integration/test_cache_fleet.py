@@ -7,33 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from conftest import SHARED_DATA, Api, start_fleet
+from conftest import SHARED_DATA, Api, load_debian, start_fleet
 
 from appliance import cli
-from appliance.storage.schema import vector_type
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (SHARED_DATA / "base.npy").exists(), reason=f"{SHARED_DATA} is not present"),
 ]
 QUERIES = 100
-FRAGMENT_ROWS = 8192
-
-
-def load_debian(api: Api) -> None:
-    """The base set as table `debian` (column `row` = its row in base.npy), one fragment per 8192 rows.
-    The cache benchmark loads it the same way."""
-    base = np.load(SHARED_DATA / "base.npy")
-    api.create("debian", base.shape[1], "cosine", {"row": "int64"})
-    for start in range(0, len(base), FRAGMENT_ROWS):
-        chunk = base[start:start + FRAGMENT_ROWS]
-        api.insert_arrow("debian", pa.table({
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), base.shape[1]).cast(
-                vector_type(base.shape[1])),
-            "row": np.arange(start, start + len(chunk)),
-        }))
 
 
 @pytest.fixture(scope="module")

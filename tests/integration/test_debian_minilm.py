@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from conftest import SHARED_DATA
-
-from appliance.storage.schema import vector_type
+from conftest import SHARED_DATA, load_debian
 
 pytestmark = [
     pytest.mark.slow,
@@ -19,15 +16,7 @@ def test_load_and_exact_recall(api) -> None:
     base = np.load(SHARED_DATA / "base.npy")
     queries = np.load(SHARED_DATA / "dev_queries.npy")[:100]
     truth = np.load(SHARED_DATA / "dev_gt_ids.npy")[:100, :10]
-    api.create("debian", base.shape[1], "cosine", {"row": "int64"})
-    batch = 8192
-    for start in range(0, len(base), batch):
-        chunk = base[start:start + batch]
-        api.insert_arrow("debian", pa.table({
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(chunk.ravel()), base.shape[1]).cast(
-                vector_type(base.shape[1])),
-            "row": np.arange(start, start + len(chunk)),
-        }))
+    load_debian(api)
     assert api.get("/api/v1/tables/debian").json()["rows"] == len(base)
 
     resp = api.post("/api/v1/tables/debian/search", {"vectors": queries.tolist(), "k": 10, "columns": ["row"]})
