@@ -13,7 +13,14 @@ from flask import Blueprint, Response, request
 
 from appliance.errors import InvalidInput, NotFound
 from appliance.query.lancedb.schema_json import schema_to_lance_json
-from appliance.query.lancedb.wire import arrow_body, optional_int, optional_json, optional_str, query_flag
+from appliance.query.lancedb.wire import (
+    arrow_body,
+    optional_filter,
+    optional_int,
+    optional_json,
+    optional_str,
+    query_flag,
+)
 from appliance.query.service import QueryService
 from appliance.storage.schema import VECTOR_COLUMN
 from appliance.storage.tables import check_filter_text, raise_if_rejected
@@ -60,10 +67,7 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/count_rows/")
     def count_rows(name: str) -> Response:
         doc = optional_json()
-        predicate = optional_str(doc, "predicate")
-        if predicate is not None:
-            check_filter_text(predicate)
-        return json_response(service.count_rows(name, predicate, optional_int(doc, "version", 1)))
+        return json_response(service.count_rows(name, optional_filter(doc), optional_int(doc, "version", 1)))
 
     @bp.post("/table/<name>/insert/")
     def insert(name: str) -> Response:
@@ -93,10 +97,7 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/update/")
     def update(name: str) -> Response:
         doc = optional_json()
-        predicate = optional_str(doc, "predicate")
-        if predicate is not None:
-            check_filter_text(predicate)
-        version, updated = service.update(name, predicate, _updates(doc.get("updates")))
+        version, updated = service.update(name, optional_filter(doc), _updates(doc.get("updates")))
         return json_response({"rows_updated": updated, "version": version})
 
     @bp.post("/table/<name>/merge_insert/")

@@ -14,6 +14,7 @@ from flask import Response, request
 
 from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.query.bodies import parse_arrow_stream, parse_json_body
+from appliance.storage.tables import check_filter_text
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
 HUGE_K = 2**62  # `limit(None)` and `take_*` send isize::MAX: "no limit"
@@ -62,6 +63,14 @@ def optional_str(doc: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {value!r}")
     return value
+
+
+def optional_filter(doc: dict[str, Any], name: str = "predicate") -> str | None:
+    """An optional SQL filter, checked (type, length, not blank) when present."""
+    predicate = optional_str(doc, name)
+    if predicate is not None:
+        check_filter_text(predicate)
+    return predicate
 
 
 def optional_bool(doc: dict[str, Any], name: str, default: bool) -> bool:
