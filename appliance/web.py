@@ -61,7 +61,7 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
 
     @app.errorhandler(ApplianceError)
     def _ours(exc: ApplianceError) -> Response:
-        return json_response(exc.to_json(), exc.status)
+        return json_response(exc.to_json(), exc.status, exc.headers() or None)
 
     @app.errorhandler(HTTPException)
     def _werkzeug(exc: HTTPException) -> Response:
