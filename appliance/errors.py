@@ -78,6 +78,12 @@ class Unavailable(ApplianceError):
     code = "unavailable"
 
 
+class StorageUnavailable(Unavailable):
+    """The table store cannot be reached or refuses us (network, bucket, credentials): the request was fine."""
+
+    code = "storage_unavailable"
+
+
 class Overloaded(Unavailable):
     """Too much concurrent work right now (writers contending, queues full): retry after a pause."""
 

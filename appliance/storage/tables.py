@@ -21,6 +21,7 @@ from lance.fragment import LanceFragment
 
 from appliance.errors import InvalidInput, TableExists, TableNotFound
 from appliance.lru import Lru
+from appliance.storage import lance_errors
 from appliance.storage.root import StorageRoot
 from appliance.storage.schema import (
     METRIC_KEY,
@@ -471,24 +472,14 @@ def check_filter_text(predicate: Any) -> None:
         raise InvalidInput(f"filter is longer than {MAX_FILTER_CHARS} characters")
 
 
-_REJECTIONS = ("LanceError(Schema)", "Invalid user input", "Invalid argument error", "LanceError(Arrow)")
-_FILTER_FAILURES = ("Query Execution error", "Error applying filter")
-
-
 def raise_if_rejected(exc: BaseException) -> None:
-    """Lance reports data it refuses (a bad column name, a type it cannot store) and filters that type-check
-    but fail while running (a bad regex, a division by zero) as OSError or ArrowInvalid, like a storage
-    failure; raise InvalidInput for those, so the client sees a 400 and not a 503 it would retry."""
-    text = str(exc)
-    if any(marker in text for marker in _FILTER_FAILURES):
-        raise InvalidInput("the filter failed while running", clean_lance_message(exc)) from exc
-    if any(marker in text for marker in _REJECTIONS):
-        raise InvalidInput("Lance refused the data", clean_lance_message(exc)) from exc
+    """Kept for call sites that catch Lance's errors themselves; see appliance/storage/lance_errors.py."""
+    lance_errors.raise_if_rejected(exc)
 
 
 def clean_lance_message(exc: BaseException) -> str:
     """Lance's messages end with the Rust source location of the build machine; clients need not see it."""
-    return re.sub(r",\s*/\S+\.rs:\d+:\d+", "", str(exc)).strip()
+    return lance_errors.clean_lance_message(exc)
 
 
 def fragment_cache_key(table: str, fragment: LanceFragment) -> str:
