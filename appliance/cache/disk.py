@@ -6,7 +6,9 @@ read costs under a millisecond, where blake2b would cost 15). A flipped bit anyw
 another key's file is therefore caught before a byte is decoded, and the entry is dropped and refetched.
 
 Files are written under `tmp/`, fsynced, then renamed into `<2 hex>/<32 hex>`, so a crash leaves either
-the whole entry or none of it (plus temporary files, removed at the next start). The file name is a hash
+the whole entry or none of it (plus temporary files, removed at the next start). A folder that vanishes
+under a running tier (an operator's `rm -rf cache_dir/*`, a tmpfs remounted) is made again by the next
+write, which also forgets the entries whose files went with it (`recreated` counts it). The file name is a hash
 of the key; the key inside the file guards against the (astronomically rare) collision. A restart rebuilds
 the index from directory metadata alone (sizes, and modification times as the LRU order, since a hit
 touches its file), so a warm restart stays warm without reading the entries.
@@ -90,6 +92,7 @@ class DiskTier:
         self._reserved = 0
         self.bytes = 0
         self.hits = self.misses = self.evictions = self.corrupt = self.rejected = self.write_errors = 0
+        self.recreated = 0  # times the folder (or tmp/) had vanished and was made again
         self.read_seconds = Latency()
         tmp = directory / _TMP
         tmp.mkdir(exist_ok=True)
@@ -179,19 +182,15 @@ class DiskTier:
                 self.rejected += 1
                 return False
             self._reserved += size
-        tmp = self.directory / _TMP / f"{name}.{uuid.uuid4().hex}"
+        header = _HEAD.pack(MAGIC, len(key_bytes), len(payload), _digest(key_bytes, payload))
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(_HEAD.pack(MAGIC, len(key_bytes), len(payload), _digest(key_bytes, payload)))
-                fh.write(key_bytes)
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._path(name).parent.mkdir(exist_ok=True)
-            os.replace(tmp, self._path(name))
+            try:
+                self._write_file(name, header, key_bytes, payload)
+            except FileNotFoundError:  # the folder or tmp/ was removed under us: make it again, once
+                self._recreate()
+                self._write_file(name, header, key_bytes, payload)
         except OSError as exc:
             log.warning("could not write cache file for %s: %s", key, exc)
-            tmp.unlink(missing_ok=True)
             with self._lock:
                 self._reserved -= size
                 self.write_errors += 1
@@ -201,6 +200,35 @@ class DiskTier:
             self._index[name] = size
             self.bytes += size
         return True
+
+    def _write_file(self, name: str, header: bytes, key_bytes: bytes, payload: bytes) -> None:
+        tmp = self.directory / _TMP / f"{name}.{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(header)
+                fh.write(key_bytes)
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._path(name).parent.mkdir(exist_ok=True)
+            os.replace(tmp, self._path(name))
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _recreate(self) -> None:
+        """Make the folder and tmp/ again, and index what is left in it: entries whose files went with
+        the folder would otherwise count against the budget until a read missed on each of them."""
+        with self._lock:
+            (self.directory / _TMP).mkdir(parents=True, exist_ok=True)
+            self._index.clear()
+            self.bytes = 0
+            for f in sorted(scan(self.directory), key=lambda f: f.mtime):
+                self._index[f.name] = f.size
+                self.bytes += f.size
+            self.recreated += 1
+        log.warning("cache folder %s had vanished; made it again (%d entries left in it)", self.directory,
+                    len(self._index))
 
     def _make_room(self, size: int) -> bool:
         """Evict oldest files until `size` more bytes fit; the caller holds the lock. Unlinking under the
@@ -225,7 +253,7 @@ class DiskTier:
             counters = {"hits": self.hits, "misses": self.misses, "hit_rate": hit_rate(self.hits, self.misses),
                         "bytes": self.bytes, "budget": self.budget, "entries": len(self._index),
                         "evictions": self.evictions, "rejected": self.rejected, "corrupt": self.corrupt,
-                        "write_errors": self.write_errors}
+                        "write_errors": self.write_errors, "recreated": self.recreated}
         return {**counters, "read_seconds": self.read_seconds.snapshot(), "dir": str(self.directory)}
 
 

@@ -214,6 +214,32 @@ def test_corrupt_truncated_or_missing_files_are_refetched_never_served(make, tmp
     assert loads.calls["frag"] == 2 and cache.stats()["nvme"]["hits"] == 1
 
 
+def test_a_vanished_cache_folder_is_made_again_and_counted(make, tmp_path: Path) -> None:
+    """`rm -rf cache_dir/*` under a running executor (tmp/ included): the next write makes the folders
+    again, so the tier keeps caching instead of writing nothing until a restart."""
+    import shutil
+
+    from appliance.metrics import cache_metrics
+
+    cache, loads = make(ram=0, disk=100_000), Loads()  # no RAM tier: every read goes to NVMe
+    cache.get("a", loads("a", 400))
+    folder = tmp_path / "cache"
+    for child in folder.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    assert not (folder / "tmp").exists() and files(folder) == []
+    assert same(cache.get("b", loads("b", 400)), value("b", 400))  # a miss, loaded and written to NVMe
+    assert len(files(folder)) == 1 and (folder / "tmp").is_dir()
+    assert same(cache.get("b", loads("b", 400)), value("b", 400))
+    nvme = cache.stats()["nvme"]
+    assert loads.calls["b"] == 1 and nvme["hits"] == 1, "the rewritten entry is read back from NVMe"
+    assert nvme["recreated"] == 1 and nvme["write_errors"] == 0
+    assert nvme["entries"] == 1 and nvme["bytes"] == files(folder)[0].stat().st_size  # "a" is forgotten
+    assert same(cache.get("a", loads("a", 400)), value("a", 400)) and loads.calls["a"] == 2
+    recreated = [m for m in cache_metrics(cache.stats)() if m.name == "appliance_cache_dir_recreated"]
+    assert recreated and recreated[0].samples[0].value == 1
+
+
 def test_an_entry_that_verifies_but_does_not_decode_is_dropped(make) -> None:
     class Raw:
         def encode(self, v: bytes) -> bytes:
