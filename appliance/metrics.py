@@ -113,7 +113,10 @@ def cache_metrics(stats: Callable[[], dict[str, Any]]) -> Callable[[], list[Any]
             entries.add_metric([tier], float(t.get("entries", 0)))
         fetches = CounterMetricFamily("appliance_storage_fetches", "Objects fetched from storage on cache misses.")
         fetches.add_metric([], float((doc.get("storage") or {}).get("fetches", 0)))
-        return [hits, misses, size, budget, entries, fetches]
+        recreated = CounterMetricFamily("appliance_cache_dir_recreated",
+                                        "Times the NVMe tier's folder had vanished and was made again.")
+        recreated.add_metric([], float((doc.get("nvme") or {}).get("recreated", 0)))
+        return [hits, misses, size, budget, entries, fetches, recreated]
 
     return read
 
