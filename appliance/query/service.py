@@ -20,12 +20,17 @@ from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
 from appliance.planner.plan import SearchPlan, SearchRequest, plan_search
 from appliance.query.coalesce import Coalescer
+from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher
 from appliance.query.finish import finish_candidates
 from appliance.query.payload import PayloadCache
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
 
 WIDEN_ATTEMPTS = 3
+GROUP_COMMIT_ROWS = 262_144
+"""Most rows one group commit round appends (a single larger request still commits alone)."""
+COMMIT_RETRY_SECONDS = 20.0
+"""How long a write lost to other writers (other query nodes, compaction) is retried before 409/503."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class QueryService:
         self.payload = PayloadCache(payload_cache_bytes)
         self.coalescer: Coalescer[tuple[SearchRequest, str], SearchResult] | None = (
             Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
+        self.commits = GroupCommitter(self._commit_appends, GROUP_COMMIT_ROWS, COMMIT_RETRY_SECONDS)
 
     def create_table(self, name: str, dimension: int, metric: str, payload: Any) -> TableInfo:
         return self.store.create(name, dimension, metric, payload)
@@ -103,12 +109,21 @@ class QueryService:
         self.catalog.forget(name)
 
     def insert(self, name: str, data: pa.Table) -> int:
-        """Commit rows and return the committed version; the caller acknowledges only after this returns."""
-        version = self.store.append(name, data)
+        """Commit rows and return the committed version; the caller acknowledges only after this returns.
+        The rows are checked against the table's schema first, then committed together with the table's
+        other concurrent inserts, in one version (group commit, commits.py)."""
+        return self.commits.append(name, self.store.conform_rows(name, data))
+
+    def _commit_appends(self, name: str, parts: list[pa.Table]) -> int:
+        """One group commit round of appends: one version, one event."""
+        version = self.store.append_parts(name, parts)
         self._announce(name, APPENDED, version)
         return version
 
     def delete(self, name: str, predicate: str) -> tuple[int, int]:
+        return self.commits.run(name, lambda: self._delete_now(name, predicate))
+
+    def _delete_now(self, name: str, predicate: str) -> tuple[int, int]:
         version, deleted = self.store.delete(name, predicate)
         if deleted:
             self._announce(name, DELETED, version)
@@ -215,20 +230,26 @@ class QueryService:
                                 mode: str = "create", metric: str = "l2") -> TableInfo:
         """Create (or with mode=overwrite replace) a table from an Arrow schema and rows. Replacing a table
         drops its IVF index: the index describes rows that no longer exist."""
-        existed = mode == "overwrite" and name in self.store.list()
-        info = self.store.create_from_arrow(name, schema, data, metric, mode)
-        if existed:
-            self.drop_index(name)
-        if info.rows:
-            self._announce(name, APPENDED, info.version)
-        return info
+        def create() -> TableInfo:
+            existed = mode == "overwrite" and name in self.store.list()
+            info = self.store.create_from_arrow(name, schema, data, metric, mode)
+            if existed:
+                self.drop_index(name)
+            if info.rows:
+                self._announce(name, APPENDED, info.version)
+            return info
+
+        return self.commits.run(name, create) if mode == "overwrite" else create()
 
     def overwrite(self, name: str, data: pa.Table) -> int:
         """Replace every row of the table; the IVF index goes with the old rows (see drop_index)."""
-        version = self.store.overwrite(name, data)
-        self.drop_index(name)
-        self._announce(name, APPENDED, version)
-        return version
+        def overwrite() -> int:
+            version = self.store.overwrite(name, data)
+            self.drop_index(name)
+            self._announce(name, APPENDED, version)
+            return version
+
+        return self.commits.run(name, overwrite)
 
     def drop_index(self, name: str) -> bool:
         """Unpublish a table's IVF index, and stop planning with it at once. Called whenever rows the index
@@ -244,19 +265,22 @@ class QueryService:
 
     def update(self, name: str, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
         """SQL updates of payload columns; row ids and vectors stay, so the index stays valid."""
-        return self.store.update(name, predicate, updates)
+        return self.commits.run(name, lambda: self.store.update(name, predicate, updates))
 
     def merge_insert(self, name: str, on: str, data: pa.Table, **when: Any) -> dict[str, int]:
         """Upsert by key. Updated rows keep their stable row ids but may carry new vectors, which an index
         built before would still file under their old partition, so an update drops the index."""
-        result = self.store.merge_insert(name, on, data, **when)
-        if result["num_updated_rows"]:
-            self.drop_index(name)
-        if result["num_updated_rows"] or result["num_inserted_rows"]:
-            self._announce(name, APPENDED, result["version"])
-        elif result["num_deleted_rows"]:
-            self._announce(name, DELETED, result["version"])
-        return result
+        def merge() -> dict[str, int]:
+            result = self.store.merge_insert(name, on, data, **when)
+            if result["num_updated_rows"]:
+                self.drop_index(name)
+            if result["num_updated_rows"] or result["num_inserted_rows"]:
+                self._announce(name, APPENDED, result["version"])
+            elif result["num_deleted_rows"]:
+                self._announce(name, DELETED, result["version"])
+            return result
+
+        return self.commits.run(name, merge)
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         return self.store.versions(name)
@@ -264,10 +288,13 @@ class QueryService:
     def restore(self, name: str, version: int) -> int:
         """Bring an old version back as the latest; rows deleted since come back under ids the index
         already passed, so the index is dropped."""
-        new_version = self.store.restore(name, version)
-        self.drop_index(name)
-        self._announce(name, APPENDED, new_version)
-        return new_version
+        def restore() -> int:
+            new_version = self.store.restore(name, version)
+            self.drop_index(name)
+            self._announce(name, APPENDED, new_version)
+            return new_version
+
+        return self.commits.run(name, restore)
 
     def search_at(self, name: str, request: SearchRequest, request_id: str = "",
                   version: int | None = None, columns: list[str] | None = None) -> SearchResult:
@@ -280,13 +307,13 @@ class QueryService:
 
     def add_columns(self, name: str, expressions: dict[str, str]) -> int:
         """Schema evolution touches payload columns only: row ids and vectors, hence the index, stay valid."""
-        return self.store.add_columns(name, expressions)
+        return self.commits.run(name, lambda: self.store.add_columns(name, expressions))
 
     def alter_columns(self, name: str, alterations: list[dict[str, Any]]) -> int:
-        return self.store.alter_columns(name, alterations)
+        return self.commits.run(name, lambda: self.store.alter_columns(name, alterations))
 
     def drop_columns(self, name: str, columns: list[str]) -> int:
-        return self.store.drop_columns(name, columns)
+        return self.commits.run(name, lambda: self.store.drop_columns(name, columns))
 
     # --- the indexer fleet: events out, index stats in (appliance/events/, appliance/indexer/) ------------
 

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import xxhash
 from lance.fragment import LanceFragment
 
-from appliance.errors import InvalidInput, TableExists, TableNotFound
+from appliance.errors import InvalidInput, Overloaded, RetryableConflict, TableExists, TableNotFound
 from appliance.lru import Lru
 from appliance.storage import lance_errors
 from appliance.storage.root import StorageRoot
@@ -255,9 +255,25 @@ class TableStore:
 
     def append(self, name: str, data: pa.Table) -> int:
         """Commit rows to the table; returns the committed version (the acknowledgement's version)."""
-        snap = self.snapshot(name)
-        rows = conform(data, snap.dataset.schema)
-        ds = lance.write_dataset(rows, self.uri(name), mode="append", storage_options=self._options)
+        return self.append_parts(name, [self.conform_rows(name, data)])
+
+    def conform_rows(self, name: str, data: pa.Table) -> pa.Table:
+        """`data` conformed to the table's latest schema (vectors float32, columns in order); InvalidInput
+        naming the problem when it cannot be. Writes are checked this way before they join a group commit."""
+        return conform(data, self.snapshot(name).dataset.schema)
+
+    def append_parts(self, name: str, parts: list[pa.Table]) -> int:
+        """Commit rows already conformed (conform_rows) as ONE append, one version; returns it. A part
+        conformed to a schema that changed since is conformed again (InvalidInput if it no longer fits)."""
+        schema = self.snapshot(name).dataset.schema
+        parts = [p if p.schema.equals(schema, check_metadata=False) else conform(p, schema) for p in parts]
+        rows = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        try:
+            ds = lance.write_dataset(rows, self.uri(name), mode="append", storage_options=self._options)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise_if_contention(exc)
+            raise_if_rejected(exc)
+            raise
         return ds.version
 
     def delete(self, name: str, predicate: str) -> tuple[int, int]:
@@ -267,6 +283,7 @@ class TableStore:
         try:
             result = snap.dataset.delete(predicate)
         except (OSError, ValueError) as exc:  # a filter failing on the data is bad input, not a storage fault
+            raise_if_contention(exc)
             raise_if_rejected(exc)
             raise
         deleted = int(result.get("num_deleted_rows", 0)) if isinstance(result, dict) else 0
@@ -303,6 +320,7 @@ class TableStore:
         except OSError as exc:
             if "already exists" in str(exc).lower():
                 raise TableExists(name) from exc
+            raise_if_contention(exc)
             raise_if_rejected(exc)
             raise
         return self.describe(name)
@@ -314,6 +332,7 @@ class TableStore:
         try:
             ds = lance.write_dataset(rows, self.uri(name), mode="overwrite", storage_options=self._options)
         except OSError as exc:
+            raise_if_contention(exc)
             raise_if_rejected(exc)
             raise
         return ds.version
@@ -349,9 +368,10 @@ class TableStore:
         try:
             result = snap.dataset.update(updates, where=predicate)
         except (ValueError, OSError, RuntimeError) as exc:
+            raise_if_contention(exc)  # lost to other writers: the update was fine, send it again
             raise InvalidInput("invalid update", clean_lance_message(exc)) from exc
         updated = int(result.get("num_rows_updated", 0)) if isinstance(result, dict) else 0
-        return self.snapshot(name).version, updated
+        return snap.dataset.version, updated  # the dataset moved to the version it committed
 
     def merge_insert(self, name: str, on: str, data: pa.Table, update_matched: bool = False,
                      matched_filter: str | None = None, insert_unmatched: bool = False,
@@ -372,9 +392,10 @@ class TableStore:
                 builder = builder.when_not_matched_by_source_delete(delete_filter)
             result = builder.execute(rows)
         except (ValueError, OSError, RuntimeError, TypeError) as exc:
+            raise_if_contention(exc)
             raise InvalidInput("merge insert failed", clean_lance_message(exc)) from exc
         counts = {k: int(result.get(k, 0)) for k in ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")}
-        return {"version": self.snapshot(name).version, **counts}
+        return {"version": snap.dataset.version, **counts}  # the dataset moved to the version it committed
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         """Every version of the table: number, commit time and Lance's metadata (row counts)."""
@@ -383,8 +404,12 @@ class TableStore:
     def restore(self, name: str, version: int) -> int:
         """Make an old version the latest again (as a new version, history kept); returns the new version."""
         snap = self.snapshot(name, version)
-        snap.dataset.restore()
-        return self.snapshot(name).version
+        try:
+            snap.dataset.restore()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise_if_contention(exc)
+            raise
+        return snap.dataset.version  # the dataset moved to the version it committed
 
     def add_columns(self, name: str, expressions: dict[str, str]) -> int:
         """New payload columns computed by SQL expressions over existing ones; returns the new version."""
@@ -425,6 +450,7 @@ class TableStore:
         try:
             change(ds)
         except (ValueError, OSError, RuntimeError, TypeError, pa.ArrowInvalid) as exc:
+            raise_if_contention(exc)
             raise InvalidInput("schema change failed", clean_lance_message(exc)) from exc
         ds = self.snapshot(name).dataset
         if metric_of(ds.schema) != metric:
@@ -455,6 +481,14 @@ def _check_new_column(column: Any, schema: pa.Schema) -> None:
         raise InvalidInput(f"invalid column name {column!r}")
     if column in schema.names:
         raise InvalidInput(f"column {column!r} already exists")
+
+
+def raise_if_contention(exc: BaseException) -> None:
+    """A commit lost to other writers leaves as RetryableConflict (409) or Overloaded (503), both retryable
+    (lance_errors.py), before a call site maps the rest of Lance's errors to bad input."""
+    mapped = lance_errors.classify(exc, by_type=False)
+    if isinstance(mapped, RetryableConflict | Overloaded) and mapped is not exc:
+        raise mapped from exc
 
 
 def check_table_name(name: str) -> None:
