@@ -6,9 +6,32 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from appliance import limits
 from appliance.errors import InvalidInput
+from appliance.storage.schema import METRICS
 
 CODECS = ("flat", "fp16", "sq8", "pq")
+
+# Each parameter's (low, high) when given (0 means "the default" where the field's comment says so).
+BOUNDS = {
+    "nlist": (0, limits.MAX_NLIST),
+    "nprobes": (0, limits.MAX_NPROBES),
+    "pq_m": (0, limits.MAX_PQ_M),
+    "refine_factor": (0, limits.MAX_REFINE_FACTOR),
+    "sample_rows": (0, limits.MAX_SAMPLE_ROWS),
+    "kmeans_iters": (1, limits.MAX_KMEANS_ITERS),
+    "seed": (0, 2**32 - 1),
+    "batch_rows": (1, limits.MAX_BUILD_BATCH_ROWS),
+}
+
+
+def check_metric(metric: object, name: str = "metric") -> str | None:
+    """An index's metric as a client gives it: None (the table's) or one of METRICS."""
+    if metric is None:
+        return None
+    if not isinstance(metric, str) or metric.lower() not in METRICS:
+        raise InvalidInput(f"{name} must be one of {', '.join(METRICS)}, got {metric!r}")
+    return metric.lower()
 
 
 @dataclass(frozen=True)
@@ -35,8 +58,9 @@ class IndexParams:
             expected = str if name == "codec" else int
             if isinstance(value, bool) or not isinstance(value, expected):
                 raise InvalidInput(f"index parameter {name} must be {expected.__name__}, got {value!r}")
-            if expected is int and value < 0:
-                raise InvalidInput(f"index parameter {name} must be >= 0, got {value}")
+            if expected is int:
+                low, high = BOUNDS[name]
+                limits.check_bound(f"index parameter {name}", value, high, low)
         params = cls(**doc)
         if params.codec not in CODECS:
             raise InvalidInput(f"codec must be one of {', '.join(CODECS)}, got {params.codec!r}")
@@ -53,9 +77,17 @@ class IndexParams:
         # PQ's coarse codes need re-ranking to reach flat's recall; SQ8 and FP16 keep each dimension to 8 or
         # 16 bits, which rarely changes a top 10 (debian-minilm, nprobes 32: recall@10 0.959 vs flat's 0.962)
         refine = self.refine_factor or (10 if self.codec == "pq" else 0)
-        sample = self.sample_rows or min(max(rows, 1), 256 * nlist)
-        return IndexParams(self.codec, nlist, min(nprobes, nlist), pq_m, refine, sample, self.kmeans_iters,
-                           self.seed, self.batch_rows)
+        sample = self.sample_rows or min(max(rows, 1), 256 * nlist, limits.MAX_SAMPLE_ROWS)
+        resolved = IndexParams(self.codec, nlist, min(nprobes, nlist), pq_m, refine, sample, self.kmeans_iters,
+                               self.seed, self.batch_rows)
+        resolved.check()
+        return resolved
+
+    def check(self) -> None:
+        """Every parameter within its bound (appliance/limits.py): an index from before the bounds, or one
+        built by code that skipped from_json, cannot make a build or a search allocate without limit."""
+        for name, (low, high) in BOUNDS.items():
+            limits.check_bound(f"index parameter {name}", getattr(self, name), high, low)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,14 @@ from flask import Blueprint, Response, g, request
 
 from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.index.params import IndexParams
-from appliance.query.bodies import ARROW_STREAM, parse_arrow_stream, parse_int, parse_json_body, parse_search
+from appliance.query.bodies import (
+    ARROW_STREAM,
+    parse_arrow_stream,
+    parse_index_request,
+    parse_int,
+    parse_json_body,
+    parse_search,
+)
 from appliance.query.service import QueryService
 from appliance.storage.schema import rows_to_table
 from appliance.storage.tables import check_filter_text
@@ -71,13 +78,9 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
 
     @api.post("/tables/<name>/index")
     def build_index(name: str) -> Response:
-        doc = parse_json_body(request.get_data() or b"{}")
-        background = doc.pop("background", False)
-        if not isinstance(background, bool):
-            raise InvalidInput(f"background must be true or false, got {background!r}")
+        background, metric, doc = parse_index_request(parse_json_body(request.get_data() or b"{}"))
         if background:  # leave the build to the indexer fleet: 202 and its event
             return json_response(service.request_index(name, doc), 202)
-        metric = doc.pop("metric", None)
         manifest = service.build_index(name, IndexParams.from_json(doc), metric)
         return json_response(manifest.describe(), 201)
 

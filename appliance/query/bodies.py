@@ -6,13 +6,15 @@ the field and what was wrong with it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
-from appliance.errors import InvalidInput
+from appliance import limits
+from appliance.errors import InvalidInput, LimitExceeded
+from appliance.index.params import IndexParams, check_metric
 from appliance.planner.plan import SearchRequest
 from appliance.storage.tables import check_filter_text
 
@@ -20,15 +22,53 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The one parser of every JSON request body (both fronts): a JSON object, nested at most
+    limits.MAX_JSON_DEPTH deep, or InvalidInput. orjson refuses nesting beyond 1,024 itself, without
+    recursing in Python; the bound below keeps what later code does with a value (repr in an error
+    message, json.dumps) from recursing either."""
     if not raw:
         raise InvalidInput("request body is empty; expected a JSON object")
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc) or "recursion" in str(exc).lower():
+            raise LimitExceeded(f"request body is nested deeper than {limits.MAX_JSON_DEPTH} levels",
+                                f"limit: JSON depth <= {limits.MAX_JSON_DEPTH}") from exc
+        if b"NaN" in raw or b"Infinity" in raw:  # what careless clients (Python's json.dumps) write
+            raise InvalidInput("request body is not valid JSON: NaN and Infinity are not JSON numbers; "
+                               "send finite values only", str(exc)) from exc
         raise InvalidInput("request body is not valid JSON", str(exc)) from exc
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
+    if json_depth(raw) > limits.MAX_JSON_DEPTH:
+        raise LimitExceeded(f"request body is nested deeper than {limits.MAX_JSON_DEPTH} levels",
+                            f"limit: JSON depth <= {limits.MAX_JSON_DEPTH}")
     return doc
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in a *valid* JSON text, by a vectorised scan of its
+    bytes (brackets inside strings do not count): milliseconds for megabytes, and no recursion."""
+    if raw.count(b"[") + raw.count(b"{") <= limits.MAX_JSON_DEPTH:
+        return 0  # too few brackets to be too deep: the common case costs two memchr-like passes
+    data = np.frombuffer(raw, np.uint8)
+    at = np.flatnonzero(_SYNTAX[data])  # only quotes and brackets matter (numbers dominate big bodies)
+    chars = data[at]
+    quotes = chars == 34
+    for i in np.flatnonzero(quotes).tolist():  # a quote after an odd run of backslashes is escaped (rare)
+        j = int(at[i])
+        run = 0
+        while j - 1 - run >= 0 and raw[j - 1 - run] == 92:
+            run += 1
+        quotes[i] = run % 2 == 0
+    inside = np.bitwise_xor.accumulate(quotes.view(np.uint8)).astype(bool)  # in a string (or its opening quote)
+    step = np.where((chars == 91) | (chars == 123), 1, np.where((chars == 93) | (chars == 125), -1, 0))
+    step[inside] = 0
+    return int(np.cumsum(step).max()) if len(step) else 0
+
+
+_SYNTAX = np.zeros(256, bool)
+_SYNTAX[[34, 91, 93, 123, 125]] = True  # " [ ] { }
 
 
 def parse_arrow_stream(raw: bytes) -> pa.Table:
@@ -42,10 +82,30 @@ def parse_arrow_stream(raw: bytes) -> pa.Table:
 def parse_int(doc: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = doc.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{name} must be an integer, got {value!r}")
+        raise InvalidInput(f"{name} must be an integer, got {shown(value)}")
     if not low <= value <= high:
-        raise InvalidInput(f"{name} must be between {low} and {high}, got {value}")
+        raise LimitExceeded(f"{name} must be between {low} and {high}, got {value}", f"limit: {name} <= {high}")
     return value
+
+
+def shown(value: Any) -> str:
+    """A client's value in an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_index_request(doc: dict[str, Any]) -> tuple[bool, str | None, dict[str, Any]]:
+    """The native index endpoint's body -> (background, metric, the index parameters' JSON), every value
+    checked: a background request is refused now, not in the indexer."""
+    doc = dict(doc)
+    background = doc.pop("background", False)
+    if not isinstance(background, bool):
+        raise InvalidInput(f"background must be true or false, got {shown(background)}")
+    metric = check_metric(doc.pop("metric", None))
+    if background and metric is not None:
+        raise InvalidInput("metric applies to an index built now; background builds use the table's metric")
+    IndexParams.from_json(doc)
+    return background, metric, doc
 
 
 def parse_search(doc: dict[str, Any], max_k: int, max_queries: int) -> tuple[SearchRequest, bool]:
@@ -58,7 +118,7 @@ def parse_search(doc: dict[str, Any], max_k: int, max_queries: int) -> tuple[Sea
         raise InvalidInput("missing 'vector' (one query) or 'vectors' (a batch of queries)")
     queries = parse_vectors(raw if batch else [raw], "vectors" if batch else "vector")
     if len(queries) > max_queries:
-        raise InvalidInput(f"at most {max_queries} query vectors per request, got {len(queries)}")
+        raise LimitExceeded(f"at most {max_queries} query vectors per request, got {len(queries)}")
     k = parse_int(doc, "k", 10, 1, max_k)
     metric = doc.get("metric")
     if metric is not None and not isinstance(metric, str):
@@ -71,9 +131,10 @@ def parse_search(doc: dict[str, Any], max_k: int, max_queries: int) -> tuple[Sea
         not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
     ):
         raise InvalidInput("columns must be a list of column names")
-    nprobes = parse_int(doc, "nprobes", 0, 0, 1_000_000) or None
+    nprobes = parse_int(doc, "nprobes", 0, 0, limits.MAX_NPROBES) or None
     refine = doc.get("refine_factor")
-    refine_factor = None if refine is None else parse_int(doc, "refine_factor", 0, 0, 1_000)
+    refine_factor = None if refine is None else parse_int(doc, "refine_factor", 0, 0, limits.MAX_REFINE_FACTOR)
+    limits.check_candidates(k, refine_factor, len(queries))
     prefilter = parse_bool(doc, "prefilter", True)
     bypass = parse_bool(doc, "bypass_vector_index", False)
     return SearchRequest(queries=queries, k=k, metric=metric, filter=predicate, columns=columns, nprobes=nprobes,
@@ -83,7 +144,7 @@ def parse_search(doc: dict[str, Any], max_k: int, max_queries: int) -> tuple[Sea
 def parse_bool(doc: dict[str, Any], name: str, default: bool) -> bool:
     value = doc.get(name, default)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{name} must be true or false, got {value!r}")
+        raise InvalidInput(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
@@ -100,7 +161,7 @@ def parse_vectors(raw: Any, field: str) -> np.ndarray:
         dims.add(len(row))
         if not _NUMBERS.issuperset(map(type, row)):  # exact types: JSON gives int and float, never subclasses
             bad = next(x for x in row if type(x) not in _NUMBERS)
-            raise InvalidInput(f"'{field}' values must be numbers, got {bad!r}")
+            raise InvalidInput(f"'{field}' values must be numbers, got {shown(bad)}")
     if len(dims) != 1:
         raise InvalidInput(f"all query vectors in '{field}' must have the same dimension")
     with np.errstate(over="ignore"):

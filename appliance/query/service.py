@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 import kernels
+from appliance import limits
 from appliance.errors import InvalidInput, Unavailable
 from appliance.events.event import APPENDED, DELETED, INDEX_REQUESTED, OPTIMIZE, OPTIMIZE_REQUESTED, REBUILD
 from appliance.events.publisher import Publisher
@@ -187,7 +188,10 @@ class QueryService:
             snapshot.validate_filter(request.filter)
             rows = max(1, snapshot.dataset.count_rows())
             selectivity = len(snapshot.matching_row_ids(request.filter)) / rows
-        return plan_search(snapshot, request, index, selectivity, self.prefilter_threshold)
+        plan = plan_search(snapshot, request, index, selectivity, self.prefilter_threshold)
+        if plan.uses_index:  # the index's own refine_factor counts when the request names none (per query
+            limits.check_candidates(request.k, plan.refine_factor)  # vector: batching stacks requests' queries)
+        return plan
 
     def _execute(self, snapshot: TableSnapshot, request: SearchRequest, request_id: str
                  ) -> tuple[SearchPlan, np.ndarray, np.ndarray]:

@@ -19,9 +19,11 @@ import pyarrow.fs as pafs
 import xxhash
 from lance.fragment import LanceFragment
 
+from appliance import limits
 from appliance.errors import InvalidInput, Overloaded, RetryableConflict, TableExists, TableNotFound
 from appliance.lru import Lru
 from appliance.storage import lance_errors
+from appliance.storage.filters import check_expression
 from appliance.storage.root import StorageRoot
 from appliance.storage.schema import (
     METRIC_KEY,
@@ -38,7 +40,7 @@ from appliance.storage.schema import (
 
 TABLE_SUFFIX = ".lance"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
-MAX_FILTER_CHARS = 4096
+MAX_FILTER_CHARS = limits.MAX_FILTER_CHARS
 
 
 _ROW_RANGES: Lru[tuple[int, int]] = Lru(100_000)
@@ -138,7 +140,8 @@ class TableSnapshot:
         """Sorted ids of the rows matching a filter at this version (cached per version and filter): both
         the selectivity estimate and the set a post-filter keeps."""
         def load() -> np.ndarray:
-            table = self.dataset.to_table(columns=[], with_row_id=True, filter=predicate)
+            with lance_errors.map_lance_errors("the filter"):  # a bad regex, a division by zero: 400
+                table = self.dataset.to_table(columns=[], with_row_id=True, filter=predicate)
             return np.sort(table.column("_rowid").to_numpy().astype(np.uint64))
 
         return _MATCHES.get_or_load((self.dataset.uri, self.version, predicate), load)
@@ -343,11 +346,8 @@ class TableStore:
         if predicate is None:
             return snap.dataset.count_rows()
         snap.validate_filter(predicate)
-        try:
+        with lance_errors.map_lance_errors("the filter"):
             return snap.dataset.count_rows(predicate)
-        except (OSError, ValueError) as exc:
-            raise_if_rejected(exc)
-            raise
 
     def update(self, name: str, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
         """Set columns to SQL expressions on matching rows (all rows without a predicate); returns
@@ -499,11 +499,12 @@ def check_table_name(name: str) -> None:
         )
 
 
-def check_filter_text(predicate: Any) -> None:
+def check_filter_text(predicate: Any, what: str = "filter") -> None:
+    """Every filter or SQL expression from a client passes here before Lance sees it: a non-empty string
+    within the cost guard of appliance/storage/filters.py (length, allowed functions, size arguments)."""
     if not isinstance(predicate, str) or not predicate.strip():
-        raise InvalidInput("filter must be a non-empty SQL expression string")
-    if len(predicate) > MAX_FILTER_CHARS:
-        raise InvalidInput(f"filter is longer than {MAX_FILTER_CHARS} characters")
+        raise InvalidInput(f"{what} must be a non-empty SQL expression string")
+    check_expression(predicate, what)
 
 
 def raise_if_rejected(exc: BaseException) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import time
+from pathlib import Path
+
 import pytest
 import requests
 
@@ -77,3 +82,144 @@ def test_fleet_and_table_survive_bad_input(api, fleet, table) -> None:
     info = api.get("/api/v1/tables/victim").json()
     assert info["rows"] == 2
     assert [r["label"] for r in api.search("victim", [1, 2, 3], k=2)] == ["a", "b"]
+
+
+# --- issue 17: limits with names, the filter cost guard, honest error classes ---------------------------
+
+BOMBED = "bombed"
+
+
+def fleet_pids(fleet) -> list[int]:
+    """Every process of the fleet: each node's gunicorn master and its workers (from /proc)."""
+    pids = []
+    for node in fleet.nodes:
+        todo = [node.process.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in task.read_text().split()]
+    return pids
+
+
+def rss(pid: int) -> int:
+    with contextlib.suppress(OSError, StopIteration):
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.fixture(scope="module")
+def bombed(api) -> str:
+    """A table with string and integer payload and a published IVF index, so filters go through the query
+    node's planner (matching_row_ids) as well as the executors."""
+    api.create(BOMBED, 3, "l2", {"s": "string", "id": "int64"})
+    api.insert(BOMBED, [{"vector": [i, i % 7, 1], "s": f"s{i}", "id": i} for i in range(64)])
+    resp = api.post(f"/api/v1/tables/{BOMBED}/index", {"nlist": 2})
+    assert resp.status_code == 201, resp.text
+    return BOMBED
+
+
+def lance_post(api, path: str, body: object) -> requests.Response:
+    return api.http.post(api.url + path, data=json.dumps(body), headers={"content-type": "application/json"},
+                         timeout=60)
+
+
+@pytest.mark.parametrize("predicate", ["regexp_match(s, '(') IS NOT NULL", "id / 0 > 1", "cast(s as int) = 1"])
+@pytest.mark.parametrize("route", ["search", "explain"])
+def test_filters_failing_at_run_time_on_an_indexed_table_are_400(api, bombed, predicate: str, route: str) -> None:
+    resp = api.post(f"/api/v1/tables/{bombed}/{route}", {"vector": [1, 2, 3], "k": 3, "filter": predicate})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["code"] == "invalid_input"
+    assert "filter" in resp.json()["error"]
+
+
+NESTED = b"[" * 100_000
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/v1/tables/{t}/search", NESTED),
+    ("/api/v1/tables/{t}/search", b'{"vector": ' + NESTED + b"}"),
+    ("/api/v1/tables/{t}/search", b'{"k": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"),  # valid JSON, 1,000 deep
+    ("/api/v1/tables/{t}/index", b'{"nlist": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"),
+    ("/api/v1/tables/{t}/delete", b'{"filter": ' + NESTED + b"}"),
+    ("/v1/table/{t}/query/", NESTED),
+    ("/v1/table/{t}/query/", b'{"k": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"),
+    ("/v1/table/{t}/add_columns/", b'{"new_columns": ' + NESTED + b"}"),
+    ("/v1/table/{t}/count_rows/", b'{"predicate": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"),
+    ("/v1/table/{t}/create_index/", b'{"column": ' + b"[" * 1_000 + b"]" * 1_000 + b"}"),
+])
+def test_nested_json_is_400_on_every_front(api, bombed, path: str, body: bytes) -> None:
+    resp = api.http.post(api.url + path.format(t=bombed), data=body, headers={"content-type": "application/json"},
+                         timeout=60)
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.json()["code"] in ("limit_exceeded", "invalid_input")
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"refine_factor": 1_000_000_000}, "refine_factor"),
+    ({"metric": "nope"}, "metric"),
+    ({"nlist": 10**9}, "nlist"),
+    ({"pq_m": 10**9, "codec": "pq"}, "pq_m"),
+    ({"nprobes": 10**9}, "nprobes"),
+    ({"kmeans_iters": 10**9}, "kmeans_iters"),
+    ({"sample_rows": 2**63 - 1}, "sample_rows"),
+    ({"background": True, "refine_factor": 10**9}, "refine_factor"),
+])
+def test_index_settings_out_of_bounds_are_400_naming_the_limit(api, bombed, body: dict, needle: str) -> None:
+    resp = api.post(f"/api/v1/tables/{bombed}/index", body)
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["error"]
+
+
+@pytest.mark.parametrize(("path", "body", "needle"), [
+    ("/api/v1/tables/{t}/search", {"vector": [1, 2, 3], "refine_factor": 10**9}, "refine_factor"),
+    ("/api/v1/tables/{t}/search", {"vector": [1, 2, 3], "k": 10_000, "refine_factor": 50}, "k x refine_factor"),
+    ("/api/v1/tables/{t}/search", {"vector": [1, 2, 3], "nprobes": 10**9}, "nprobes"),
+    ("/v1/table/{t}/query/", {"vector": [1, 2, 3], "k": 10, "refine_factor": 10**9}, "refine_factor"),
+    ("/v1/table/{t}/query/", {"vector": [1, 2, 3], "k": 10, "nprobes": 10**9}, "nprobes"),
+    ("/v1/table/{t}/create_index/", {"column": "vector", "index_type": "IVF_FLAT", "metric_type": "nope"}, "metric"),
+    ("/v1/table/{t}/create_index/", {"column": "vector", "index_type": "IVF_FLAT", "num_partitions": 10**6}, "nlist"),
+])
+def test_search_and_lancedb_bounds_are_400(api, bombed, path: str, body: dict, needle: str) -> None:
+    resp = lance_post(api, path.format(t=bombed), body)
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["error"]
+
+
+BOMBS = ["lpad(s, 2000000000, 'x') = 'a'", "repeat(s, 50000000) = 'a'"]
+
+
+def bomb_requests(table: str, bomb: str) -> list[tuple[str, object]]:
+    """Every place a filter or SQL expression enters, with the bomb in it."""
+    return [
+        (f"/api/v1/tables/{table}/search", {"vector": [1, 2, 3], "k": 3, "filter": bomb}),
+        (f"/api/v1/tables/{table}/search", {"vector": [1, 2, 3], "k": 3, "filter": bomb, "bypass_vector_index": True}),
+        (f"/api/v1/tables/{table}/delete", {"filter": bomb}),
+        (f"/v1/table/{table}/count_rows/", {"predicate": bomb}),
+        (f"/v1/table/{table}/delete/", {"predicate": bomb}),
+        (f"/v1/table/{table}/query/", {"vector": [1, 2, 3], "k": 3, "filter": bomb}),
+        (f"/v1/table/{table}/query/", {"k": 3, "filter": bomb}),
+        (f"/v1/table/{table}/update/", {"updates": [["s", bomb.split(" = ")[0]]]}),
+        (f"/v1/table/{table}/update/", {"updates": [["s", "'x'"]], "predicate": bomb}),
+        (f"/v1/table/{table}/add_columns/", {"new_columns": [{"name": "boom", "expression": bomb.split(" = ")[0]}]}),
+    ]
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_filter_bombs_are_400_at_once_and_cost_nothing(api, fleet, bombed, bomb: str) -> None:
+    pids = fleet_pids(fleet)
+    before = {pid: rss(pid) for pid in pids}
+    for path, body in bomb_requests(bombed, bomb):
+        started = time.perf_counter()
+        resp = lance_post(api, path, body)
+        assert resp.status_code == 400, (path, resp.text)
+        assert resp.json()["code"] == "limit_exceeded", (path, resp.text)
+        assert bomb.split("(")[0] in resp.json()["error"], (path, resp.text)
+        assert time.perf_counter() - started < 1.0, path
+    grown = {pid: rss(pid) - before[pid] for pid in pids}
+    assert all(rss(pid) for pid in pids), "a process of the fleet died"
+    assert max(grown.values()) < 100 * 2**20, grown
+    assert api.post(f"/api/v1/tables/{bombed}/search", {"vector": [1, 2, 3], "k": 3}).status_code == 200
+    assert lance_post(api, f"/v1/table/{bombed}/count_rows/", {}).json() == 64

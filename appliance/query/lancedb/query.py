@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.errors import InvalidInput
+from appliance import limits
+from appliance.errors import InvalidInput, LimitExceeded
 from appliance.planner.plan import SearchRequest
 from appliance.query.bodies import parse_vectors
 from appliance.query.lancedb.wire import HUGE_K, optional_bool, optional_float, optional_int, optional_str
@@ -68,12 +69,19 @@ def parse_query(doc: dict[str, Any], max_k: int, max_queries: int) -> LanceQuery
         q.multi = isinstance(raw, list) and bool(raw) and isinstance(raw[0], list)
         q.vectors = parse_vectors(raw if q.multi else [raw], "vector")
         if len(q.vectors) > max_queries:
-            raise InvalidInput(f"at most {max_queries} query vectors per request, got {len(q.vectors)}")
+            raise LimitExceeded(f"at most {max_queries} query vectors per request, got {len(q.vectors)}")
         if q.k is not None and not 1 <= q.k + q.offset <= max_k:
-            raise InvalidInput(f"k + offset must be between 1 and {max_k}, got {q.k + q.offset}")
-    nprobes = optional_int(doc, "nprobes", 0, 1_000_000) or optional_int(doc, "minimum_nprobes", 0, 1_000_000)
+            raise LimitExceeded(f"k + offset must be between 1 and {max_k}, got {q.k + q.offset}",
+                                f"limit: k + offset <= {max_k}")
+    nprobes = (optional_int(doc, "nprobes", 0, limits.MAX_NPROBES)
+               or optional_int(doc, "minimum_nprobes", 0, limits.MAX_NPROBES))
+    optional_int(doc, "maximum_nprobes", 0, limits.MAX_NPROBES)
+    optional_int(doc, "ef", 0, limits.MAX_EF)  # for graph indexes, none of which is served: bounded, unused
     q.nprobes = nprobes or None
-    q.refine_factor = optional_int(doc, "refine_factor", 0, 1_000)
+    q.refine_factor = optional_int(doc, "refine_factor", 0, limits.MAX_REFINE_FACTOR)
+    if q.vectors is not None:
+        k = q.k if q.k is not None else max_k
+        limits.check_candidates(min(k + q.offset, max_k), q.refine_factor, len(q.vectors))
     q.distance_type = optional_str(doc, "distance_type")
     if q.distance_type is not None:
         q.distance_type = q.distance_type.lower()

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 from flask import Response, request
 
-from appliance.errors import InvalidInput, PayloadTooLarge
-from appliance.query.bodies import parse_arrow_stream, parse_json_body
+from appliance.errors import InvalidInput, LimitExceeded, PayloadTooLarge
+from appliance.query.bodies import parse_arrow_stream, parse_json_body, shown
 from appliance.storage.tables import check_filter_text
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
@@ -52,16 +52,17 @@ def optional_int(doc: dict[str, Any], name: str, low: int = 0, high: int | None 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{name} must be an integer, got {value!r}")
+        raise InvalidInput(f"{name} must be an integer, got {shown(value)}")
     if value < low or (high is not None and value > high):
-        raise InvalidInput(f"{name} must be between {low} and {high if high is not None else 'any'}, got {value}")
+        raise LimitExceeded(f"{name} must be between {low} and {high if high is not None else 'any'}, got {value}",
+                            None if high is None else f"limit: {name} <= {high}")
     return value
 
 
 def optional_str(doc: dict[str, Any], name: str) -> str | None:
     value = doc.get(name)
     if value is not None and not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string, got {value!r}")
+        raise InvalidInput(f"{name} must be a string, got {shown(value)}")
     return value
 
 
@@ -78,7 +79,7 @@ def optional_bool(doc: dict[str, Any], name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidInput(f"{name} must be true or false, got {value!r}")
+        raise InvalidInput(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
@@ -87,7 +88,7 @@ def optional_float(doc: dict[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInput(f"{name} must be a number, got {value!r}")
+        raise InvalidInput(f"{name} must be a number, got {shown(value)}")
     return float(value)
 
 
