@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from appliance.errors import InvalidInput
 from appliance.index import codec
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.index.params import IndexParams
-from appliance.index.store import IndexStore
+from appliance.index.store import IndexStore, Pointer
 from appliance.storage.schema import VECTOR_COLUMN, vectors_to_numpy
 from appliance.storage.tables import TableSnapshot, TableStore
 
@@ -76,9 +77,15 @@ class PartitionWriter:
 
 
 def build_full(tables: TableStore, indexes: IndexStore, name: str, params: IndexParams,
-               progress: Progress | None = None, metric: str | None = None) -> IndexManifest:
-    """Train and write a whole new index version (under `metric`, the table's by default) and publish it."""
+               progress: Progress | None = None, metric: str | None = None, base: Pointer | None = None,
+               requested: dict[str, Any] | None = None, rebase: bool = False) -> IndexManifest:
+    """Train and write a whole new index version (under `metric`, the table's by default) and publish it
+    from `base`, the pointer record read before the table (now when None): if the pointer moved meanwhile
+    (a drop, an overwrite, another build), publication fails with Conflict. `requested` records the
+    user's explicit parameters with the version (the base's are kept when None); `rebase`: see
+    `IndexStore.publish`."""
     started = time.time()
+    base = indexes.pointer(name) if base is None else base  # before the table: see IndexStore.publish
     snap = tables.snapshot(name)
     metric = metric or snap.metric
     rows = snap.dataset.count_rows()
@@ -97,39 +104,42 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
         table=name, index_version=indexes.next_version(name), metric=metric, dimension=snap.dimension,
         codec=p.codec, params=p.to_json(), table_version=snap.version, row_id_watermark=watermark,
         rows=indexed, trained_rows=rows, centroids=centroids_ref, partitions=writer.refs,
-        created_at=started, build_seconds=time.time() - started, kind="full",
+        created_at=started, build_seconds=time.time() - started, kind="full", generation=base.generation,
+        requested=base.requested if requested is None else requested,
     )
-    indexes.publish(manifest)
-    return manifest
+    return indexes.publish(manifest, base, rebase)
 
 
 def build_partial(tables: TableStore, indexes: IndexStore, name: str,
-                  progress: Progress | None = None) -> IndexManifest | None:
-    """Index the rows added since the current version; None when there is nothing new."""
-    base = indexes.current(name)
-    if base is None:
+                  progress: Progress | None = None, base: Pointer | None = None) -> IndexManifest | None:
+    """Index the rows added since the current version (of pointer record `base`, read now when None);
+    None when there is nothing new."""
+    pointer = indexes.pointer(name) if base is None else base
+    if pointer.version is None:
         raise InvalidInput(f"table '{name}' has no index to extend; build a full index first")
+    base_manifest = indexes.manifest(name, pointer.version)
     started = time.time()
     snap = tables.snapshot(name)
-    p = IndexParams(**base.params)
-    arrays, _ = indexes.get_object(base.centroids)
+    p = IndexParams(**base_manifest.params)
+    arrays, _ = indexes.get_object(base_manifest.centroids)
     centroids = arrays.pop("centroids")
-    writer = PartitionWriter(indexes, name, base.nlist)
-    batches = _batches(snap, p.batch_rows, f"_rowid >= {base.row_id_watermark}")
-    indexed, watermark = _assign_all(batches, base.metric, centroids, arrays, p, writer, progress)
+    writer = PartitionWriter(indexes, name, base_manifest.nlist)
+    batches = _batches(snap, p.batch_rows, f"_rowid >= {base_manifest.row_id_watermark}")
+    indexed, watermark = _assign_all(batches, base_manifest.metric, centroids, arrays, p, writer, progress)
     if indexed == 0:
         return None
     manifest = IndexManifest(
-        table=name, index_version=indexes.next_version(name), metric=base.metric, dimension=base.dimension,
-        codec=base.codec, params=base.params, table_version=snap.version,
-        row_id_watermark=max(watermark, base.row_id_watermark), rows=base.rows + indexed,
-        trained_rows=base.trained_rows, centroids=base.centroids,
-        partitions=[old + new for old, new in zip(base.partitions, writer.refs, strict=True)],
+        table=name, index_version=indexes.next_version(name), metric=base_manifest.metric,
+        dimension=base_manifest.dimension, codec=base_manifest.codec, params=base_manifest.params,
+        table_version=snap.version, row_id_watermark=max(watermark, base_manifest.row_id_watermark),
+        rows=base_manifest.rows + indexed, trained_rows=base_manifest.trained_rows,
+        centroids=base_manifest.centroids,
+        partitions=[old + new for old, new in zip(base_manifest.partitions, writer.refs, strict=True)],
         created_at=started, build_seconds=time.time() - started, kind="partial",
-        history=[*base.history, base.index_version],
+        history=[*base_manifest.history, base_manifest.index_version], generation=pointer.generation,
+        requested=pointer.requested,
     )
-    indexes.publish(manifest)
-    return manifest
+    return indexes.publish(manifest, pointer)
 
 
 def _assign_all(batches: Iterator[pa.RecordBatch], metric: str, centroids: np.ndarray,

@@ -43,6 +43,8 @@ class IndexManifest:
     kind: str  # "full" (centroids trained) or "partial" (deltas appended to the previous version)
     format: int = FORMAT_VERSION
     history: list[int] = field(default_factory=list)  # index versions this one extends, oldest first
+    generation: int = 0  # the table generation it indexes (store.py: an overwrite starts a new one)
+    requested: dict[str, Any] | None = None  # the user's explicit {"params", "metric"}; rebuilds reuse them
 
     @property
     def nlist(self) -> int:
@@ -78,4 +80,6 @@ class IndexManifest:
             "created_at": self.created_at,
             "build_seconds": round(self.build_seconds, 3),
             "bytes": sum(ref.size for ref in self.objects()),
+            "generation": self.generation,
+            "requested": self.requested,
         }

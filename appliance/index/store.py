@@ -1,15 +1,32 @@
-"""Index objects and manifests in storage, and the atomic publication of a new index version.
+"""Index objects and manifests in storage, and the fenced publication of a new index version.
 
-Layout under the storage root: `_appliance/indexes/<table>/objects/<uuid>.bin` (immutable, shared by the
-versions that name them), `manifests/<N>.json`, and `CURRENT` holding the published version number.
-Publication writes the objects, then the manifest, then moves CURRENT; a builder killed at any point
-leaves CURRENT on the previous version, and what it wrote is unreferenced garbage for cleanup.
+Layout under the storage root, per table `_appliance/indexes/<table>/`: `objects/<uuid>.bin` (immutable,
+shared by the versions that name them), `manifests/<N>.json` (create-only), and the pointer:
+`pointers/<seq>.json`, create-only records numbered 1, 2, 3..., the highest of which is the table's index
+state (the published version, or none, and the table's generation). `POINTER` holds a recent seq, a hint
+that spares new readers a listing; it is only ever a lower bound.
+
+Moving the pointer is a compare-and-swap: a writer that read record `seq` creates `seq + 1` with
+put_if_absent (a hard link locally, `If-None-Match: *` on S3), so of two writers from the same record
+exactly one wins, and a writer whose record is no longer the highest loses. A build reads the pointer
+before it reads the table and publishes only from that record, and only within its generation: every
+change that rewrites rows an index covers (overwrite, restore, an updating merge_insert, a dropped table)
+starts a new generation with a record of no version, so a build of the old rows can never publish after
+it. Readers keep the highest record they saw and probe for the next one: one GET per refresh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import json
+import logging
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +37,11 @@ from appliance.storage import frames
 from appliance.storage.blobs import BlobStore
 from appliance.storage.root import StorageRoot
 
-CURRENT = "CURRENT"
+LEGACY_CURRENT = "CURRENT"  # before pointer records: the published version number, read if no record exists
+POINTER_HINT = "POINTER"
+REBASE_ATTEMPTS = 8
+EXPLICIT_BUILD_TTL = 120.0  # an explicit build's claim lapses this long after its last renewal
+log = logging.getLogger("appliance.index")
 
 
 class CorruptIndexObject(ApplianceError):
@@ -41,9 +62,36 @@ def decode_arrays(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return dict(zip(header["names"], arrays, strict=True)), header.get("meta", {})
 
 
+@dataclass(frozen=True)
+class Pointer:
+    """One pointer record: which index version a table serves (None: no index) in which generation."""
+
+    seq: int = 0  # 0: no record yet
+    version: int | None = None
+    generation: int = 0
+    max_version: int = 0  # the highest version ever published, so a number is never handed out twice
+    requested: dict[str, Any] | None = None  # the user's explicit {"params", "metric"}, kept by rebuilds
+    at: float = 0.0  # when the record was written
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Pointer:
+        doc = json.loads(raw)
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+def stale_generation(table: str) -> Conflict:
+    return Conflict(f"the rows of '{table}' were replaced while its index was built (overwrite, restore or an "
+                    "updating merge_insert); the index of the old rows was not published", "build again")
+
+
 class IndexStore:
     def __init__(self, root: StorageRoot) -> None:
         self._blobs = BlobStore(root, prefix="_appliance/indexes")
+        self._pointers: dict[str, Pointer] = {}  # the highest record seen per table (records never change)
+        self._lock = threading.Lock()
 
     def put_object(self, table: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None,
                    rows: int = 0) -> ObjectRef:
@@ -62,20 +110,101 @@ class IndexStore:
     def get_object(self, ref: ObjectRef) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return decode_arrays(self.read_object(ref))
 
-    def publish(self, manifest: IndexManifest) -> None:
+    def publish(self, manifest: IndexManifest, base: Pointer | None = None, rebase: bool = False
+                ) -> IndexManifest:
         """Write the manifest (create-only: a version number is never reused, so two builders cannot
-        overwrite each other's manifest), then point CURRENT at it unless a newer version already is."""
+        overwrite each other's manifest), then move the pointer from `base` (the record the build started
+        from; the latest when None) to it; the manifest as published. Conflict when the number is taken,
+        the pointer moved since `base`, or the table's generation is not the manifest's.
+
+        `rebase` (an explicit build): when the pointer moved within the manifest's generation (an
+        indexer's build of the same rows published first), publish again from the latest record, under a
+        new number, so that the build the user asked for is the one served."""
         table = manifest.table
+        base = self.pointer(table) if base is None else base
+        if manifest.generation != base.generation:
+            raise stale_generation(table)
         if not self._blobs.put_if_absent(f"{table}/manifests/{manifest.index_version}.json", manifest.to_json()):
             raise Conflict(f"index version {manifest.index_version} of '{table}' was published by another build",
                            "the build's objects stay unreferenced until cleanup; build again")
-        current = self.current_version(table)
-        if current is None or current < manifest.index_version:
-            self._blobs.put(f"{table}/{CURRENT}", str(manifest.index_version).encode())
+        written = True  # whether this build wrote the manifest under its current number
+        for _ in range(REBASE_ATTEMPTS):
+            if written and self._advance(table, base, version=manifest.index_version,
+                                         requested=manifest.requested):
+                return manifest
+            base = self.pointer(table)
+            if base.generation != manifest.generation:
+                raise stale_generation(table)
+            if not rebase:
+                break
+            if not written or manifest.index_version <= base.max_version:  # a number above what was served
+                manifest = dataclasses.replace(manifest, index_version=self.next_version(table))
+                written = self._blobs.put_if_absent(f"{table}/manifests/{manifest.index_version}.json",
+                                                    manifest.to_json())
+        raise Conflict(f"the index of '{table}' changed while this build ran (now version {base.version})",
+                       "the build's objects stay unreferenced until cleanup; build again")
+
+    def new_generation(self, table: str, forget_choice: bool = False) -> Pointer:
+        """Unpublish the table's index and start a new generation, so that no build begun before can
+        publish; always succeeds (it retries against concurrent publishers). `forget_choice` also forgets
+        the user's explicit index parameters (a user's drop), which otherwise rebuilds keep. Returns the
+        record it replaced."""
+        while True:
+            base = self.pointer(table)
+            if self._advance(table, base, version=None, generation=base.generation + 1,
+                             requested=None if forget_choice else base.requested) is not None:
+                return base
+
+    def _advance(self, table: str, base: Pointer, **changes: Any) -> Pointer | None:
+        """The compare-and-swap: create record `base.seq + 1`; None when another writer created it first."""
+        version = changes.get("version", base.version)
+        record = dataclasses.replace(base, seq=base.seq + 1, at=time.time(),
+                                     max_version=max(base.max_version, version or 0), **changes)
+        if not self._blobs.put_if_absent(f"{table}/pointers/{record.seq}.json", record.to_json()):
+            return None
+        self._remember(table, record)
+        try:
+            self._blobs.put(f"{table}/{POINTER_HINT}", str(record.seq).encode())
+        except OSError:  # only a hint: readers probe past it
+            log.warning("could not write the pointer hint of index %s", table, exc_info=True)
+        return record
+
+    def _remember(self, table: str, record: Pointer) -> None:
+        with self._lock:
+            known = self._pointers.get(table)
+            if known is None or known.seq < record.seq:
+                self._pointers[table] = record
+
+    def pointer(self, table: str) -> Pointer:
+        """The table's latest pointer record: the highest one seen, and any created since (one GET each,
+        plus the one that finds nothing)."""
+        with self._lock:
+            known = self._pointers.get(table)
+        if known is None:
+            known = self._first_pointer(table)
+        while (raw := self._blobs.get(f"{table}/pointers/{known.seq + 1}.json")) is not None:
+            known = Pointer.from_json(raw)
+        self._remember(table, known)
+        return known
+
+    def _first_pointer(self, table: str) -> Pointer:
+        hint = self._blobs.get(f"{table}/{POINTER_HINT}")
+        if hint:
+            raw = self._blobs.get(f"{table}/pointers/{int(hint)}.json")
+            if raw is not None:
+                return Pointer.from_json(raw)
+        seqs = [int(k.rsplit("/", 1)[1].split(".")[0]) for k in self._blobs.list(f"{table}/pointers")]
+        if seqs:
+            raw = self._blobs.get(f"{table}/pointers/{max(seqs)}.json")
+            if raw is not None:
+                return Pointer.from_json(raw)
+        legacy = self._blobs.get(f"{table}/{LEGACY_CURRENT}")
+        if legacy:  # published before pointer records: the next publication moves on from it
+            return Pointer(version=int(legacy), max_version=int(legacy))
+        return Pointer()
 
     def current_version(self, table: str) -> int | None:
-        raw = self._blobs.get(f"{table}/{CURRENT}")
-        return int(raw) if raw else None
+        return self.pointer(table).version
 
     def manifest(self, table: str, index_version: int) -> IndexManifest:
         raw = self._blobs.get(f"{table}/manifests/{index_version}.json")
@@ -92,7 +221,34 @@ class IndexStore:
         return sorted(int(k.rsplit("/", 1)[1].split(".")[0]) for k in keys)
 
     def next_version(self, table: str) -> int:
-        return max(self.versions(table), default=0) + 1
+        return max(max(self.versions(table), default=0), self.pointer(table).max_version) + 1
+
+    @contextlib.contextmanager
+    def explicit_build(self, table: str, ttl: float = EXPLICIT_BUILD_TTL) -> Iterator[None]:
+        """Claim the table for an explicit build while the block runs: the indexers leave the table's
+        index alone (see `explicit_builds`) until the claim is released or lapses (its holder died)."""
+        key = f"{table}/builds/{uuid.uuid4().hex}.json"
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(ttl / 4):
+                with contextlib.suppress(Exception):
+                    self._blobs.put(key, b"{}")
+
+        self._blobs.put(key, b"{}")
+        renewer = threading.Thread(target=renew, name=f"claim-{table}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            with contextlib.suppress(Exception):
+                self._blobs.delete(key)
+
+    def explicit_builds(self, table: str, ttl: float = EXPLICIT_BUILD_TTL) -> int:
+        """How many explicit builds of the table are running (claims renewed within `ttl`)."""
+        now = time.time()
+        return sum(1 for mtime in self._blobs.list_times(f"{table}/builds").values() if mtime > now - ttl)
 
     def object_times(self, table: str) -> dict[str, float]:
         """Every object key of a table's index with its modification time (for cleanup)."""
@@ -108,7 +264,10 @@ class IndexStore:
         self._blobs.delete(f"{table}/manifests/{index_version}.json")
 
     def drop(self, table: str) -> None:
-        """Forget a table's index entirely (the table was dropped or overwritten): the pointer goes first,
-        so no reader starts on objects that are about to disappear."""
-        self._blobs.delete(f"{table}/{CURRENT}")
-        self._blobs.delete_prefix(table)
+        """Forget a table's index entirely (the table was dropped): a new generation first, so no reader
+        starts on objects that are about to disappear and no build in flight publishes, then the objects
+        and manifests. The pointer records stay (they are tiny), so a table made again under the same name
+        carries on from the new generation."""
+        self.new_generation(table, forget_choice=True)
+        for part in ("objects", "manifests", "builds"):
+            self._blobs.delete_prefix(f"{table}/{part}")

@@ -32,22 +32,27 @@ def cleanup_table_versions(tables: TableStore, name: str, grace: float, now: flo
 def cleanup_index_versions(indexes: IndexStore, name: str, grace: float, now: float | None = None
                            ) -> dict[str, Any]:
     """Delete index manifests superseded more than `grace` seconds ago, then objects no kept manifest
-    names that are older than `grace`."""
+    names that are older than `grace`. With no published index (dropped: a new generation), every
+    manifest is superseded since the pointer moved off it."""
     now = time.time() if now is None else now
-    current = indexes.current_version(name)
-    if current is None:
-        return {"manifests": [], "objects": 0}
+    pointer = indexes.pointer(name)
+    current = pointer.version
     manifests = {v: indexes.manifest(name, v) for v in indexes.versions(name)}
+    if not manifests:
+        return {"manifests": [], "objects": 0}
     published_at = {v: m.created_at + m.build_seconds for v, m in manifests.items()}
     doomed = []
-    newest = max(manifests)
     for v in sorted(manifests):
-        if v in (current, newest):  # the newest stays so that its number is never handed out again
+        if v == current:
             continue
         later = [published_at[w] for w in manifests if w > v]
-        # superseded when a later version was published; one newer than CURRENT that never became current
-        # (its builder died between manifest and pointer) is garbage once it is old
-        superseded = min(later) if later and v < current else published_at[v]
+        # superseded when a later version was published; one that is not older than the current version
+        # (its builder died or lost the race for the pointer, or the index was dropped) is garbage once
+        # both it and the pointer's last move are old
+        if current is not None and v < current and later:
+            superseded = min(later)
+        else:
+            superseded = max(published_at[v], pointer.at)
         if superseded < now - grace:
             doomed.append(v)
     for v in doomed:

@@ -27,6 +27,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from appliance.config import Settings
+from appliance.errors import Conflict
 from appliance.events import Delivery, EventQueue, open_queue
 from appliance.events.status import IDLE, IndexerStatus
 from appliance.indexer.policy import Policy
@@ -100,6 +101,11 @@ class Indexer:
         except LeaseLost as exc:
             log.warning("%s", exc.message)
             self._finish(delivery, last_error=exc.message, last_error_at=time.time())
+            return
+        except Conflict as exc:  # the index changed under the build (a drop, an overwrite): again, from it
+            log.warning("table %s: %s; handling the event again", event.table, exc.message)
+            self._finish(delivery, last_error=exc.message, last_error_at=time.time())
+            self.queue.release(delivery)
             return
         except Exception as exc:  # any failure: the event comes back later, and dead-letters after N tries
             log.exception("handling %s of table %s failed (delivery %d)", event.kind, event.table, delivery.receives)

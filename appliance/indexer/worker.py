@@ -1,13 +1,21 @@
 """Handles one event: reads the table's state, decides, and runs the builds and maintenance it needs.
 
 Every step is safe to repeat or to die in the middle of. Builds publish a new index version only at their
-very end (objects, manifest, then the CURRENT pointer), and only while this indexer still holds the
-table's message (`Fence`), so an indexer that lost its lease (it stalled past the visibility timeout and
-another took over) never publishes over the newer one's work.
+very end (objects, manifest, then the pointer), only while this indexer still holds the table's message
+(`Fence`), so an indexer that lost its lease (it stalled past the visibility timeout and another took
+over) never publishes over the newer one's work, and only from the pointer record the build began from
+(`IndexStore.publish`), so a build that an overwrite, a drop or an explicit build overtook fails with
+Conflict (the event is then handled again, from the new state).
+
+An explicit build (`POST .../index`, the LanceDB client's create_index) claims the table while it runs;
+the indexer then leaves the table's index alone (a build it is running stops at its next batch), and the
+explicit build announces the table again when it is done. Rebuilds keep what the user chose: the codec,
+parameters and metric of their last explicit build or request, recorded with the pointer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +26,7 @@ from appliance.events.event import Event
 from appliance.index.builder import build_full, build_partial
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
-from appliance.index.store import IndexStore
+from appliance.index.store import IndexStore, Pointer
 from appliance.indexer.cleanup import cleanup_index_versions, cleanup_table_versions
 from appliance.indexer.compaction import compact
 from appliance.indexer.policy import Policy, decide
@@ -34,6 +42,16 @@ class LeaseLost(ApplianceError):
     code = "lease_lost"
 
 
+class BuildYielded(ApplianceError):
+    """An explicit build of the table started: the indexer's own build gives way to it."""
+
+    status = 409
+    code = "build_yielded"
+
+
+YIELD_CHECK_SECONDS = 1.0  # how often a running build looks for an explicit build of its table
+
+
 class FencedIndexStore(IndexStore):
     """An index store whose publication first checks that the caller still holds the table."""
 
@@ -41,10 +59,11 @@ class FencedIndexStore(IndexStore):
         super().__init__(root)
         self._still_held = still_held
 
-    def publish(self, manifest: IndexManifest) -> None:
+    def publish(self, manifest: IndexManifest, base: Pointer | None = None, rebase: bool = False
+                ) -> IndexManifest:
         if not self._still_held():
             raise LeaseLost(f"lost table {manifest.table} to another indexer; not publishing v{manifest.index_version}")
-        super().publish(manifest)
+        return super().publish(manifest, base, rebase)
 
 
 class TableWorker:
@@ -59,29 +78,43 @@ class TableWorker:
 
     def handle(self, event: Event, still_held: Callable[[], bool]) -> dict[str, Any]:
         """Bring `event.table` up to date; a report of what was done. Raises LeaseLost when another indexer
-        took the table over, and whatever a step raised (the event is then delivered again)."""
+        took the table over, Conflict when the table's index changed under a build (a drop, an overwrite),
+        and whatever a step raised (the event is then delivered again)."""
         started = time.time()
         indexes = FencedIndexStore(self.root, still_held)
+        pointer = indexes.pointer(event.table)  # before the table: a build publishes only from this record
         try:
             snap = self.tables.snapshot(event.table)
         except TableNotFound:
             return {"skipped": "table does not exist"}
-        base = indexes.current(event.table)
+        base = None if pointer.version is None else indexes.manifest(event.table, pointer.version)
         work = decide(read_state(snap, base), event, self.policy)
         report: dict[str, Any] = {"work": work.summary, "table_version": snap.version}
+        if (work.full or work.partial) and indexes.explicit_builds(event.table):
+            report["yielded"] = "an explicit build of the table is running"
+            work = dataclasses.replace(work, full=False, partial=False)
+        checked = [time.monotonic()]
 
         def progress(_rows: int) -> None:
             if not still_held():
                 raise LeaseLost(f"lost table {event.table} to another indexer mid-build")
+            if time.monotonic() - checked[0] >= YIELD_CHECK_SECONDS:
+                checked[0] = time.monotonic()
+                if indexes.explicit_builds(event.table):
+                    raise BuildYielded(f"an explicit build of table {event.table} started; the indexer's stops")
 
-        if work.full:
-            self._on_step("building-full")
-            params, metric = self._full_params(event, base)
-            report["index"] = build_full(self.tables, indexes, event.table, params, progress, metric).describe()
-        elif work.partial:
-            self._on_step("building-partial")
-            manifest = build_partial(self.tables, indexes, event.table, progress)
-            report["index"] = manifest.describe() if manifest else None
+        try:
+            if work.full:
+                self._on_step("building-full")
+                params, metric, requested = self._full_params(event, pointer, base)
+                report["index"] = build_full(self.tables, indexes, event.table, params, progress, metric,
+                                             base=pointer, requested=requested).describe()
+            elif work.partial:
+                self._on_step("building-partial")
+                manifest = build_partial(self.tables, indexes, event.table, progress, base=pointer)
+                report["index"] = manifest.describe() if manifest else None
+        except BuildYielded as exc:
+            report["yielded"] = exc.message
         if work.compact:
             self._on_step("compacting")
             report["compaction"] = compact(self.tables, event.table, self.threads)
@@ -94,14 +127,21 @@ class TableWorker:
         report["seconds"] = round(time.time() - started, 3)
         return report
 
-    def _full_params(self, event: Event, base: IndexManifest | None) -> tuple[IndexParams, str | None]:
-        """An explicit request's parameters; else the current index's codec and knobs, with the sizes
-        (nlist, probes, sample) chosen anew for the table's size; else the indexer's default codec."""
+    def _full_params(self, event: Event, pointer: Pointer, base: IndexManifest | None
+                     ) -> tuple[IndexParams, str | None, dict[str, Any] | None]:
+        """Parameters, metric and the user's choice to record, for a full build. An explicit request's
+        parameters (and they become the user's choice); else the user's last explicit choice, as they gave
+        it (sizes they left at 0 are chosen anew for the table's size); else the current index's codec
+        and knobs with the sizes chosen anew; else the indexer's default codec."""
         if event.params:
-            return IndexParams.from_json(dict(event.params)), None
+            params = IndexParams.from_json(dict(event.params))
+            return params, None, {"params": params.to_json(), "metric": None}
+        if pointer.requested:
+            chosen = pointer.requested
+            return IndexParams.from_json(dict(chosen.get("params") or {})), chosen.get("metric"), None
         if base is None:
-            return IndexParams(codec=self.policy.codec), None
+            return IndexParams(codec=self.policy.codec), None, None
         p = base.params
         return IndexParams(codec=base.codec, pq_m=p.get("pq_m", 0), refine_factor=p.get("refine_factor", 0),
                            kmeans_iters=p.get("kmeans_iters", 20), seed=p.get("seed", 0),
-                           batch_rows=p.get("batch_rows", 65_536)), base.metric
+                           batch_rows=p.get("batch_rows", 65_536)), base.metric, None

@@ -212,9 +212,19 @@ class QueryService:
 
     def build_index(self, name: str, params: IndexParams, metric: str | None = None,
                     progress: Progress | None = None) -> IndexManifest:
-        """Build and publish a full index version now (the indexer fleet does this in the background)."""
-        manifest = build_full(self.store, self.catalog.indexes, name, params, progress, metric)
+        """Build and publish a full index version now (the indexer fleet does this in the background).
+
+        The build claims the table, so the indexers leave its index alone meanwhile, and its parameters
+        become the table's choice, which the indexers' rebuilds keep. It is the one served even when an
+        indexer's build published first; Conflict (409) when the table's rows were replaced meanwhile
+        (overwrite, restore, an updating merge_insert). The indexers are told afterwards, to index what
+        was written while it ran."""
+        indexes = self.catalog.indexes
+        with indexes.explicit_build(name):
+            manifest = build_full(self.store, indexes, name, params, progress, metric,
+                                  requested={"params": params.to_json(), "metric": metric}, rebase=True)
         self.catalog.forget(name)
+        self._announce(name, APPENDED, self.store.snapshot(name).version)
         return manifest
 
     def index_status(self, name: str) -> dict[str, Any]:
@@ -255,12 +265,14 @@ class QueryService:
 
         return self.commits.run(name, overwrite)
 
-    def drop_index(self, name: str) -> bool:
+    def drop_index(self, name: str, forget_choice: bool = False) -> bool:
         """Unpublish a table's IVF index, and stop planning with it at once. Called whenever rows the index
         covers change in place (overwrite, restore, vector updates): its row-id watermark would otherwise
-        claim rows it holds stale vectors for. Returns whether there was one."""
-        had = self.catalog.indexes.current_version(name) is not None
-        self.catalog.indexes.drop(name)
+        claim rows it holds stale vectors for. It starts a new generation of the table's index, so a
+        build that began before cannot publish after it (index/store.py). The user's chosen parameters
+        stay for the rebuild unless `forget_choice` (the user dropped the index). Returns whether there
+        was one."""
+        had = self.catalog.indexes.new_generation(name, forget_choice).version is not None
         self.catalog.forget(name)
         return had
 

@@ -66,7 +66,7 @@ def register(bp: Blueprint, service: QueryService) -> None:
     @bp.post("/table/<name>/index/<index>/drop/")
     def drop_index(name: str, index: str) -> Response:
         if index == VECTOR_INDEX:
-            if not service.drop_index(name):
+            if not service.drop_index(name, forget_choice=True):
                 raise IndexNotFound(index)
             return json_response({})
         dataset = service.snapshot(name).dataset
