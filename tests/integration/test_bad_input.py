@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import requests
 
@@ -204,6 +205,8 @@ def bomb_requests(table: str, bomb: str) -> list[tuple[str, object]]:
         (f"/v1/table/{table}/update/", {"updates": [["s", bomb.split(" = ")[0]]]}),
         (f"/v1/table/{table}/update/", {"updates": [["s", "'x'"]], "predicate": bomb}),
         (f"/v1/table/{table}/add_columns/", {"new_columns": [{"name": "boom", "expression": bomb.split(" = ")[0]}]}),
+        (f"/v1/table/{table}/query/", {"k": 3, "columns": {"boom": bomb.split(" = ")[0]}}),
+        (f"/v1/table/{table}/query/", {"vector": [1, 2, 3], "k": 3, "columns": {"boom": bomb.split(" = ")[0]}}),
     ]
 
 
@@ -223,3 +226,15 @@ def test_filter_bombs_are_400_at_once_and_cost_nothing(api, fleet, bombed, bomb:
     assert max(grown.values()) < 100 * 2**20, grown
     assert api.post(f"/api/v1/tables/{bombed}/search", {"vector": [1, 2, 3], "k": 3}).status_code == 200
     assert lance_post(api, f"/v1/table/{bombed}/count_rows/", {}).json() == 64
+
+
+@pytest.mark.parametrize("condition", ["when_matched_update_all_filt", "when_not_matched_by_source_delete_filt"])
+def test_merge_insert_conditions_pass_the_filter_guard(api, bombed, condition: str) -> None:
+    rows = pa.table({"vector": pa.array([[1.0, 2.0, 3.0]], pa.list_(pa.float32(), 3)), "s": ["s1"], "id": [1]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    resp = api.http.post(f"{api.url}/v1/table/{bombed}/merge_insert/", data=sink.getvalue().to_pybytes(),
+                         params={"on": "id", "when_matched_update_all": "true", condition: BOMBS[1]},
+                         headers={"content-type": "application/vnd.apache.arrow.stream"}, timeout=60)
+    assert resp.status_code == 400 and "repeat" in resp.json()["error"], resp.text

@@ -212,6 +212,8 @@ def _columns(raw: Any) -> list[str] | dict[str, str] | None:
         reserved = [alias for alias in raw if alias in SPECIAL or not alias]
         if reserved:
             raise InvalidInput(f"column alias(es) {', '.join(map(repr, reserved))} are reserved")
+        for expression in raw.values():
+            check_filter_text(expression, "column expression")  # the cost guard, as for filters
         return dict(raw)
     raise InvalidInput("columns must be a list of column names or an object of alias: SQL expression")
 

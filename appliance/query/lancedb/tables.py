@@ -106,13 +106,18 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
         if not on or "," in on:
             raise InvalidInput("merge_insert needs exactly one key column in 'on'")
         data = arrow_body(limits.max_batch_rows)
+        matched_filter = request.args.get("when_matched_update_all_filt") or None
+        delete_filter = request.args.get("when_not_matched_by_source_delete_filt") or None
+        for condition in (matched_filter, delete_filter):
+            if condition is not None:
+                check_filter_text(condition)  # the cost guard, as for every filter
         result = service.merge_insert(
             name, on, data,
             update_matched=query_flag("when_matched_update_all"),
-            matched_filter=request.args.get("when_matched_update_all_filt") or None,
+            matched_filter=matched_filter,
             insert_unmatched=query_flag("when_not_matched_insert_all"),
             delete_unmatched_by_source=query_flag("when_not_matched_by_source_delete"),
-            delete_filter=request.args.get("when_not_matched_by_source_delete_filt") or None,
+            delete_filter=delete_filter,
         )
         return json_response({**result, "num_attempts": 1})
 
