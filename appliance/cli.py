@@ -197,7 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bind = f"{settings.host}:{settings.port}"
     env = {**os.environ, **settings.to_env()}
     cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "1", "--worker-class", "gthread",
-           "--threads", str(threads), "--timeout", str(int(settings.request_timeout) + 30), app]
+           "--threads", str(threads), "--timeout", str(int(settings.request_timeout) + 30),
+           "--keep-alive", str(settings.keep_alive), app]
     print("[appliance] exec " + shlex.join(cmd), flush=True)
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

@@ -63,6 +63,12 @@ class Settings:
     )
     query_threads: int = _knob(8, "Request threads of the query node's gunicorn worker.")
     executor_threads: int = _knob(4, "Request threads of each executor's gunicorn worker.")
+    keep_alive: int = _knob(
+        75, "Seconds a query node or executor keeps an idle client connection open for its next request "
+        "(gunicorn `--keep-alive`). Keep it longer than the idle timeout of the clients and load balancers in "
+        "front (AWS ALB 60 s, nginx upstream 60 s), so they, not the node, close idle connections: a node "
+        "closing one just as a client reuses it fails that request (\"connection closed before message completed\")."
+    )
     kernel_threads: int = _knob(1, "BLAS/faiss threads per executor, so executors do not oversubscribe cores.")
     cache_ram_bytes: int = _knob(
         0, "RAM tier of each executor's cache, in bytes. 0: 25% of the machine's memory split over `executors`."

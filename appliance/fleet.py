@@ -166,6 +166,7 @@ class Fleet:
             "--worker-class", "gthread",
             "--threads", str(node.threads),
             "--timeout", str(int(self.settings.request_timeout) + 30),
+            "--keep-alive", str(self.settings.keep_alive),
             "--graceful-timeout", "10",
             "--log-level", self.settings.log_level,
             "--name", f"appliance-{node.name}",
