@@ -2,8 +2,8 @@
 
 Everything here is pure computation on arrays, with no I/O and no dependency on `appliance`. Each kernel
 is written once against the array module (numpy on the CPU, cupy on a CUDA GPU; see `kernels.backend`),
-and the CPU route is numpy's BLAS for the matrix products plus faiss where it is faster. `python -m
-kernels info` reports what the running process uses.
+and the CPU route is numpy's BLAS for the matrix products plus faiss where it was measured faster
+(`kernels.cpu_faiss.OPS`). `python -m kernels info` reports what the running process uses, op by op.
 """
 
 from kernels.backend import cuda_available, resolve
@@ -12,13 +12,13 @@ from kernels.distance import METRICS, pairwise_distances
 from kernels.ivf import assign, kmeans, probe
 from kernels.pq import pq_decode, pq_distances, pq_encode, pq_train
 from kernels.refine import candidate_distances
-from kernels.scan import CODECS, code_distances, search_codes
+from kernels.scan import CODECS, code_distances, scan_lists, search_codes
 from kernels.threads import set_thread_budget
 from kernels.topk import NO_ID, merge_topk, search_block, topk
 
 __all__ = [
     "CODECS", "METRICS", "NO_ID", "assign", "candidate_distances", "code_distances", "cuda_available",
     "fp16_decode", "fp16_encode", "kmeans", "merge_topk", "pairwise_distances", "pq_decode", "pq_distances",
-    "pq_encode", "pq_train", "probe", "resolve", "search_block", "search_codes", "set_thread_budget", "sq8_decode",
-    "sq8_encode", "sq8_train", "topk",
+    "pq_encode", "pq_train", "probe", "resolve", "scan_lists", "search_block", "search_codes", "set_thread_budget",
+    "sq8_decode", "sq8_encode", "sq8_train", "topk",
 ]

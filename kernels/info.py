@@ -130,6 +130,21 @@ def device_info() -> dict[str, Any]:
     return {"KERNELS_DEVICE": requested, "resolved": resolved}
 
 
+def backends_info() -> dict[str, dict[str, str]]:
+    """op -> the backend it runs on in this process (CPU: faiss or numpy; with a GPU, the device= ops on
+    cupy) and why that backend was chosen."""
+    from kernels import cpu_faiss
+    from kernels.backend import resolve
+
+    try:
+        gpu = resolve() == "cuda"
+    except (ValueError, RuntimeError):
+        gpu = False
+    on_device = {"kmeans", "assign", "pq_train/pq_encode/pq_distances", "search_block", "topk/merge_topk"}
+    return {op: {"backend": "cupy" if gpu and op in on_device else backend, "why": cpu_faiss.OPS[op][1]}
+            for op, backend in cpu_faiss.backends().items()}
+
+
 def collect() -> dict[str, Any]:
     import numpy as np
 
@@ -143,6 +158,7 @@ def collect() -> dict[str, Any]:
         "blas": blas_info(),
         "cuda": cuda_info(),
         "device": device_info(),
+        "backends": backends_info(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
 
@@ -178,5 +194,8 @@ def render(info: dict[str, Any]) -> str:
                          f"compute {gpu['compute_capability']} (cupy {cuda['cupy']})")
     else:
         lines.append(f"cuda:    not available: {cuda['note']}")
+    width = max(map(len, info["backends"]), default=0)
+    for op, choice in info["backends"].items():
+        lines.append(f"op:      {op:{width}}  {choice['backend']:5}  {choice['why']}")
     lines.append(f"device:  KERNELS_DEVICE={device['KERNELS_DEVICE']} -> {device['resolved']}")
     return "\n".join(lines)

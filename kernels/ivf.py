@@ -12,6 +12,7 @@ from types import ModuleType
 
 import numpy as np
 
+from kernels import cpu_faiss
 from kernels.backend import array_module, resolve, to_host
 from kernels.distance import METRICS, pairwise_distances
 from kernels.topk import topk
@@ -76,6 +77,9 @@ def kmeans(x: np.ndarray, k: int, *, metric: str = "l2", iters: int = 20, seed: 
            device: str | None = None) -> np.ndarray:
     """k centroids float32 [k, dim] of `x` by Lloyd's algorithm from `seed`-chosen rows.
 
+    On the CPU this is faiss.Clustering from the same rows (`kernels.cpu_faiss.kmeans`), except where faiss
+    cannot take the input; the array-module code below is the CUDA path and the CPU fallback.
+
     With fewer rows than k, rows are repeated as centroids: the extra partitions stay empty, which an
     IVF index tolerates, and callers get the shape they asked for.
     """
@@ -89,6 +93,10 @@ def kmeans(x: np.ndarray, k: int, *, metric: str = "l2", iters: int = 20, seed: 
     if metric == "cosine":
         data = _unit_rows(xp, data)
     centroids = _initial_centroids(xp, data, k, seed)
+    if xp is np and iters > 0 and cpu_faiss.enabled("kmeans"):
+        trained = cpu_faiss.kmeans(data, centroids, iters, metric)
+        if trained is not None:
+            return trained
     for _ in range(max(0, iters)):
         labels, dists = _assign(xp, data, centroids, metric)
         centroids = _update(xp, data, labels, dists, centroids, metric)
@@ -111,11 +119,26 @@ def probe(queries: np.ndarray, centroids: np.ndarray, nprobes: int, *, metric: s
     """The `nprobes` nearest centroids of every query, nearest first: int64 [nq, min(nprobes, nlist)].
 
     Always on the CPU: a query batch against a few thousand centroids is far too small to pay a transfer.
+    faiss searches the centroids (an index per centroid array, cached: do not modify the array in place
+    after probing with it); rows faiss cannot decide (a tie at the last place) are ranked here.
     """
     _check(queries, metric)
     if nprobes < 1:
         raise ValueError(f"nprobes must be >= 1, got {nprobes}")
     nlist = len(centroids)
-    ids, _ = topk(pairwise_distances(queries, centroids, metric), np.arange(nlist, dtype=np.uint64),
-                  min(nprobes, nlist))
+    width = min(nprobes, nlist)
+    if np.shape(queries)[1] != np.shape(centroids)[1]:
+        raise ValueError(f"dimension mismatch: queries have dim {np.shape(queries)[1]}, "
+                         f"centroids have dim {np.shape(centroids)[1]}")
+    if cpu_faiss.enabled("probe") and len(centroids):
+        probed, unsure = cpu_faiss.probe(queries, centroids, width, metric)
+        if len(unsure):
+            probed[unsure] = _probe_numpy(np.asarray(queries)[unsure], centroids, width, metric)
+        return probed
+    return _probe_numpy(queries, centroids, width, metric)
+
+
+def _probe_numpy(queries: np.ndarray, centroids: np.ndarray, width: int, metric: str) -> np.ndarray:
+    ids, _ = topk(pairwise_distances(queries, centroids, metric), np.arange(len(centroids), dtype=np.uint64),
+                  width)
     return ids.astype(np.int64)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from kernels import cpu_faiss
 from kernels.codecs import fp16_decode, sq8_decode
 from kernels.distance import pairwise_distances
 from kernels.pq import pq_distances
-from kernels.topk import search_block, topk
+from kernels.topk import NO_ID, search_block, topk
 
 CODECS = ("flat", "fp16", "sq8", "pq")
 
@@ -57,3 +58,75 @@ def search_codes(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
     if codec == "pq":
         return topk(code_distances(queries, codes, codec=codec, params=params, metric=metric), ids, k)
     return search_block(queries, _decoded(codes, codec, params), ids, metric, k)
+
+
+ListScan = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""One list of an IVF scan: (ids uint64 [n], codes [n, ...], the query rows that scan it, or None for all)."""
+
+
+def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec: str,
+               params: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top k over many small encoded lists (the probed IVF partitions), each scanned only for the queries
+    that probe it: (ids uint64 [nq, k], distances float32 [nq, k]) in `topk`'s order, padded with
+    (NO_ID, inf) where a query reaches fewer than k rows. The rows must be finite.
+
+    flat lists with l2 or dot run on faiss (`cpu_faiss.scan_flat_lists`: a heap per list on the list's
+    own array, one merge); the others, and rows faiss leaves undecided, run `_scan_lists_numpy`.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2:
+        raise ValueError(f"queries must be a 2-D array [nq, dim], got shape {q.shape}")
+    lists = [(np.asarray(ids, dtype=np.uint64), codes, None if rows is None else np.asarray(rows, dtype=np.intp))
+             for ids, codes, rows in lists]
+    lists = [entry for entry in lists if len(entry[0]) and (entry[2] is None or len(entry[2]))]
+    if codec == "flat" and metric in ("l2", "dot") and cpu_faiss.enabled("scan_lists/flat") and lists and k and len(q) \
+            and np.isfinite(q).all():
+        flat = [(ids, np.ascontiguousarray(codes, dtype=np.float32), rows) for ids, codes, rows in lists]
+        if all(vectors.ndim == 2 and vectors.shape[1] == q.shape[1] for _, vectors, _ in flat):
+            out_ids, out_distances, unsure = cpu_faiss.scan_flat_lists(q, flat, k, metric)
+            if len(unsure):
+                again = _scan_lists_numpy(q[unsure], _restricted(lists, unsure), k, codec, params, metric)
+                out_ids[unsure], out_distances[unsure] = again
+            return out_ids, out_distances
+    return _scan_lists_numpy(q, lists, k, codec, params, metric)
+
+
+def _restricted(lists: Sequence[ListScan], rows: np.ndarray) -> list[ListScan]:
+    """The lists as scanned by the queries `rows` only, renumbered 0..len(rows)-1."""
+    position = np.full(int(rows.max()) + 1, -1, np.intp)
+    position[rows] = np.arange(len(rows))
+    out = []
+    for ids, codes, scanning in lists:
+        chosen = rows if scanning is None else scanning[scanning <= rows.max()]
+        chosen = position[chosen]
+        out.append((ids, codes, chosen[chosen >= 0]))
+    return out
+
+
+def _scan_lists_numpy(q: np.ndarray, lists: Sequence[ListScan], k: int, codec: str,
+                      params: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """A query probes tens of lists of a few hundred rows each; a top-k and a merge per list would cost
+    more than the distances themselves. So each list's distances go into one [nq, rows] matrix (NaN where
+    a query does not scan the list) and a single top-k picks from it; NaN, which a finite row's distance
+    never is, then marks padding."""
+    nq = len(q)
+    rows = sum(len(ids) for ids, _, _ in lists)
+    if not rows:
+        return np.full((nq, k), NO_ID, np.uint64), np.full((nq, k), np.inf, np.float32)
+    dists = np.full((nq, rows), np.nan, dtype=np.float32)
+    all_ids = np.empty(rows, dtype=np.uint64)
+    start = 0
+    for ids, codes, chosen in lists:
+        block = slice(start, start + len(ids))
+        all_ids[block] = ids
+        if chosen is None:
+            dists[:, block] = code_distances(q, codes, codec=codec, params=params, metric=metric)
+        elif len(chosen):
+            dists[chosen, block] = code_distances(q[chosen], codes, codec=codec, params=params, metric=metric)
+        start = block.stop
+    out_ids, out_distances = topk(dists, all_ids, k)
+    unprobed = np.isnan(out_distances)
+    out_ids[unprobed], out_distances[unprobed] = NO_ID, np.inf
+    return out_ids, out_distances

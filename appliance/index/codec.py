@@ -52,6 +52,18 @@ def prepare_queries(queries: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(_stored_form(queries, metric), dtype=np.float32)
 
 
+def scan(codec: str, prepared: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+         params: dict[str, np.ndarray], metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k (ids, distances) [nq, k] over partitions given as (ids, codes, query rows or None for all),
+    each scanned for its queries only (from `prepare_queries`): `kernels.scan_lists` in the scan metric."""
+    if metric != "cosine":
+        return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric=metric)
+    if codec == "pq":  # l2 of unit vectors is 2 - 2cos: halving is exact and keeps the order
+        ids, dists = kernels.scan_lists(prepared, lists, k, codec="pq", params=params, metric="l2")
+        return ids, dists / np.float32(2)
+    return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="dot")
+
+
 def distances(codec: str, prepared: np.ndarray, codes: np.ndarray, params: dict[str, np.ndarray],
               metric: str) -> np.ndarray:
     """Distances float32 [nq, n] of every query (from `prepare_queries`) to one partition's encoded rows."""

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-import kernels
 from appliance.index import codec
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.index.store import IndexStore
@@ -38,38 +37,19 @@ class PartitionScanner:
         """Top k over several partitions at once, each scanned only for the queries that probe it (None:
         all): (ids, distances) [nq, k] and the rows scanned.
 
-        A query probes tens of partitions of a few hundred rows each; a top-k and a merge per partition
-        would cost more than the distances themselves. So each partition object's distances go into one
-        [nq, rows] matrix (NaN where a query does not probe it) and a single top-k picks from it.
+        A query probes tens of partitions of a few hundred rows each; `kernels.scan_lists` scans each
+        object's rows for its queries only and picks the top k of all of them at once.
         """
         manifest = self.manifest(table, index_version)
         params = self._load(manifest.centroids)
-        nq = len(queries)
-        objects: list[tuple[dict[str, np.ndarray], np.ndarray | None]] = []
+        lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         for partition, subset in work:
             if not 0 <= partition < manifest.nlist:
                 raise ValueError(f"index {table} v{index_version} has no partition {partition}")
             chosen = None if subset is None else np.asarray(subset, dtype=np.intp)
-            objects += [(obj, chosen) for obj in map(self._load, manifest.partitions[partition]) if len(obj["ids"])]
-        rows = sum(len(obj["ids"]) for obj, _ in objects)
-        if not rows:
-            return (np.full((nq, k), kernels.NO_ID, np.uint64), np.full((nq, k), np.inf, np.float32), 0)
-        # one matrix for all objects, filled in place: NaN stays where a query does not probe the partition
-        dists = np.full((nq, rows), np.nan, dtype=np.float32)
-        ids = np.empty(rows, dtype=np.uint64)
+            lists += [(obj["ids"], obj["codes"], chosen) for obj in map(self._load, manifest.partitions[partition])
+                      if len(obj["ids"])]
+        rows = sum(len(ids) for ids, _, _ in lists)
         prepared = codec.prepare_queries(queries, manifest.metric)
-        start = 0
-        for obj, chosen in objects:
-            block = slice(start, start + len(obj["ids"]))
-            ids[block] = obj["ids"]
-            if chosen is None:
-                dists[:, block] = codec.distances(manifest.codec, prepared, obj["codes"], params, manifest.metric)
-            else:
-                dists[chosen, block] = codec.distances(manifest.codec, prepared[chosen], obj["codes"], params,
-                                                       manifest.metric)
-            start = block.stop
-        ids, dists = kernels.topk(dists, ids, k)
-        # NaN marks rows a query did not probe; a stored vector is finite, so its distance never is NaN.
-        unprobed = np.isnan(dists)
-        ids[unprobed], dists[unprobed] = kernels.NO_ID, np.inf
+        ids, dists = codec.scan(manifest.codec, prepared, lists, params, manifest.metric, k)
         return ids, dists, rows

@@ -23,6 +23,10 @@ def test_info_text():
     for prefix in ("cpu:", "simd:", "numpy:", "faiss:", "blas:", "cuda:"):
         assert any(line.startswith(prefix) for line in lines), f"no {prefix!r} line in:\n{result.stdout}"
     assert "KERNELS_DEVICE=cpu -> cpu" in lines[-1]
+    ops = {line.split()[1]: line.split()[2] for line in lines if line.startswith("op:")}
+    assert ops["probe"] == "faiss" and ops["scan_lists/flat"] == "faiss" and ops["search_block"] == "numpy"
+    forced = run_info(KERNELS_DEVICE="cpu", KERNELS_CPU="numpy").stdout.splitlines()
+    assert {line.split()[2] for line in forced if line.startswith("op:")} == {"numpy"}
 
 
 def test_info_json():
@@ -33,6 +37,7 @@ def test_info_json():
     assert details["faiss"]["loaded"] and details["faiss"]["compile_options"]
     assert any(lib.get("user_api") == "blas" and lib["num_threads"] >= 1 for lib in details["blas"])
     assert details["device"]["KERNELS_DEVICE"] == "auto"
+    assert details["backends"]["kmeans"]["backend"] in ("faiss", "cupy") and details["backends"]["probe"]["why"]
     assert details["device"]["resolved"] == ("cuda" if details["cuda"]["available"] else "cpu")
 
 

@@ -189,3 +189,31 @@ def test_kmeans_rejects_bad_arguments():
         kmeans(np.zeros(3, np.float32), 2)
     with pytest.raises(ValueError, match="at least one centroid"):
         assign(np.zeros((3, 2), np.float32), np.zeros((0, 2), np.float32))
+
+
+# ------------------------------------------------------------------------------------ the faiss routes
+
+
+def test_faiss_probe_hands_ties_at_the_last_place_to_numpy():
+    import kernels.cpu_faiss as cpu_faiss
+
+    # centroids 1 and 3 are copies: with nprobes 2, the second place is a tie faiss cannot order by id
+    centroids = np.array([[0, 0], [5, 5], [9, 9], [5, 5]], np.float32)
+    queries = np.array([[0, 0], [6, 6]], np.float32)
+    _, unsure = cpu_faiss.probe(queries, centroids, 2, "l2")
+    np.testing.assert_array_equal(unsure, [0])
+    np.testing.assert_array_equal(probe(queries, centroids, 2), [[0, 1], [1, 3]])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_faiss_kmeans_is_deterministic_and_as_good_as_numpy(metric, monkeypatch):
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(12, 9)).astype(np.float32) * 4
+    x = (centers[rng.integers(0, 12, 3000)] + rng.normal(size=(3000, 9))).astype(np.float32)
+    fast = kmeans(x, 12, metric=metric, iters=8, seed=3, device="cpu")
+    np.testing.assert_array_equal(fast, kmeans(x, 12, metric=metric, iters=8, seed=3, device="cpu"))
+    monkeypatch.setenv("KERNELS_CPU", "numpy")
+    slow = kmeans(x, 12, metric=metric, iters=8, seed=3, device="cpu")
+    assert not np.array_equal(fast, slow)  # two routes (faiss sums in float32, the numpy one in float64)
+    if metric != "dot":  # dot's plain means have no objective that Lloyd's steps lower
+        assert objective(x, fast, metric) <= 1.01 * objective(x, slow, metric)
