@@ -61,6 +61,10 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
 
     @app.errorhandler(ApplianceError)
     def _ours(exc: ApplianceError) -> Response:
+        if exc.status >= 500 and exc.status not in (503, 504):
+            # a fault of ours (a corrupt index object, executors failing): never silent, unlike a refusal
+            log.error("%s on %s %s: %s %s", exc.code, request.method, request.path, exc.message, exc.detail or "",
+                      exc_info=exc)
         return json_response(exc.to_json(), exc.status, exc.headers() or None)
 
     @app.errorhandler(HTTPException)

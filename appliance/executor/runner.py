@@ -6,7 +6,9 @@ a fragment's data files and deletion file at the pinned version, an index object
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +19,12 @@ from appliance.cache import TieredCache
 from appliance.errors import InvalidInput
 from appliance.index.manifest import ObjectRef
 from appliance.index.partition import PartitionScanner
-from appliance.index.store import IndexStore
+from appliance.index.store import CorruptIndexObject, IndexStore
 from appliance.lru import Lru
 from appliance.planner.plan import FRAGMENT, PARTITION, Task
 from appliance.storage.tables import TableSnapshot, TableStore, fragment_cache_key, read_fragment_vectors
+
+log = logging.getLogger("appliance.executor")
 
 
 @dataclass
@@ -41,13 +45,16 @@ class TaskRunner:
         self._partitions = PartitionScanner(indexes, load=self._index_object)
 
     def run(
-        self, tasks: list[Task], queries: np.ndarray, k: int, metric: str, predicate: str | None
+        self, tasks: list[Task], queries: np.ndarray, k: int, metric: str, predicate: str | None,
+        check: Callable[[], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, BatchStats]:
         """Top-k over all tasks' rows, merged here so only nq x k results go back over the network.
 
         The filter applies to fragment tasks (exact prefilter); partition tasks return unfiltered
-        candidates, which the query node post-filters.
+        candidates, which the query node post-filters. `check` runs before every task (and every index's
+        partitions) and raises to stop the batch: its deadline passed, or the query node hung up.
         """
+        check = check or _no_check
         started = time.perf_counter()
         stats = BatchStats()
         unknown = sorted({t.kind for t in tasks} - {FRAGMENT, PARTITION})
@@ -56,12 +63,13 @@ class TaskRunner:
         parts = []
         for task in tasks:
             if task.kind == FRAGMENT:
+                check()
                 ids, dists, rows = self._fragment(task, queries, k, metric, predicate)
                 parts.append((ids, dists))
                 stats.rows_scanned += rows
         for (table, index_version), group in _by_index(tasks).items():
-            ids, dists, rows = self._partitions.scan_many(
-                table, index_version, [(t.partition, t.queries) for t in group], queries, k)
+            check()
+            ids, dists, rows = self._scan_partitions(table, index_version, group, queries, k)
             parts.append((ids, dists))
             stats.rows_scanned += rows
         stats.tasks = len(tasks)
@@ -70,6 +78,20 @@ class TaskRunner:
         ids, dists = kernels.merge_topk(parts, k) if len(parts) > 1 else parts[0]
         stats.seconds = time.perf_counter() - started
         return ids, dists, stats
+
+    def _scan_partitions(self, table: str, index_version: int, group: list[Task], queries: np.ndarray, k: int
+                         ) -> tuple[np.ndarray, np.ndarray, int]:
+        """One pass over the partitions of one index version. Manifests are cached by (table, version),
+        which a dropped and rebuilt index can reuse (IndexStore numbers versions from 1 again once all
+        are deleted): a cached manifest then names objects that are gone. So a missing object costs the
+        cached manifests, and the scan runs once more on manifests read afresh."""
+        work = [(t.partition, t.queries) for t in group]
+        try:
+            return self._partitions.scan_many(table, index_version, work, queries, k)
+        except CorruptIndexObject as exc:
+            log.warning("index %s v%d: %s; reading its manifest again", table, index_version, exc.message)
+            self._partitions = PartitionScanner(self._indexes, load=self._index_object)
+            return self._partitions.scan_many(table, index_version, work, queries, k)
 
     def _snapshot(self, table: str, version: int) -> TableSnapshot:
         return self._snapshots.get_or_load((table, version), lambda: self._store.snapshot(table, version))
@@ -107,6 +129,10 @@ class TaskRunner:
         """An index object (centroids, partition, delta) through the cache; its storage key is a fresh
         uuid per object, so it is immutable."""
         return self.cache.get(f"index/{ref.key}", lambda: self._indexes.get_object(ref)[0])
+
+
+def _no_check() -> None:
+    return None
 
 
 def _by_index(tasks: list[Task]) -> dict[tuple[str, int], list[Task]]:
