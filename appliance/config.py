@@ -98,6 +98,10 @@ class Settings:
     routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
     health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
     request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")
+    search_timeout: float = _knob(
+        30.0, "Seconds a search may run before it is stopped on every node and answered 504; a client may "
+        "ask for less with the `x-timeout-ms` header (or `timeout_ms` in a native search body)."
+    )
     startup_timeout: float = _knob(60.0, "Seconds `appliance up` waits for the fleet to become ready.")
     events: str = _knob(
         "", "Event queue between query nodes and indexers. Empty: a SQLite file `_appliance/events.sqlite` under "

@@ -13,11 +13,12 @@ import numpy as np
 from flask import Flask, Response, request
 
 import kernels
-from appliance import __version__
+from appliance import __version__, limits
 from appliance.cache import TieredCache, cache_folder, disk_budget, ram_budget
 from appliance.config import Settings
+from appliance.deadline import Deadline, client_gone
 from appliance.drain import drain_api
-from appliance.errors import Forbidden, InvalidInput
+from appliance.errors import Forbidden, InvalidInput, LimitExceeded
 from appliance.executor.runner import TaskRunner
 from appliance.index import IndexStore
 from appliance.metrics import cache_metrics, metrics_of
@@ -28,6 +29,30 @@ from appliance.storage.tables import raise_if_rejected
 from appliance.web import configure_logging, install_common, json_response, require_secret
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
+
+# What one task batch may ask of an executor, checked before any work (appliance/limits.py has the bounds
+# checked at the edge; these leave room for what the query node adds to them: a plan's fetch_k widens by 4
+# up to 3 times when post-filtered candidates come up short).
+MAX_TASKS = 1_000_000  # tasks in one batch (a table's fragments, or an index's probed partitions)
+MAX_FETCH_K = 64 * limits.MAX_CANDIDATES  # candidates per query vector
+MAX_RESULT_CELLS = 4 * limits.MAX_REQUEST_CANDIDATES  # query vectors x candidates: ids and distances kept
+MAX_DIMENSION = 65_536  # the largest vector a table may hold (appliance/storage/schema.py)
+
+
+class TooExpensive(LimitExceeded):
+    """The batch needed more memory than the executor could allocate: the request is to blame (k, the
+    refine factor, the filter), not the executor, so it is a 4xx and the query node marks nobody down."""
+
+    code = "request_too_expensive"
+
+
+def check_batch(tasks: list[Task], queries: np.ndarray, k: int) -> None:
+    """The batch's bounds, so that no query node (a buggy or an older one) can make this executor allocate
+    without limit: 400 `limit_exceeded` naming the bound."""
+    limits.check_bound("tasks per batch", len(tasks), MAX_TASKS)
+    limits.check_bound("k (candidates per query vector)", k, MAX_FETCH_K, low=1)
+    limits.check_bound("dimension", queries.shape[1], MAX_DIMENSION, low=1)
+    limits.check_bound("query vectors x k", len(queries) * k, MAX_RESULT_CELLS)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -69,13 +94,20 @@ def create_app(settings: Settings | None = None) -> Flask:
             k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
+        check_batch(tasks, arrays[0], k)
+        deadline = Deadline.after(_timeout_of(header, settings.search_timeout), client_gone(request.environ))
         try:
-            ids, dists, stats = runner.run(tasks, arrays[0], k, metric, predicate)
+            ids, dists, stats = runner.run(tasks, arrays[0], k, metric, predicate, deadline.check)
+        except MemoryError as exc:
+            raise TooExpensive("the task batch needs more memory than this executor has",
+                               f"{type(exc).__name__}: {exc}"[:500]) from exc
         except (OSError, ValueError) as exc:
             # a filter that type-checked on the query node but fails on the data (bad regex, division by
-            # zero) is the client's error: a 5xx here would make the dispatcher mark every executor down
+            # zero) is the client's error: a 5xx here would make the dispatcher retry it elsewhere
             if predicate is not None:
                 raise_if_rejected(exc)
+            if isinstance(exc, ValueError):  # ArrowInvalid, a kernel's argument check, a partition not there
+                raise InvalidInput("the executor refused the task batch", str(exc)[:500]) from exc
             raise
         metrics.observe_batch(stats.seconds, (t.kind for t in tasks))
         body = wire.encode(
@@ -90,6 +122,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         return json_response(runner.cache.stats())
 
     return app
+
+
+def _timeout_of(header: dict[str, object], default: float) -> float:
+    """Seconds the query node still waits for this batch (`timeout_ms`; absent from an older query node)."""
+    raw = header.get(wire.TIMEOUT_FIELD)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+        raise InvalidInput(f"malformed task batch: {wire.TIMEOUT_FIELD} must be a number of milliseconds")
+    return float(raw) / 1000
 
 
 def open_cache(settings: Settings, port: int) -> TieredCache:

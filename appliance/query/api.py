@@ -9,6 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 from flask import Blueprint, Response, g, request
 
+from appliance.deadline import requested
 from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.index.params import IndexParams
 from appliance.query.bodies import (
@@ -101,7 +102,8 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
     def search(name: str) -> Response:
         doc = parse_json_body(request.get_data())
         search_request, batch = parse_search(doc, max_k, max_queries)
-        result = service.search(name, search_request, g.request_id)
+        deadline = requested(service.dispatcher.search_timeout, request.environ, request.headers, doc)
+        result = service.search(name, search_request, g.request_id, deadline)
         if ARROW_STREAM in request.headers.get("accept", ""):
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, result.rows.schema) as writer:

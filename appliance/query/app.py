@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_keys = ApiKeys(api_key, read_key_hashes(settings.api_keys_file) if settings.api_keys_file else [])
     membership = Membership(settings.executor_url_list, interval=settings.health_interval)
     membership.start()
-    dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps)
+    dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps,
+                            search_timeout=settings.search_timeout)
     service = QueryService(TableStore(root), dispatcher, IndexCatalog(IndexStore(root)),
                            batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
                            payload_cache_bytes=settings.payload_cache_bytes)

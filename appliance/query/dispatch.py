@@ -1,47 +1,103 @@
 """Sends a plan's tasks to executors and merges what comes back.
 
-Tasks are grouped per executor with bounded-load consistent hashing, and each executor gets one HTTP
-request for all its tasks (sent concurrently over pooled keep-alive connections). An executor that
-fails is marked down and its tasks go to the next live member of the ring, so a query survives the death
-of any executor as long as one is left.
+Tasks are grouped per executor with bounded-load consistent hashing, and each executor gets one request
+for all its tasks (sent concurrently over pooled keep-alive connections), carrying the search's deadline.
+
+Who is to blame decides what happens when a batch fails:
+
+- the executor could not be reached, broke the connection, timed out, answered 503 (draining, its storage
+  unreachable) or refused our token: it is marked down and its tasks go to the next live member of the
+  ring, so a query survives the death of any executor as long as one is left;
+- it answered 4xx: the request is at fault (a bad filter, a bound exceeded, an absurd allocation). The
+  error goes back to the client once, as the executor put it; no executor is marked down and nothing is
+  re-sent, so one bad request cannot take the fleet out for everyone else;
+- it answered 500: a bug, triggered by the request or by that executor's state. The batch is re-sent once
+  to the next member, without marking anyone down; if that one succeeds, the first is marked down (it is
+  the odd one out), and if it fails too the request is to blame and the client gets the error;
+- it answered 504: the batch ran past the search's deadline on the executor: the search answers 504.
+
+While waiting, the dispatcher watches the health probe (appliance/routing/membership.py): a batch waiting
+on an executor the probe has since marked down (hung, SIGSTOPped, partitioned away) is abandoned and re-sent
+to the next member at once (at most `max_hedges` times per search), so a hung executor costs a search about
+one health interval, not the request timeout. When the deadline passes or the client hangs up, the
+dispatcher abandons every batch still running: it closes their connections, which the executors notice
+between tasks, so the plan's work stops everywhere.
 """
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 import numpy as np
 
 import kernels
-from appliance.errors import InvalidInput, Unavailable
+from appliance.deadline import Cancelled, Deadline
+from appliance.errors import ApplianceError, DeadlineExceeded, Unavailable
 from appliance.planner import wire
 from appliance.planner.plan import SearchPlan, Task
-from appliance.routing.connections import ConnectionPool
+from appliance.routing.connections import ConnectionPool, InFlight
 from appliance.routing.membership import Membership
 from appliance.routing.ring import NoLiveNodes
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
+POLL_SECONDS = 0.05  # how often a waiting search looks at the probe's verdicts, its deadline and its client
 log = logging.getLogger("appliance.dispatch")
 
 
 class ExecutorFailed(Exception):
-    """An executor could not run its batch (connection refused, timeout, 5xx): retry elsewhere."""
+    """The executor could not run its batch (connection refused, timeout, 503, wrong token): mark it down
+    and run the batch elsewhere."""
+
+
+class ExecutorError(Exception):
+    """The executor answered 500: run the batch once more elsewhere before blaming anyone."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ExecutorRejected(ApplianceError):
+    """The executor refused the batch because of the request (4xx): its status and code, as it said."""
+
+    def __init__(self, status: int, code: str, message: str, detail: str | None) -> None:
+        super().__init__(message, detail)
+        self.status = status
+        self.code = code
+
+
+class ExecutorsFailed(ApplianceError):
+    """Two executors failed the same tasks with an internal error: the request triggers a bug."""
+
+    status = 500
+    code = "executor_error"
+
+
+@dataclass(eq=False)
+class _Batch:
+    node: str
+    tasks: list[Task]
+    blamed: str | None = None  # an executor that answered 500 for these tasks before
+    call: InFlight = field(default_factory=InFlight)
 
 
 class Dispatcher:
     def __init__(
-        self, membership: Membership, token: str, timeout: float, eps: float, max_parallel: int = 32
+        self, membership: Membership, token: str, timeout: float, eps: float, max_parallel: int = 32,
+        search_timeout: float = 30.0, max_hedges: int = 2,
     ) -> None:
         self._membership = membership
         self._token = token
         self._timeout = timeout
         self._eps = eps
+        self.search_timeout = search_timeout  # a search's deadline unless the client asks for less
+        self._max_hedges = max_hedges
         self._connections = ConnectionPool(timeout, max_idle=max_parallel)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="dispatch")
 
@@ -64,60 +120,108 @@ class Dispatcher:
             raise Unavailable("no executor is available to run the query") from exc
         return {node: [by_key[k] for k in keys] for node, keys in groups.items()}
 
-    def search(self, plan: SearchPlan, queries: np.ndarray, request_id: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """Merged top `fetch_k` (row ids, distances) of every task of the plan, padded with kernels.NO_ID."""
+    def search(self, plan: SearchPlan, queries: np.ndarray, request_id: str = "",
+               deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Merged top `fetch_k` (row ids, distances) of every task of the plan, padded with kernels.NO_ID.
+        Raises DeadlineExceeded when `deadline` (default: `search_timeout` from now) passes, Cancelled when
+        its client is gone, and the executors' own verdict when they refuse the request."""
+        deadline = deadline or Deadline.after(self.search_timeout)
         parts: list[tuple[np.ndarray, np.ndarray]] = []
-        pending = list(plan.tasks)
-        failed: set[str] = set()
-        while pending:
-            groups = self._assign(pending, self._membership.down() | failed)
-            sends = {node: functools.partial(self._send, node, plan, tasks, queries, request_id)
-                     for node, tasks in groups.items()}
-            # the first executor's request goes from this thread, the others from the pool meanwhile: one
-            # thread handoff less on every search
-            futures = {node: self._pool.submit(send) for node, send in list(sends.items())[1:]}
-            pending = []
-            for node, send in sends.items():
-                try:
-                    parts.append(futures[node].result() if node in futures else send())
-                except ExecutorFailed as exc:
-                    log.warning("executor %s failed (%s); rerouting %d tasks", node, exc, len(groups[node]))
-                    failed.add(node)
-                    self._membership.mark_down(node, str(exc))
-                    pending.extend(groups[node])
+        running: dict[Future[tuple[np.ndarray, np.ndarray]], _Batch] = {}
+        avoid: set[str] = set()  # members this search sends nothing more to
+        hedges = 0
+
+        def launch(tasks: list[Task], blamed: str | None = None) -> None:
+            for node, group in self._assign(tasks, self._membership.down() | avoid).items():
+                batch = _Batch(node, group, blamed)
+                running[self._pool.submit(self._send, batch, plan, queries, request_id, deadline)] = batch
+
+        try:
+            launch(plan.tasks)
+            while running:
+                deadline.check()
+                done, _ = wait(running, timeout=min(POLL_SECONDS, max(0.0, deadline.remaining())),
+                               return_when=FIRST_COMPLETED)
+                for future in done:
+                    batch = running.pop(future)
+                    try:
+                        parts.append(future.result())
+                    except ExecutorFailed as exc:
+                        log.warning("executor %s failed (%s); rerouting %d tasks", batch.node, exc, len(batch.tasks))
+                        self._membership.mark_down(batch.node, str(exc))
+                        avoid.add(batch.node)
+                        launch(batch.tasks, batch.blamed)
+                        continue
+                    except ExecutorError as exc:
+                        if batch.blamed is not None:
+                            raise ExecutorsFailed(f"executors failed the task batch: {exc}", exc.detail) from exc
+                        log.warning("executor %s failed (%s); trying %d tasks elsewhere", batch.node, exc,
+                                    len(batch.tasks))
+                        avoid.add(batch.node)
+                        try:
+                            launch(batch.tasks, blamed=batch.node)
+                        except Unavailable:  # no other executor to ask: the error stands
+                            raise ExecutorsFailed(f"an executor failed the task batch: {exc}", exc.detail) from exc
+                        continue
+                    if batch.blamed is not None:  # another executor ran what the blamed one failed
+                        self._membership.mark_down(batch.blamed, "failed tasks another executor ran")
+                if running and hedges < self._max_hedges:
+                    down = self._membership.down()
+                    for future, batch in list(running.items()):
+                        if batch.node in down and hedges < self._max_hedges:
+                            hedges += 1
+                            log.warning("executor %s went down while running %d tasks; re-sending them",
+                                        batch.node, len(batch.tasks))
+                            del running[future]
+                            batch.call.abort()
+                            avoid.add(batch.node)
+                            launch(batch.tasks, batch.blamed)
+        except BaseException:
+            for batch in running.values():
+                batch.call.abort()  # the executor sees its connection close and stops the batch
+            raise
         if not parts:
             return (np.full((len(queries), plan.fetch_k), kernels.NO_ID, np.uint64),
                     np.full((len(queries), plan.fetch_k), np.inf, np.float32))
         return kernels.merge_topk(parts, plan.fetch_k)
 
-    def _send(
-        self, node: str, plan: SearchPlan, tasks: list[Task], queries: np.ndarray, request_id: str
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _send(self, batch: _Batch, plan: SearchPlan, queries: np.ndarray, request_id: str, deadline: Deadline
+              ) -> tuple[np.ndarray, np.ndarray]:
+        left_ms = max(1, int(deadline.remaining() * 1000))
         body = wire.encode(
-            {"tasks": [t.to_json() for t in tasks], "k": plan.fetch_k, "metric": plan.metric, "filter": plan.filter},
+            {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
+             "filter": plan.filter, wire.TIMEOUT_FIELD: left_ms},
             [queries],
         )
         headers = {INTERNAL_TOKEN_HEADER: self._token, "content-type": wire.CONTENT_TYPE,
                    "x-request-id": request_id}
         started = time.perf_counter()
         try:
-            status, content = self._connections.request("POST", node, "/internal/v1/search", body, headers)
+            status, content = self._connections.request("POST", batch.node, "/internal/v1/search", body, headers,
+                                                         batch.call)
         except (OSError, http.client.HTTPException) as exc:
             self._observe(started, False)
             raise ExecutorFailed(type(exc).__name__) from exc
         self._observe(started, status < 400)
-        if status >= 500 or status in (401, 403):
-            # 401/403 means this executor has another internal token: a misconfigured member, not bad input.
-            raise ExecutorFailed(f"HTTP {status}")
-        if status >= 400:
-            raise InvalidInput(f"executor rejected the task batch: {_error_text(content)}")
-        _, (ids, dists) = wire.decode(content)
-        return ids, dists
+        if status == 200:
+            _, (ids, dists) = wire.decode(content)
+            return ids, dists
+        error = _error_of(content)
+        if status == 504 or error[0] == DeadlineExceeded.code:
+            raise DeadlineExceeded(f"the search ran past its deadline on an executor: {error[1]}", error[2])
+        if status in (401, 403) or status >= 502 or status == Cancelled.status:
+            # 401/403: this executor has another internal token, a misconfigured member, not bad input;
+            # 503: draining or cut off from storage; 499: it saw our connection close
+            raise ExecutorFailed(f"HTTP {status} {error[0]}")
+        if status >= 500:
+            raise ExecutorError(f"HTTP {status} {error[0]}: {error[1]}", error[2] or "")
+        raise ExecutorRejected(status, error[0], f"executor rejected the task batch: {error[1]}", error[2])
 
 
-def _error_text(content: bytes) -> str:
+def _error_of(content: bytes) -> tuple[str, str, str | None]:
+    """(code, message, detail) of an executor's JSON error."""
     try:
         doc = json.loads(content)
-        return f"{doc.get('error')}: {doc.get('detail', '')}".rstrip(": ")
+        return str(doc.get("code", "")), str(doc.get("error", "")), doc.get("detail")
     except (ValueError, AttributeError):
-        return content[:200].decode("utf-8", "replace")
+        return "", content[:200].decode("utf-8", "replace"), None

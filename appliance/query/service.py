@@ -11,6 +11,7 @@ import pyarrow as pa
 
 import kernels
 from appliance import limits
+from appliance.deadline import Deadline
 from appliance.errors import InvalidInput, Unavailable
 from appliance.events.event import APPENDED, DELETED, INDEX_REQUESTED, OPTIMIZE, OPTIMIZE_REQUESTED, REBUILD
 from appliance.events.publisher import Publisher
@@ -88,7 +89,7 @@ class QueryService:
         self.catalog = catalog
         self.prefilter_threshold = prefilter_threshold
         self.payload = PayloadCache(payload_cache_bytes)
-        self.coalescer: Coalescer[tuple[SearchRequest, str], SearchResult] | None = (
+        self.coalescer: Coalescer[tuple[SearchRequest, str, Deadline | None], SearchResult] | None = (
             Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
         self.commits = GroupCommitter(self._commit_appends, GROUP_COMMIT_ROWS, COMMIT_RETRY_SECONDS)
 
@@ -130,31 +131,39 @@ class QueryService:
             self._announce(name, DELETED, version)
         return version, deleted
 
-    def search(self, name: str, request: SearchRequest, request_id: str = "") -> SearchResult:
+    def search(self, name: str, request: SearchRequest, request_id: str = "",
+               deadline: Deadline | None = None) -> SearchResult:
         """Pin the latest version, run the plan on the executors, then fetch payload from that version.
-        `request.columns` None returns the payload columns (every column but the vector)."""
-        return self._search(name, request, request_id, None, request.columns, include_vector=False)
+        `request.columns` None returns the payload columns (every column but the vector). `deadline`
+        (default: the dispatcher's search_timeout) stops the plan's work everywhere when it passes."""
+        return self._search(name, request, request_id, None, request.columns, include_vector=False,
+                            deadline=deadline)
 
     def _search(self, name: str, request: SearchRequest, request_id: str, version: int | None,
-                columns: list[str] | None, include_vector: bool) -> SearchResult:
+                columns: list[str] | None, include_vector: bool, deadline: Deadline | None = None) -> SearchResult:
         """Run now, or with the concurrent searches of the same shape when batching is on (coalesce.py)."""
         if self.coalescer is None:
-            return self._search_now(name, request, request_id, version, columns, include_vector)
+            return self._search_now(name, request, request_id, version, columns, include_vector, deadline)
         shape = _Shape(name, version, None if columns is None else tuple(columns), include_vector,
                        request.queries.shape[1], tuple(getattr(request, f) for f in _Shape.OPTIONS))
-        return self.coalescer.submit(shape, (request, request_id), rows=len(request.queries))
+        return self.coalescer.submit(shape, (request, request_id, deadline), rows=len(request.queries))
 
-    def _search_batch(self, shape: _Shape, members: list[tuple[SearchRequest, str]]) -> list[SearchResult]:
-        """One search for the stacked queries of `members`, split back into one result per member."""
-        request, request_id = members[0]
+    def _search_batch(self, shape: _Shape, members: list[tuple[SearchRequest, str, Deadline | None]]
+                      ) -> list[SearchResult]:
+        """One search for the stacked queries of `members`, split back into one result per member; it runs
+        until the latest member's deadline, and stops early only when every member's client is gone."""
+        request, request_id, _ = members[0]
         if len(members) > 1:
-            request = dataclasses.replace(request, queries=np.concatenate([m.queries for m, _ in members]))
+            request = dataclasses.replace(request, queries=np.concatenate([m.queries for m, _, _ in members]))
+        deadlines = [d or Deadline.after(self.dispatcher.search_timeout) for _, _, d in members]
         columns = None if shape.columns is None else list(shape.columns)
-        result = self._search_now(shape.name, request, request_id, shape.version, columns, shape.include_vector)
-        return result.split([len(m.queries) for m, _ in members]) if len(members) > 1 else [result]
+        result = self._search_now(shape.name, request, request_id, shape.version, columns, shape.include_vector,
+                                  Deadline.latest(deadlines))
+        return result.split([len(m.queries) for m, _, _ in members]) if len(members) > 1 else [result]
 
     def _search_now(self, name: str, request: SearchRequest, request_id: str, version: int | None,
-                    columns: list[str] | None, include_vector: bool) -> SearchResult:
+                    columns: list[str] | None, include_vector: bool, deadline: Deadline | None = None
+                    ) -> SearchResult:
         snapshot = self.store.snapshot(name, version)
         if version is not None and version != snapshot.dataset.latest_version:
             request = dataclasses.replace(request, bypass_index=True)  # the index only describes the latest
@@ -163,7 +172,7 @@ class QueryService:
         unknown = [c for c in columns if c not in snapshot.dataset.schema.names]
         if unknown:
             raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
-        plan, ids, dists = self._execute(snapshot, request, request_id)
+        plan, ids, dists = self._execute(snapshot, request, request_id, deadline)
         found = ids != kernels.NO_ID
         row_ids = ids[found]
         payload = self.payload.take(snapshot, np.unique(row_ids), columns)
@@ -193,13 +202,14 @@ class QueryService:
             limits.check_candidates(request.k, plan.refine_factor)  # vector: batching stacks requests' queries)
         return plan
 
-    def _execute(self, snapshot: TableSnapshot, request: SearchRequest, request_id: str
-                 ) -> tuple[SearchPlan, np.ndarray, np.ndarray]:
+    def _execute(self, snapshot: TableSnapshot, request: SearchRequest, request_id: str,
+                 deadline: Deadline | None = None) -> tuple[SearchPlan, np.ndarray, np.ndarray]:
         """Run the plan; an IVF plan whose finished candidates come up short is re-run wider, and finally
-        exactly, so deletions and post-filters never cost results that exist."""
+        exactly, so deletions and post-filters never cost results that exist. One deadline covers them all."""
+        deadline = deadline or Deadline.after(self.dispatcher.search_timeout)
         plan = self._plan(snapshot, request)
         for _ in range(WIDEN_ATTEMPTS):
-            ids, dists = self.dispatcher.search(plan, request.queries, request_id)
+            ids, dists = self.dispatcher.search(plan, request.queries, request_id, deadline)
             if not plan.uses_index:
                 return plan, ids, dists
             ids, dists, short = finish_candidates(snapshot, plan, request.queries, ids, dists)
@@ -207,7 +217,7 @@ class QueryService:
                 return plan, ids, dists
             plan = dataclasses.replace(plan, fetch_k=plan.fetch_k * 4)
         plan = self._plan(snapshot, dataclasses.replace(request, bypass_index=True))
-        ids, dists = self.dispatcher.search(plan, request.queries, request_id)
+        ids, dists = self.dispatcher.search(plan, request.queries, request_id, deadline)
         return plan, ids, dists
 
     def build_index(self, name: str, params: IndexParams, metric: str | None = None,
@@ -313,10 +323,11 @@ class QueryService:
         return self.commits.run(name, restore)
 
     def search_at(self, name: str, request: SearchRequest, request_id: str = "",
-                  version: int | None = None, columns: list[str] | None = None) -> SearchResult:
+                  version: int | None = None, columns: list[str] | None = None,
+                  deadline: Deadline | None = None) -> SearchResult:
         """`search` at a chosen version (latest when None), returning `columns` (every column, the vector
         included, when None). An old version is searched exactly: the index only describes the latest."""
-        return self._search(name, request, request_id, version, columns, include_vector=True)
+        return self._search(name, request, request_id, version, columns, include_vector=True, deadline=deadline)
 
     def snapshot(self, name: str, version: int | None = None) -> TableSnapshot:
         return self.store.snapshot(name, version)

@@ -7,17 +7,50 @@ connections per executor, last used first, and retries a request once on a fresh
 reused one turns out to be closed by the server (gunicorn drops idle keep-alive connections after a few
 seconds). Only idempotent requests go through it (executor searches are read-only, probes are GETs), so
 sending one again is safe.
+
+A request can be abandoned from another thread (`InFlight.abort`): its connection is shut down, so the
+thread blocked on the answer gets an error at once and the server sees the connection close (an executor
+checks for that between tasks and stops the batch).
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 from collections import defaultdict
 from urllib.parse import urlsplit
 
 # what a connection the server already closed raises on reuse, before any byte of an answer arrives
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class InFlight:
+    """A handle on one request in progress, so another thread can abandon it (hedging, a deadline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self.aborted = False
+
+    def attach(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._conn = conn
+            if not self.aborted:
+                return
+        raise ConnectionAbortedError("the request was abandoned")
+
+    def abort(self) -> None:
+        """Shut the request's connection down (idempotent); the thread waiting on it gets an OSError."""
+        with self._lock:
+            self.aborted = True
+            conn = self._conn
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
 
 
 class ConnectionPool:
@@ -30,20 +63,20 @@ class ConnectionPool:
         self._lock = threading.Lock()
 
     def request(self, method: str, base_url: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+                headers: dict[str, str] | None = None, call: InFlight | None = None) -> tuple[int, bytes]:
         """(status, body) of one idempotent request. Raises OSError or http.client.HTTPException when the
-        node cannot be reached or breaks the connection."""
+        node cannot be reached or breaks the connection, or `call` was aborted."""
         headers = headers or {}
         conn, reused = self._checkout(base_url)
         try:
-            status, data = _exchange(conn, method, path, body, headers)
+            status, data = _exchange(conn, method, path, body, headers, call)
         except _STALE:
             conn.close()
-            if not reused:
+            if not reused or (call is not None and call.aborted):
                 raise
             conn = self._connect(base_url)
             try:
-                status, data = _exchange(conn, method, path, body, headers)
+                status, data = _exchange(conn, method, path, body, headers, call)
             except BaseException:
                 conn.close()
                 raise
@@ -85,7 +118,11 @@ class ConnectionPool:
 
 
 def _exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
-              headers: dict[str, str]) -> tuple[int, bytes]:
+              headers: dict[str, str], call: InFlight | None = None) -> tuple[int, bytes]:
+    if call is not None:
+        if conn.sock is None:
+            conn.connect()  # so an abort has a socket to shut down
+        call.attach(conn)
     conn.request(method, path, body, headers)
     resp = conn.getresponse()
     data = resp.read()

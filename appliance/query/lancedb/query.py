@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from flask import request as http_request
 
 from appliance import limits
+from appliance.deadline import requested
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.planner.plan import SearchRequest
 from appliance.query.bodies import parse_vectors
@@ -120,7 +122,8 @@ def _vector_search(service: QueryService, name: str, q: LanceQuery, request_id: 
                             columns=None, nprobes=q.nprobes, refine_factor=q.refine_factor, prefilter=q.prefilter,
                             bypass_index=q.bypass_index)
     try:
-        result = service.search_at(name, request, request_id, q.version, columns)
+        deadline = requested(service.dispatcher.search_timeout, http_request.environ, http_request.headers)
+        result = service.search_at(name, request, request_id, q.version, columns, deadline)
     except (OSError, ValueError) as exc:  # a filter that fails on the data (IVF post-filter, payload fetch)
         raise_if_rejected(exc)
         raise
