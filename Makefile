@@ -14,7 +14,7 @@ APPLIANCE_DATA ?= ./data
 APPLIANCE_EXECUTORS ?= 2
 export APPLIANCE_PORT APPLIANCE_DATA APPLIANCE_EXECUTORS APPLIANCE_API_KEY
 
-.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-s3 bench-indexer lint venv clean
+.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-s3 bench-indexer bench-ingest lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Benchmarks write their sections of docs/BENCHMARKS.md (machine, data set and date included).
-bench: bench-kernels bench-cache bench-search bench-s3 bench-indexer
+bench: bench-kernels bench-cache bench-search bench-s3 bench-indexer bench-ingest
 
 bench-kernels: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_kernels.py
@@ -63,6 +63,9 @@ bench-search: $(VENV)/.installed-test
 
 bench-s3: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_s3.py
+
+bench-ingest: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_ingest.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check appliance kernels tests

@@ -23,6 +23,7 @@ from appliance.index.manifest import IndexManifest
 from appliance.index.store import IndexStore
 from appliance.indexer.cleanup import cleanup_table_versions
 from appliance.indexer.compaction import compact
+from appliance.query.commits import GroupCommitter
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type
 
@@ -41,10 +42,13 @@ def batch(writer: int, number: int) -> pa.Table:
 
 
 def append_batches(uri: str, options: str, writer: int, acknowledged: multiprocessing.Queue) -> None:
-    """One writer process: appends its batches one commit at a time, reporting each acknowledged one."""
+    """One writer process, as a query node writes: appends its batches one commit at a time through a group
+    committer, which retries commits lost to the other processes (each its own node), reporting each
+    acknowledged batch."""
     tables = TableStore(StorageRoot.parse(uri, options))
+    committer = GroupCommitter(tables.append_parts, max_rows=BATCH_ROWS, retry_seconds=300)
     for number in range(BATCHES):
-        tables.append("shared", batch(writer, number))
+        committer.append("shared", tables.conform_rows("shared", batch(writer, number)))
         acknowledged.put((writer, number))
 
 
