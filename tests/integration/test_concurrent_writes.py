@@ -53,6 +53,7 @@ class Ledger:
         self.requests = 0  # acknowledged write requests
         self.retried = 0  # retryable answers (409/503 with Retry-After), sent again
         self.errors: list[str] = []
+        self.versions: list[tuple[int, int]] = []  # (version acknowledged, first n) of native inserts
 
     def ack(self, inserted: set[int] = frozenset(), deleted: set[int] = frozenset()) -> None:
         with self.lock:
@@ -99,6 +100,8 @@ def http_writer(url: str, key: str, writer: int, ledger: Ledger, stop: threading
                 ledger.ack(**done)
                 if "inserted" in done:
                     acked.append(number)
+                    with ledger.lock:
+                        ledger.versions.append((resp.json()["version"], min(done["inserted"])))
             else:
                 with ledger.lock:
                     ledger.errors.append(f"writer {writer}: {resp.status_code} {resp.text[:300]}")
@@ -157,6 +160,11 @@ def test_eight_concurrent_writers_lose_nothing_and_share_commits(fleet, api) -> 
     missing = ledger.inserted - ledger.deleted - set(found)
     assert not missing, f"{len(missing)} acknowledged rows are missing"
     assert set(found) <= ledger.attempted - ledger.deleted, "rows that were deleted (or never sent) are present"
+
+    for version, n in ledger.versions[::max(1, len(ledger.versions) // 10)]:  # each learned its rows' version
+        at = snapshot.dataset.checkout_version(version).count_rows(f"n = {n}")
+        before = snapshot.dataset.checkout_version(version - 1).count_rows(f"n = {n}")
+        assert (at, before) == (1, 0), f"insert of n={n} acknowledged with version {version}"
 
     versions = snapshot.version - first
     assert versions < ledger.requests, f"{versions} versions for {ledger.requests} write requests: no commit shared"
