@@ -59,7 +59,7 @@ bench-cache: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_cache.py
 
 bench-search: $(VENV)/.installed-test
-	$(BIN)/python bench/bench_search.py
+	$(BIN)/python bench/bench_search.py $(SEARCH_ARGS)  # e.g. SEARCH_ARGS=--quick while developing
 
 bench-s3: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_s3.py

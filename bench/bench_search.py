@@ -1,28 +1,38 @@
-"""Approximate search on debian-minilm: the appliance's IVF index through HTTP beside LanceDB and faiss.
+"""Approximate search on debian-minilm: the appliance's IVF index through HTTP beside PostgreSQL + pgvector,
+LanceDB and faiss.
 
-Run it with `make bench-search`; it writes the "search" section of docs/BENCHMARKS.md.
+Run it with `make bench-search` (about 10 minutes on 2 cores); it writes the "search" section of
+docs/BENCHMARKS.md.
 
 In one run, on one machine:
 
 - the appliance: a real local fleet (1 query node, 2 executors on loopback), the base set loaded through
-  the HTTP API, an IVF index built with `POST .../index` (codecs flat and pq, default parameters), then at
-  several `nprobes`: recall@10, p50/p99 latency and QPS with 1 client and with 8 concurrent clients, one
+  the HTTP API, an IVF index built with `POST .../index` (codecs flat, sq8 and pq, default parameters), then
+  at several `nprobes`: recall@10, p50/p99 latency and QPS with 1 client and with 8 concurrent clients, one
   query per HTTP request (keep-alive connections, JSON bodies encoded before the clock starts);
+- PostgreSQL + pgvector (`bench/pg_support.py`): a private cluster on a loopback port, the base set loaded
+  with COPY, HNSW (m 16, ef_construction 64, cosine), queried through psycopg and the pgvector adapter, 1
+  client and 8 clients with a connection each, at several `hnsw.ef_search`, one of them chosen by a rule on
+  dev queries that are never measured (skipped, with the reason printed and written, where not installed);
 - LanceDB OSS embedded (`lancedb`, a local folder): IVF_PQ, 256 partitions, 48 sub-vectors, refine_factor
   10, at the same `nprobes`, 1 client and 8 client threads;
 - faiss in-process, one query at a time, one thread: IVF256,Flat at the same `nprobe`, HNSW32 at several
   `efSearch`;
+- over every 8-client phase, the CPU milliseconds per query of each process (`fleet_support.CpuMeter`: the
+  query node, each executor, the postgres processes, each with its descendants, and the benchmark client);
 - index build times of each; and the build time of the appliance's index on a synthetic clustered set
   (`bench/synthetic.py`, 1,000,000 x 128 by default) beside faiss IVF,Flat and pylance `create_index`.
 
 Each setting sends the first 400 dev queries, one per search: 1 client the first 150, then 8 clients the
 other 250; recall@10 is over all 400 (one HTTP request per query is slow enough on 2 shared cores that
-the whole 1,000 at every setting would take most of an hour). The section is written once the
-debian-minilm part is done, and again with the synthetic build.
+the whole 1,000 at every setting would take most of an hour). Dev queries 500 on are kept for the rules
+that pick a parameter (pgvector's ef_search). The section is written once the debian-minilm part is done,
+and again with the synthetic build.
 
-Options, for development: `--rows N` loads only the first N base vectors (the ground truth is then
-recomputed exactly), `--queries Q`, `--one-client N`, `--synthetic-rows N` (0 skips it),
-`--skip appliance,lancedb,faiss`, `--no-write` (print the section only).
+Options, for development: `--quick` (20,000 rows, 100 queries, the flat codec only, no synthetic build),
+`--rows N` loads only the first N base vectors (the ground truth is then recomputed exactly),
+`--queries Q`, `--one-client N`, `--codecs flat,pq`, `--synthetic-rows N` (0 skips it),
+`--skip appliance,pgvector,lancedb,faiss`, `--no-write` (print the section only).
 """
 
 from __future__ import annotations
@@ -41,11 +51,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import pg_support
 import pyarrow as pa
-from fleet_support import FRAGMENT_ROWS, SHARED_DATA, Api, free_port_block, local_fleet
+from fleet_support import FRAGMENT_ROWS, SHARED_DATA, Api, CpuMeter, fleet_processes, free_port_block, running_fleet
 from report import machine_line, write_section
 from synthetic import clustered
 
+from appliance.config import Settings
 from appliance.storage.schema import vector_type
 
 K = 10
@@ -63,17 +75,34 @@ SYNTHETIC_BATCH = 100_000
 TABLE = "minilm"
 UNBATCHED = "appliance, batching off"
 CODECS = ("flat", "sq8", "pq")  # the appliance's codecs measured, each with default parameters
+TUNE_FROM = 500  # dev queries TUNE_FROM.. tune what a rule picks (pgvector's ef_search); never measured
+PG_TABLE = "items"
+PG_M, PG_EF_CONSTRUCTION = 16, 64
+PG_EF_SEARCH = (40, 64, 100, 200)  # hnsw.ef_search: the smallest reaching TARGET_RECALL on the tuning queries
+TARGET_RECALL = 0.95
+HEALTH_INTERVAL = Settings().health_interval  # the default (seconds between a query node's executor checks)
+IDLE_SECONDS = 3.0  # how long a fleet's idle CPU is measured, once it is done
+QUICK = {"rows": 20_000, "queries": 100, "one_client": 40, "synthetic_rows": 0, "codecs": "flat"}
 
 Sender = Callable[[int], list[int]]  # query number -> the returned row numbers
 
 
 @dataclass
 class Run:
-    """One measured configuration: per-request milliseconds, what each query returned, wall seconds."""
+    """One measured configuration: per-request milliseconds, what each query returned, wall seconds, and
+    where measured, CPU milliseconds per query of each process (tree) over the run, `client` included."""
 
     ms: np.ndarray
     ids: list[list[int]]
     wall: float
+    cpu: dict[str, float] | None = None
+
+    @property
+    def server_cpu(self) -> float | None:
+        """CPU ms per query of every process but the benchmark client (None: none measured)."""
+        if not self.cpu or len(self.cpu) < 2:
+            return None
+        return sum(v for k, v in self.cpu.items() if k != CpuMeter.CLIENT)
 
     @property
     def qps(self) -> float:
@@ -99,7 +128,26 @@ class Row:
                 else "- | - | -")
         batched = f"{self.batched:.3f}" if self.batched is not None else "-"
         return (f"| {self.system} | {self.index} | {self.knob} | {self.refine} | {self.recall:.3f} | {batched} | "
-                f"{self.one.p(50):.2f} | {self.one.p(99):.2f} | {self.one.qps:,.0f} | {many} |")
+                f"{self.one.p(50):.2f} | {self.one.p(99):.2f} | {self.one.qps:,.0f} | {many} | {self.cpu_cells()} |")
+
+    def cpu_cells(self) -> str:
+        """CPU ms per query over the 8-client phase: the servers together, the client, each process."""
+        cpu = self.many.cpu if self.many else None
+        if not cpu:
+            return "- | - | -"
+        servers = self.many.server_cpu
+        each = " · ".join(f"{process_label(k)} {v:.2f}" for k, v in cpu.items() if k != CpuMeter.CLIENT)
+        return f"{servers:.2f} | {cpu[CpuMeter.CLIENT]:.2f} | {each or '-'}" if servers is not None else \
+            f"- | {cpu[CpuMeter.CLIENT]:.2f} | -"
+
+
+def process_label(name: str) -> str:
+    """"query-0" -> "query node", "executor-1" -> "executor 1", "postgres" -> "postgres"."""
+    if name.startswith("query-"):
+        return "query node"
+    if name.startswith("executor-"):
+        return "executor " + name.removeprefix("executor-")
+    return name
 
 
 def both(one: Run, many: Run, truth: np.ndarray) -> float:
@@ -107,8 +155,10 @@ def both(one: Run, many: Run, truth: np.ndarray) -> float:
     return recall_at_k(one.ids + many.ids, truth[:len(one.ids) + len(many.ids)])
 
 
-def measure(make_sender: Callable[[], Sender], n: int, clients: int = 1) -> Run:
-    """Send queries 0..n-1 from `clients` threads, each with its own sender (connection), round robin."""
+def measure(make_sender: Callable[[], Sender], n: int, clients: int = 1, cpu: CpuMeter | None = None) -> Run:
+    """Send queries 0..n-1 from `clients` threads, each with its own sender (connection), round robin. With
+    `cpu`, the processes' CPU time over the run too (snapshots just before the clients start and after the
+    last answer), per query answered."""
     total = n
     ms = np.zeros(total)
     ids: list[list[int]] = [[] for _ in range(n)]
@@ -131,14 +181,18 @@ def measure(make_sender: Callable[[], Sender], n: int, clients: int = 1) -> Run:
     threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
     for t in threads:
         t.start()
+    if cpu is not None:
+        cpu.start()
     start.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    spent = cpu.stop() if cpu is not None else None
     if errors:
         raise errors[0]
-    return Run(ms, ids, wall)
+    per_query = {k: v * 1000 / total for k, v in spent.items()} if spent is not None and total else None
+    return Run(ms, ids, wall, per_query)
 
 
 def recall_at_k(ids: list[list[int]], truth: np.ndarray) -> float:
@@ -222,13 +276,13 @@ def appliance_recall(api: Api, queries: np.ndarray, truth: np.ndarray, **params:
     return recall_at_k(got, truth)
 
 
-def bench_appliance(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list[Row], builds: list[str],
-                    one_client: int) -> None:
+def bench_appliance(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.ndarray, rows: list[Row],
+                    builds: list[str], one_client: int, codecs: tuple[str, ...] = CODECS) -> None:
     n = min(len(queries), one_client)
     exact = min(n, EXACT_QUERIES)
     run = measure(appliance_sender(api, TABLE, search_bodies(queries[:exact], bypass_vector_index=True)), exact)
     rows.append(Row("appliance", "none (exact scan)", "-", "-", recall_at_k(run.ids, truth[:exact]), run))
-    for codec in CODECS:
+    for codec in codecs:
         info, seconds = build_index(api, TABLE, codec=codec)
         p = info["params"]
         builds.append(f"| appliance (`POST .../index`, query node, 1 thread) | IVF {codec}, nlist={p['nlist']}"
@@ -241,14 +295,23 @@ def bench_appliance(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list
             batched = appliance_recall(api, queries, truth, nprobes=nprobes) if default else None
             one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], nprobes=nprobes)), n)
             many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], nprobes=nprobes)),
-                           len(queries) - n, CLIENTS)
+                           len(queries) - n, CLIENTS, meter)
             knob = f"nprobes={nprobes}" + (" (default)" if default else "")
             rows.append(Row("appliance", f"IVF{p['nlist']} {codec}", knob, refine, both(one, many, truth), one, many,
                             batched))
             print(rows[-1].markdown(), flush=True)
 
 
-def bench_unbatched(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list[Row], one_client: int) -> None:
+def idle_cpu(meter: CpuMeter, seconds: float = IDLE_SECONDS) -> str:
+    """What the processes spend with no query at all (health checks, heartbeats), in CPU ms per second."""
+    meter.start()
+    time.sleep(seconds)
+    spent = meter.stop()
+    return " · ".join(f"{process_label(k)} {v * 1000 / seconds:.1f}" for k, v in spent.items() if k != CpuMeter.CLIENT)
+
+
+def bench_unbatched(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.ndarray, rows: list[Row],
+                    one_client: int) -> None:
     """The flat index at its default nprobes once more, on a fleet whose query node runs every search alone
     (`search_batch_rows=0`): what cross-request batching is worth under 8 clients."""
     info, _ = build_index(api, TABLE, codec="flat")
@@ -257,7 +320,7 @@ def bench_unbatched(api: Api, queries: np.ndarray, truth: np.ndarray, rows: list
     n = min(len(queries), one_client)
     one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], nprobes=p["nprobes"])), n)
     many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], nprobes=p["nprobes"])),
-                   len(queries) - n, CLIENTS)
+                   len(queries) - n, CLIENTS, meter)
     rows.append(Row(UNBATCHED, f"IVF{p['nlist']} flat", f"nprobes={p['nprobes']} (default)", "-",
                     both(one, many, truth), one, many))
     print(rows[-1].markdown(), flush=True)
@@ -298,7 +361,7 @@ def bench_lancedb(work: Path, base: np.ndarray, queries: np.ndarray, truth: np.n
         measure(sender(max(REFERENCE_NPROBES)), n)
     for nprobes in REFERENCE_NPROBES:
         one = measure(sender(nprobes), n)
-        many = measure(sender(nprobes, n), len(queries) - n, CLIENTS)
+        many = measure(sender(nprobes, n), len(queries) - n, CLIENTS, CpuMeter({}))
         rows.append(Row(f"LanceDB {lancedb.__version__}", f"IVF{LANCEDB_PARTITIONS}_PQ{LANCEDB_SUB_VECTORS}",
                         f"nprobes={nprobes}", str(LANCEDB_REFINE), both(one, many, truth), one, many))
         print(rows[-1].markdown(), flush=True)
@@ -342,6 +405,70 @@ def bench_faiss(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: 
         one = measure(faiss_sender(hnsw)(queries), n)
         rows.append(Row(f"faiss {faiss.__version__}", "HNSW32,Flat", f"efSearch={ef}", "-",
                         recall_at_k(one.ids, truth), one))
+
+
+# --- PostgreSQL + pgvector, through psycopg ----------------------------------------------------------------
+
+
+def bench_pgvector(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, tune: np.ndarray,
+                   tune_truth: np.ndarray, rows: list[Row], builds: list[str], one_client: int) -> str:
+    """A private PostgreSQL cluster (`pg_support`): the base set COPYed in, an HNSW index (m 16,
+    ef_construction 64, cosine), then hnsw.ef_search picked by a rule on the tuning queries (never the
+    measured ones): the smallest of PG_EF_SEARCH with recall@10 >= 0.95 there. Every ef_search is measured
+    like the other systems (1 client, then 8 clients, one connection each); the rule's row says "(rule)".
+    Returns the report's note (the rule's recalls, load and build times, or why it was skipped)."""
+    reason = pg_support.skip_reason()
+    if reason is not None:
+        print(f"pgvector skipped: {reason}", flush=True)
+        return f"PostgreSQL + pgvector was not measured in this run: {reason}."
+    with pg_support.private_cluster() as cluster:
+        loaded = pg_support.load_vectors(cluster, PG_TABLE, base)
+        built = pg_support.build_hnsw(cluster, PG_TABLE, PG_M, PG_EF_CONSTRUCTION)
+        with cluster.connect() as conn:
+            version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+            workers = conn.execute("SHOW max_parallel_maintenance_workers").fetchone()[0]
+        system = f"PostgreSQL {cluster.version} + pgvector {version}"
+        builds.append(f"| {system} (`CREATE INDEX ... USING hnsw`, {workers} parallel maintenance workers) | "
+                      f"HNSW m={PG_M}, ef_construction={PG_EF_CONSTRUCTION}, vector_cosine_ops (COPY of the "
+                      f"rows before it: {loaded:.1f} s) | {built:.1f} |")
+        sql = f"SELECT id FROM {PG_TABLE} ORDER BY embedding <=> %s LIMIT {K}"
+
+        def sender(ef: int, batch: np.ndarray) -> Callable[[], Sender]:
+            def make() -> Sender:
+                conn = cluster.connect()
+                conn.execute(f"SET hnsw.ef_search = {int(ef)}")
+                conns.append(conn)
+                return lambda i: [r[0] for r in conn.execute(sql, (batch[i],)).fetchall()]
+            return make
+
+        conns: list = []
+        tuned: dict[int, float] = {}
+        try:
+            for ef in PG_EF_SEARCH:  # the rule, on the tuning queries (also warms the index's pages)
+                tuned[ef] = recall_at_k(measure(sender(ef, tune), len(tune)).ids, tune_truth)
+            chosen = next((ef for ef in PG_EF_SEARCH if tuned[ef] >= TARGET_RECALL), PG_EF_SEARCH[-1])
+            for conn in conns:
+                conn.close()
+            conns.clear()
+            meter = CpuMeter({"postgres": cluster.postmaster_pid})
+            n = min(len(queries), one_client)
+            for ef in PG_EF_SEARCH:
+                one = measure(sender(ef, queries), n)
+                many = measure(sender(ef, queries[n:]), len(queries) - n, CLIENTS, meter)
+                for conn in conns:
+                    conn.close()
+                conns.clear()
+                rows.append(Row(system, f"HNSW m={PG_M}, efc={PG_EF_CONSTRUCTION}",
+                                f"ef_search={ef}" + (" (rule)" if ef == chosen else ""), "-",
+                                both(one, many, truth), one, many))
+                print(rows[-1].markdown(), flush=True)
+        finally:
+            for conn in conns:
+                conn.close()
+    recalls = ", ".join(f"{ef}: {r:.3f}" for ef, r in tuned.items())
+    return (f"pgvector's `hnsw.ef_search` is chosen by a rule on {len(tune):,} other dev queries (numbers "
+            f"{TUNE_FROM:,} on, never measured): the smallest of {', '.join(map(str, PG_EF_SEARCH))} with recall@10 "
+            f">= {TARGET_RECALL} there; recall@10 on them: {recalls}; chosen {chosen}.")
 
 
 # --- index build on a synthetic set ------------------------------------------------------------------------
@@ -398,9 +525,12 @@ def at_recall(rows: list[Row], system: str, index: str | None = None, target: fl
 
 
 def summary(rows: list[Row]) -> str:
-    """The issue's targets, each at the first (cheapest) setting of a system with recall@10 >= 0.95."""
-    lines = ["At the first (fewest-probes) setting of each with recall@10 >= 0.95, in this run:", ""]
+    """The issues' targets (15: one hop, a lean query node; 16: scans at faiss speed), each at the first
+    (cheapest) setting of a system with recall@10 >= 0.95, and pgvector at the ef_search its rule chose."""
+    lines = ["At the first (fewest-probes) setting of each with recall@10 >= 0.95, in this run (targets of issue "
+             "15 / issue 16 in brackets; CPU: milliseconds per query over the 8-client phase):", ""]
     lance_row = at_recall(rows, "LanceDB")
+    pg_row = next((r for r in rows if r.system.startswith("PostgreSQL") and r.knob.endswith("(rule)")), None)
     exact = next((r for r in rows if r.system == "appliance" and r.index.startswith("none")), None)
     for codec in CODECS:
         row = at_recall(rows, "appliance", codec)
@@ -408,13 +538,20 @@ def summary(rows: list[Row]) -> str:
             if any(r.index.endswith(codec) for r in rows):
                 lines.append(f"- appliance IVF {codec}: recall@10 never reached 0.95 at the measured nprobes.")
             continue
-        text = (f"- appliance IVF {codec} at {row.knob} (recall {row.recall:.3f}): p50 {row.one.p(50):.2f} ms with "
-                f"1 client (target <= 3 ms); {row.many.qps:,.0f} QPS with {CLIENTS} clients (target >= 1,000)")
+        one, many = row.one, row.many
+        text = (f"- appliance IVF {codec} at {row.knob} (recall {row.recall:.3f}): p50 {one.p(50):.2f} ms with "
+                f"1 client [<= 4")
+        text += f" / <= pgvector's {pg_row.one.p(50):.2f}]" if pg_row else "]"
+        text += f"; {many.qps:,.0f} QPS with {CLIENTS} clients [>= 600"
+        text += f" / >= pgvector's {pg_row.many.qps:,.0f}]" if pg_row else "]"
         if lance_row is not None:
-            text += (f"; {row.many.qps / lance_row.many.qps:.2f}x LanceDB's {CLIENTS}-client QPS (target >= 5x) "
-                     f"and {row.one.p(50) / lance_row.one.p(50):.1f}x its 1-client p50")
+            text += f", {many.qps / lance_row.many.qps:.2f}x LanceDB's [>= 3x / >= 5x]"
+        if many.cpu and many.server_cpu is not None:
+            query = sum(v for k, v in many.cpu.items() if k.startswith("query-"))
+            text += (f"; CPU of all appliance processes {many.server_cpu:.2f} ms [<= 2.0 / <= 1.2], of which the "
+                     f"query node {query:.2f} [<= 0.9], and the client {many.cpu[CpuMeter.CLIENT]:.2f}")
         if exact is not None:
-            text += f"; p50 {row.one.p(50) / exact.one.p(50):.2f}x the appliance's own exact scan"
+            text += f"; p50 {one.p(50) / exact.one.p(50):.2f}x the appliance's own exact scan"
         lines.append(text + ".")
     batched = next((r for r in rows if r.system == "appliance" and r.index.endswith("flat")
                     and r.knob.endswith("(default)")), None)
@@ -425,9 +562,17 @@ def summary(rows: list[Row]) -> str:
                      f"it, {off.qps:,.0f} without ({on.qps / off.qps:.2f}x); p50 {on.p(50):.1f} vs {off.p(50):.1f} "
                      f"ms. With 1 client it changes nothing by design: p50 {batched.one.p(50):.2f} vs "
                      f"{unbatched.one.p(50):.2f} ms.")
+    if pg_row is not None:
+        cpu = {"postgres": float("nan"), CpuMeter.CLIENT: float("nan"), **(pg_row.many.cpu or {})}
+        lines.append(f"- {pg_row.system} at {pg_row.knob.removesuffix(' (rule)')} (chosen on other queries; recall "
+                     f"{pg_row.recall:.3f} on these): p50 {pg_row.one.p(50):.2f} ms with 1 client, "
+                     f"{pg_row.many.qps:,.0f} QPS with {CLIENTS} clients; CPU: postgres processes "
+                     f"{cpu['postgres']:.2f} ms, the client {cpu[CpuMeter.CLIENT]:.2f}.")
     if lance_row is not None:
+        cpu = lance_row.many.cpu or {}
         lines.append(f"- LanceDB at {lance_row.knob} (recall {lance_row.recall:.3f}): p50 "
-                     f"{lance_row.one.p(50):.2f} ms, {lance_row.many.qps:,.0f} QPS with {CLIENTS} threads.")
+                     f"{lance_row.one.p(50):.2f} ms, {lance_row.many.qps:,.0f} QPS with {CLIENTS} threads; CPU of the "
+                     f"benchmark process (client and embedded engine) {cpu.get(CpuMeter.CLIENT, float('nan')):.2f} ms.")
     elif any(r.system.startswith("LanceDB") for r in rows):
         lines.append("- LanceDB never reached recall@10 0.95 at the measured nprobes.")
     return "\n".join(lines)
@@ -435,32 +580,50 @@ def summary(rows: list[Row]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=0, help="first N base vectors only (0: all)")
-    parser.add_argument("--queries", type=int, default=QUERIES, help="dev queries used (recall is over them all)")
-    parser.add_argument("--one-client", type=int, default=ONE_CLIENT_QUERIES,
-                        help="how many of them 1 client sends; 8 clients send the rest")
-    parser.add_argument("--synthetic-rows", type=int, default=1_000_000, help="0 skips the synthetic build")
-    parser.add_argument("--skip", default="", help="comma-separated: appliance,lancedb,faiss")
+    parser.add_argument("--rows", type=int, default=None, help="first N base vectors only (0: all)")
+    parser.add_argument("--queries", type=int, default=None,
+                        help=f"dev queries measured (recall is over them all; at most {TUNE_FROM}), default {QUERIES}")
+    parser.add_argument("--one-client", type=int, default=None,
+                        help=f"how many of them 1 client sends; 8 clients send the rest (default {ONE_CLIENT_QUERIES})")
+    parser.add_argument("--synthetic-rows", type=int, default=None, help="0 skips the synthetic build (default 1M)")
+    parser.add_argument("--codecs", default=None, help=f"the appliance's codecs, comma-separated (default all: "
+                        f"{','.join(CODECS)}); any but all also skips the batching-off fleet")
+    parser.add_argument("--skip", default="", help="comma-separated: appliance,lancedb,faiss,pgvector")
+    parser.add_argument("--quick", action="store_true",
+                        help="development: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+                        + " unless given")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write it")
     args = parser.parse_args()
+    defaults = {"rows": 0, "queries": QUERIES, "one_client": ONE_CLIENT_QUERIES, "synthetic_rows": 1_000_000,
+                "codecs": ",".join(CODECS)}
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, QUICK[name] if args.quick else default)
+    codecs = tuple(c for c in args.codecs.split(",") if c)
+    if args.queries > TUNE_FROM:
+        parser.error(f"--queries: at most {TUNE_FROM} (dev queries {TUNE_FROM:,} on tune pgvector's ef_search)")
     skip = set(filter(None, args.skip.split(",")))
     if not (SHARED_DATA / "base.npy").exists():
         print(f"{SHARED_DATA} is not present")
         return 1
-    started, load = time.time(), os.getloadavg()[0]
+    started, load = time.time(), os.getloadavg()
     base = np.load(SHARED_DATA / "base.npy")
-    queries = np.load(SHARED_DATA / "dev_queries.npy")[:args.queries]
+    dev = np.load(SHARED_DATA / "dev_queries.npy")
+    queries, tune = dev[:args.queries], dev[TUNE_FROM:]
     if args.rows and args.rows < len(base):
         base = base[:args.rows].copy()
-        truth = exact_truth(base, queries)
+        truth, tune_truth = exact_truth(base, queries), exact_truth(base, tune)
     else:
-        truth = np.load(SHARED_DATA / "dev_gt_ids.npy")[:args.queries, :K]
+        dev_truth = np.load(SHARED_DATA / "dev_gt_ids.npy")[:, :K]
+        truth, tune_truth = dev_truth[:args.queries], dev_truth[TUNE_FROM:]
     rows: list[Row] = []
     builds: list[str] = []
+    pg_note = idle = ""
 
     def publish(synthetic_note: str = "", synthetic: list[str] | None = None) -> str:
         """Write the section as it stands (again after the synthetic build, so a late run keeps its tables)."""
-        text = report(base, queries, rows, builds, synthetic_note, synthetic or [], started, load, args.one_client)
+        text = report(base, queries, rows, builds, synthetic_note, synthetic or [], started, load, args.one_client,
+                      pg_note, len(tune), idle)
         if not args.no_write:
             write_section("search", text)
         print("\n".join(builds), flush=True)
@@ -469,12 +632,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         work = Path(tmp)
         if "appliance" not in skip:
-            with local_fleet(work, free_port_block(3), indexers=0) as api:
+            # health checks at the default interval (local_fleet's 0.2 s, for quick failover in tests, costs CPU)
+            with running_fleet(work, free_port_block(3), indexers=0, health_interval=HEALTH_INTERVAL) as (api, fleet):
                 load_table(api, TABLE, base, "cosine", FRAGMENT_ROWS)
-                bench_appliance(api, queries, truth, rows, builds, args.one_client)
-            with local_fleet(work, free_port_block(3), indexers=0, search_batch_rows=0) as api:
-                bench_unbatched(api, queries, truth, rows, args.one_client)
+                meter = CpuMeter(fleet_processes(fleet))
+                bench_appliance(api, meter, queries, truth, rows, builds, args.one_client, codecs)
+                idle = idle_cpu(meter)
+            if set(codecs) == set(CODECS):
+                with running_fleet(work, free_port_block(3), indexers=0, search_batch_rows=0,
+                                   health_interval=HEALTH_INTERVAL) as (api, fleet):
+                    bench_unbatched(api, CpuMeter(fleet_processes(fleet)), queries, truth, rows, args.one_client)
             print(f"appliance done at {(time.time() - started) / 60:.1f} min", flush=True)
+        if "pgvector" not in skip:
+            pg_note = bench_pgvector(base, queries, truth, tune, tune_truth, rows, builds, args.one_client)
+            print(f"pgvector done at {(time.time() - started) / 60:.1f} min", flush=True)
         if "lancedb" not in skip:
             bench_lancedb(work, base, queries, truth, rows, builds, args.one_client)
             print(f"LanceDB done at {(time.time() - started) / 60:.1f} min", flush=True)
@@ -483,21 +654,24 @@ def main() -> int:
             print(f"faiss done at {(time.time() - started) / 60:.1f} min", flush=True)
         text = publish()
         if args.synthetic_rows:
-            with local_fleet(work / "synthetic", free_port_block(3), indexers=0) as api:
+            with running_fleet(work / "synthetic", free_port_block(3), indexers=0) as (api, _fleet):
                 text = publish(*bench_synthetic_build(work, api, args.synthetic_rows))
     print(text)
     return 0
 
 
 def report(base: np.ndarray, queries: np.ndarray, rows: list[Row], builds: list[str], synthetic_note: str,
-           synthetic: list[str], started: float, load: float, one_client: int) -> str:
+           synthetic: list[str], started: float, load: tuple[float, float, float], one_client: int,
+           pg_note: str, tune_queries: int, idle: str) -> str:
     when = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     n = min(len(queries), one_client)
+    end_load = os.getloadavg()
     search_table = "\n".join([
         "| system | index | probes | refine | recall@10 | recall@10, batches of 100 | p50 ms, 1 client "
         "| p99 ms, 1 client | QPS, 1 client "
-        f"| p50 ms, {CLIENTS} clients | p99 ms, {CLIENTS} clients | QPS, {CLIENTS} clients |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| p50 ms, {CLIENTS} clients | p99 ms, {CLIENTS} clients | QPS, {CLIENTS} clients "
+        f"| CPU ms/query, servers | CPU ms/query, client | CPU ms/query by server process |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *(r.markdown() for r in rows),
     ])
     build_table = "\n".join(["| system | index | build s |", "| --- | --- | ---: |", *builds])
@@ -506,21 +680,32 @@ def report(base: np.ndarray, queries: np.ndarray, rows: list[Row], builds: list[
         synthetic_part = "\n".join([
             "### Index build on a synthetic set", "", f"{synthetic_note}; metric l2.", "",
             "| system | index | build s | time / appliance's |", "| --- | --- | ---: | ---: |", *synthetic, ""])
+    loads = "/".join(f"{x:.1f}" for x in load), "/".join(f"{x:.1f}" for x in end_load)
+    pg_settings = ", ".join(f"{k}={v}" for k, v in pg_support.SERVER_SETTINGS.items())
     return f"""## Search: IVF recall, latency and QPS (`bench/bench_search.py`)
 
-{machine_line()} Run started {when} and took {(time.time() - started) / 60:.0f} min; the
-1-minute load average when it started was {load:.1f}.
+{machine_line()} Run started {when} and took {(time.time() - started) / 60:.0f} min; load average
+(1/5/15 min) {loads[0]} when it started, {loads[1]} when this was written.
 
 **Noise.** The 2 cores are shared with other jobs (other agents' builds and tests ran beside this one), and
-the benchmark client, the query node and both executors share them too, so figures move by tens of percent
-from run to run. Compare rows of this one run only, never with another run or another section.
+the benchmark client, the servers and both executors share them too, so latency and QPS move by tens of
+percent from run to run and with the load. Compare rows of this one run only, never with another run or
+another section. **CPU milliseconds per query** hold better on a busy machine: for every process of a
+system (a gunicorn master and its workers, the postmaster and all its backends: the process and its
+descendants), its CPU time over the {CLIENTS}-client phase (each process's exact CPU clock, plus children
+reaped in between from /proc/PID/stat), divided by the queries answered; "client" is the benchmark process
+itself (`time.process_time()`: its {CLIENTS} client threads, and for LanceDB the embedded engine too).
+"servers" is every process but the client (appliance: query node and executors; pgvector: postgres).
+Idle, after its last setting, the appliance's processes spent (CPU ms per second, over {IDLE_SECONDS:.0f} s):
+{idle or "not measured"}.
 
 Data set: `debian-minilm`, {len(base):,} x {base.shape[1]} float32, cosine; the first {len(queries):,} dev
 queries; recall@10 against the exact top-10 (`dev_gt_ids.npy`). Each setting: 1 client sends the first
 {n:,} queries one after another, then {CLIENTS} concurrent clients send the other {len(queries) - n:,}
 (together, once each); "recall@10" is over all {len(queries):,} of them, one query per search.
 
-- **appliance**: 1 query node and 2 executors on loopback; the table loaded through the HTTP API in
+- **appliance**: 1 query node and 2 executors on loopback (health checks every {HEALTH_INTERVAL:g} s, the
+  default); the table loaded through the HTTP API in
   fragments of {FRAGMENT_ROWS:,} rows; indexes built with `POST /api/v1/tables/{TABLE}/index` and default
   parameters (nlist about sqrt(rows), default nprobes nlist/6, PQ with dimension/8 sub-vectors and refine
   factor 10, SQ8 without refine); caches warm. One query per HTTP request (JSON,
@@ -532,12 +717,21 @@ queries; recall@10 against the exact top-10 (`dev_gt_ids.npy`). Each setting: 1 
   "none (exact scan)" is `bypass_vector_index`, the first {min(n, EXACT_QUERIES)} queries, 1 client.
   The query node batches concurrent searches of one shape (`search_batch_rows`, on by default);
   "{UNBATCHED}" is the flat index at its default nprobes on a second fleet with `search_batch_rows=0`.
+- **PostgreSQL + pgvector**: a private cluster started by the benchmark on a loopback port (`bench/pg_support.py`;
+  `../shared/tools/pgvector-setup.sh` installs PostgreSQL 15 and pgvector), settings beside the defaults:
+  {pg_settings}; the rows loaded with binary COPY, an HNSW index (m={PG_M}, ef_construction={PG_EF_CONSTRUCTION},
+  `vector_cosine_ops`), then `SELECT id ... ORDER BY embedding <=> %s LIMIT {K}` through psycopg 3 and the
+  pgvector adapter, one query per statement; {CLIENTS} clients = {CLIENTS} threads, each with its own
+  connection. {pg_note}
 - **LanceDB** OSS embedded on a local folder, in the benchmark process; {CLIENTS} clients = {CLIENTS}
   threads sharing one table handle.
 - **faiss** in the benchmark process, one query at a time on one thread, all {len(queries):,} queries.
 
-LanceDB and faiss pay no HTTP, JSON, query-node/executor hop or payload fetch: they are reference points,
-not like-for-like. p50/p99: median and 99th percentile of per-request latency; QPS: queries over wall time.
+LanceDB and faiss pay no network, JSON, query-node/executor hop or payload fetch: they are reference points,
+not like-for-like; pgvector answers through its own network client, as the appliance does through HTTP.
+p50/p99: median and 99th percentile of per-request latency; QPS: queries over wall time. No parameter
+of a row is tuned on the measured queries except where a row is picked below as "the first setting with
+recall@10 >= 0.95" (pgvector's "(rule)" row is chosen on {tune_queries:,} other queries).
 
 {summary(rows)}
 
