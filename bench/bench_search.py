@@ -54,7 +54,7 @@ import numpy as np
 import pg_support
 import pyarrow as pa
 from fleet_support import FRAGMENT_ROWS, SHARED_DATA, Api, CpuMeter, fleet_processes, free_port_block, running_fleet
-from report import machine_line, write_section
+from report import load_average, machine_line, write_section
 from synthetic import clustered
 
 from appliance.config import Settings
@@ -665,7 +665,6 @@ def report(base: np.ndarray, queries: np.ndarray, rows: list[Row], builds: list[
            pg_note: str, tune_queries: int, idle: str) -> str:
     when = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     n = min(len(queries), one_client)
-    end_load = os.getloadavg()
     search_table = "\n".join([
         "| system | index | probes | refine | recall@10 | recall@10, batches of 100 | p50 ms, 1 client "
         "| p99 ms, 1 client | QPS, 1 client "
@@ -680,12 +679,16 @@ def report(base: np.ndarray, queries: np.ndarray, rows: list[Row], builds: list[
         synthetic_part = "\n".join([
             "### Index build on a synthetic set", "", f"{synthetic_note}; metric l2.", "",
             "| system | index | build s | time / appliance's |", "| --- | --- | ---: | ---: |", *synthetic, ""])
-    loads = "/".join(f"{x:.1f}" for x in load), "/".join(f"{x:.1f}" for x in end_load)
+    busy = ""
+    if max(load[0], os.getloadavg()[0]) > (os.cpu_count() or 1):
+        busy = ("\n\n**Busy machine**: the load average was above the number of cores during this run, so other "
+                "jobs took CPU from every system measured: latency and QPS are low and uneven here, the CPU "
+                "milliseconds per query hold.")
     pg_settings = ", ".join(f"{k}={v}" for k, v in pg_support.SERVER_SETTINGS.items())
     return f"""## Search: IVF recall, latency and QPS (`bench/bench_search.py`)
 
 {machine_line()} Run started {when} and took {(time.time() - started) / 60:.0f} min; load average
-(1/5/15 min) {loads[0]} when it started, {loads[1]} when this was written.
+(1/5/15 min) {load_average(load)} when it started, {load_average()} when this was written.{busy}
 
 **Noise.** The 2 cores are shared with other jobs (other agents' builds and tests ran beside this one), and
 the benchmark client, the servers and both executors share them too, so latency and QPS move by tens of

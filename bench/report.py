@@ -31,6 +31,11 @@ def machine_line() -> str:
     return f"Machine: {cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM; Python {platform.python_version()}; {today}."
 
 
+def load_average(load: tuple[float, float, float] | None = None) -> str:
+    """The 1/5/15-minute load averages (now, or `load` from os.getloadavg()), as "1.2/0.9/0.7"."""
+    return "/".join(f"{x:.1f}" for x in (load or os.getloadavg()))
+
+
 def write_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
