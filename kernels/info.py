@@ -140,7 +140,7 @@ def backends_info() -> dict[str, dict[str, str]]:
         gpu = resolve() == "cuda"
     except (ValueError, RuntimeError):
         gpu = False
-    on_device = {"kmeans", "assign", "pq_train/pq_encode/pq_distances", "search_block", "topk/merge_topk"}
+    on_device = {"kmeans", "assign", "pq_train", "pq_encode", "pq_distances", "search_block", "topk/merge_topk"}
     return {op: {"backend": "cupy" if gpu and op in on_device else backend, "why": cpu_faiss.OPS[op][1]}
             for op, backend in cpu_faiss.backends().items()}
 

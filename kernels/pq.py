@@ -14,6 +14,7 @@ from types import ModuleType
 
 import numpy as np
 
+from kernels import cpu_faiss
 from kernels.backend import array_module, resolve, to_host
 from kernels.ivf import assign as assign_nearest
 from kernels.ivf import kmeans
@@ -55,9 +56,14 @@ def pq_train(x: np.ndarray, m: int, *, nbits: int = 8, iters: int = 20, seed: in
 
 
 def pq_encode(x: np.ndarray, codebooks: np.ndarray, *, device: str | None = None) -> np.ndarray:
-    """uint8 codes [n, m]: the nearest sub-centroid of each sub-vector."""
+    """uint8 codes [n, m]: the nearest sub-centroid of each sub-vector (ties to the lower code). On the CPU
+    this is faiss's ProductQuantizer (`kernels.cpu_faiss.pq_encode`) where it can take the input."""
     m = len(codebooks)
     parts = _split(x, m)
+    if resolve(device) == "cpu" and len(parts) and cpu_faiss.enabled("pq_encode"):
+        codes = cpu_faiss.pq_encode(parts.reshape(len(parts), -1), np.asarray(codebooks, dtype=np.float32))
+        if codes is not None:
+            return codes
     codes = np.empty((len(parts), m), dtype=np.uint8)
     for j in range(m):
         labels, _ = assign_nearest(parts[:, j, :], codebooks[j], metric="l2", device=device)

@@ -71,7 +71,8 @@ def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec:
     (NO_ID, inf) where a query reaches fewer than k rows. The rows must be finite.
 
     flat lists with l2 or dot run on faiss (`cpu_faiss.scan_flat_lists`: a heap per list on the list's
-    own array, one merge); the others, and rows faiss leaves undecided, run `_scan_lists_numpy`.
+    own array, one merge), SQ8 and PQ lists on faiss's IVF scanners (`cpu_faiss.scan_coded_lists`); fp16,
+    and rows faiss leaves undecided, run `_scan_lists_numpy`.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
@@ -86,6 +87,15 @@ def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec:
         flat = [(ids, np.ascontiguousarray(codes, dtype=np.float32), rows) for ids, codes, rows in lists]
         if all(vectors.ndim == 2 and vectors.shape[1] == q.shape[1] for _, vectors, _ in flat):
             out_ids, out_distances, unsure = cpu_faiss.scan_flat_lists(q, flat, k, metric)
+            if len(unsure):
+                again = _scan_lists_numpy(q[unsure], _restricted(lists, unsure), k, codec, params, metric)
+                out_ids[unsure], out_distances[unsure] = again
+            return out_ids, out_distances
+    if codec in ("sq8", "pq") and metric in ("l2", "dot") and cpu_faiss.enabled(f"scan_lists/{codec}") and lists \
+            and k and len(q) and np.isfinite(q).all():
+        found = cpu_faiss.scan_coded_lists(q, lists, k, codec, params, metric)
+        if found is not None:
+            out_ids, out_distances, unsure = found
             if len(unsure):
                 again = _scan_lists_numpy(q[unsure], _restricted(lists, unsure), k, codec, params, metric)
                 out_ids[unsure], out_distances[unsure] = again

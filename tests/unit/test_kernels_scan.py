@@ -41,11 +41,11 @@ def cpu_backend(choice: str) -> Iterator[None]:
 
 
 @st.composite
-def list_cases(draw, max_nq=5, max_lists=5, max_rows=9, max_dim=19):
+def list_cases(draw, max_nq=5, max_lists=5, max_rows=9, max_dim=19, values=small_ints):
     dim = draw(st.integers(1, max_dim))
     nq = draw(st.integers(0, max_nq))
-    queries = draw(arrays(np.float32, (nq, dim), elements=small_ints))
-    pool = draw(arrays(np.float32, (draw(st.integers(1, 4)), dim), elements=small_ints))
+    queries = draw(arrays(np.float32, (nq, dim), elements=values))
+    pool = draw(arrays(np.float32, (draw(st.integers(1, 4)), dim), elements=values))
     sizes = draw(st.lists(st.integers(0, max_rows), max_size=max_lists))
     ids = np.array(draw(st.lists(st.integers(0, 2**63), min_size=sum(sizes), max_size=sum(sizes), unique=True)),
                    np.uint64)
