@@ -27,7 +27,7 @@ def install(bp: Blueprint) -> None:
     @bp.errorhandler(ApplianceError)
     def _error(exc: ApplianceError) -> Response:
         status = 400 if isinstance(exc, TableExists) else exc.status
-        return json_response(exc.to_json(), status)
+        return json_response(exc.to_json(), status, exc.headers() or None)
 
 
 def install_fallback(bp: Blueprint) -> None:
