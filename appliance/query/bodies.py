@@ -72,9 +72,13 @@ _SYNTAX[[34, 91, 93, 123, 125]] = True  # " [ ] { }
 
 
 def parse_arrow_stream(raw: bytes) -> pa.Table:
+    """An Arrow IPC stream body as a table, fully validated: a stream whose batches claim more rows or bytes
+    than their buffers hold reads without error, and would fail (or read out of bounds) only later."""
     try:
         with pa.ipc.open_stream(raw) as reader:
-            return reader.read_all()
+            table = reader.read_all()
+        table.validate(full=True)
+        return table
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInput("body is not a valid Arrow IPC stream", str(exc)) from exc
 

@@ -1,15 +1,22 @@
-"""Fuzzing the query node's public API with hypothesis: over 1,000 generated requests across the operations
+"""Fuzzing the query node's public API with hypothesis: over 2,000 generated requests across the operations
 of /openapi.json (the LanceDB protocol and the native API; not drain/undrain, which take the node out of
 service on purpose), with bodies that are well-formed, hostile or junk: JSON of the right shape with wrong
-values, random JSON, filters that fail only on the data, random Arrow IPC streams, random bytes, wrong keys.
-No request may get a 5xx, and afterwards every node must be alive, every executor still routed to, and the
-fuzzed table still answering. Examples are derandomized, so a failure reproduces."""
+values, random JSON, filters that fail only on the data, random Arrow IPC streams, random bytes, wrong keys,
+and resource bombs (filters that would build gigabyte strings, absurd k / refine_factor / nprobes / nlist,
+JSON nested 100,000 deep, Arrow streams that claim huge buffers).
+No request may get a 5xx. The cost is checked too, not only the answers: while the fuzz runs, a bystander
+client searches another table and every answer must be right, and the memory of every process of the fleet
+is sampled and must stay under a bound. Afterwards every node must be alive and never restarted, every
+executor still routed to, and the fuzzed table still answering. Examples are derandomized, so a failure
+reproduces."""
 
 from __future__ import annotations
 
 import json
 import math
 import string
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +26,7 @@ import requests
 from conftest import Api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from proc_support import rss_bytes, tree
 
 from appliance.storage.schema import vector_type
 
@@ -213,6 +221,89 @@ def _stream(table: pa.Table, rows: int, data: st.DataObject) -> bytes:
     return raw if cut is None else raw[: int(len(raw) * cut)]
 
 
+# resource bombs: each would cost gigabytes or minutes if it ran; each must be a quick 4xx instead
+_COL = st.sampled_from(["label", "cast(n as string)", "concat(label, label)"])
+_HUGE = st.sampled_from([50_000_000, 2_000_000_000, 2**31 - 1, 10**12])
+BOMB_FILTERS = st.one_of(
+    st.builds(lambda c, n: f"lpad({c}, {n}, 'x') = 'a'", _COL, _HUGE),
+    st.builds(lambda c, n: f"rpad({c}, {n}) = 'a'", _COL, _HUGE),
+    st.builds(lambda c, n: f"repeat({c}, {n}) = 'a'", _COL, _HUGE),
+    st.builds(lambda c, n: f"length(repeat(repeat({c}, {n}), {n})) > 1", _COL, _HUGE),
+    st.builds(lambda n: f"array_length(array_repeat(n, {n})) > 1", _HUGE),
+    st.builds(lambda n: f"array_length(range(0, {n})) > 1", _HUGE),
+    st.builds(lambda n: f"cardinality(generate_series(1, {n})) > 1", _HUGE),
+    st.builds(lambda c, n: f"regexp_replace({c}, '', repeat('x', {n})) = 'a'", _COL, _HUGE),
+    st.builds(lambda c, n: f"concat(lpad({c}, {n}), lpad({c}, {n})) = 'a'", _COL, _HUGE),
+    st.builds(lambda c, n: f"to_hex({n}) = {c} OR lpad('', {n}) = {c}", _COL, _HUGE),
+    st.builds(lambda d: "(" * d + "n > 1" + ")" * d, st.integers(100, 2000)),
+    st.builds(lambda d: "NOT " * d + "n > 1", st.integers(100, 1000)),
+    st.builds(lambda d: " AND ".join(["n > 1"] * d), st.integers(100, 680)),
+    st.just("regexp_match(label, '(a*)*b') IS NOT NULL"),
+    st.just("label LIKE '" + "%_" * 1000 + "'"),
+)
+_BIG = st.sampled_from([10**4, 10**5, 10**6, 10**9, 2**31, 2**63 - 1])
+BOMB_SEARCH = st.fixed_dictionaries({"vector": GOOD_VECTOR}, optional={
+    "k": _BIG | st.integers(1, 10_000), "refine_factor": _BIG | st.integers(0, 1000), "nprobes": _BIG,
+    "filter": BOMB_FILTERS, "prefilter": st.booleans()})
+BOMB_LANCE_QUERY = st.fixed_dictionaries({"vector": GOOD_VECTOR, "k": _BIG | st.integers(1, 10_000)}, optional={
+    "refine_factor": _BIG | st.integers(0, 1000), "nprobes": _BIG, "minimum_nprobes": _BIG, "offset": _BIG,
+    "filter": BOMB_FILTERS, "prefilter": st.booleans(), "ef": _BIG})
+BOMB_INDEX = st.fixed_dictionaries({}, optional={
+    "codec": st.sampled_from(["flat", "sq8", "pq", "fp16"]), "nlist": _BIG, "nprobes": _BIG, "pq_m": _BIG,
+    "refine_factor": _BIG, "sample_rows": _BIG, "kmeans_iters": _BIG, "batch_rows": _BIG,
+    "metric": st.sampled_from(["l2", "nope", "cosine"])})
+BOMB_LANCE_INDEX = st.fixed_dictionaries({"column": st.just("vector")}, optional={
+    "index_type": st.sampled_from(["IVF_FLAT", "IVF_PQ", "IVF_SQ", "IVF_HNSW_SQ"]), "num_partitions": _BIG,
+    "num_sub_vectors": _BIG, "max_iterations": _BIG, "metric_type": st.sampled_from(["l2", "nope"]),
+    "sample_rate": _BIG})
+# (method, path template, body strategy): the bombs aimed at the fuzzed table (non-destructive ones)
+BOMB_OPS = [
+    ("POST", "/api/v1/tables/{t}/search", BOMB_SEARCH),
+    ("POST", "/api/v1/tables/{t}/explain", BOMB_SEARCH),
+    ("POST", "/v1/table/{t}/query/", BOMB_LANCE_QUERY),
+    ("POST", "/v1/table/{t}/count_rows/", st.fixed_dictionaries({"predicate": BOMB_FILTERS})),
+    ("POST", "/v1/table/{t}/update/", st.fixed_dictionaries({"predicate": GOOD_FILTERS | BOMB_FILTERS,
+                                                              "updates": st.builds(lambda f: [["label", f]],
+                                                                                   BOMB_FILTERS)})),
+    ("POST", "/api/v1/tables/{t}/index", BOMB_INDEX),
+    ("POST", "/v1/table/{t}/create_index/", BOMB_LANCE_INDEX),
+]
+# on the destructive operations' table
+BOMB_DESTRUCTIVE_OPS = [
+    ("POST", "/api/v1/tables/{t}/delete", st.fixed_dictionaries({"filter": BOMB_FILTERS})),
+    ("POST", "/v1/table/{t}/delete/", st.fixed_dictionaries({"predicate": BOMB_FILTERS})),
+    ("POST", "/v1/table/{t}/add_columns/", st.fixed_dictionaries({"new_columns": st.builds(
+        lambda f: [{"name": "c", "expression": f}], BOMB_FILTERS)})),
+]
+NESTED_PATHS = ["/api/v1/tables/fz/search", "/v1/table/fz/query/", "/v1/table/victim/add_columns/",
+                "/api/v1/tables/fz/rows", "/v1/table/fz/count_rows/", "/api/v1/tables/fz/index", "/api/v1/tables"]
+
+
+def nested_json(data: st.DataObject) -> bytes:
+    depth = data.draw(st.sampled_from([1_000, 10_000, 100_000]))
+    shape = data.draw(st.sampled_from(["list", "object", "inside"]))
+    if shape == "list":
+        return b"[" * depth + b"]" * depth
+    if shape == "object":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    return b'{"vector": [0, 0, 0, 0], "k": 1, "filter": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def huge_claim_arrow(data: st.DataObject) -> bytes:
+    """An Arrow IPC stream whose record batch claims far more rows or bytes than it carries."""
+    sink = pa.BufferOutputStream()
+    table = pa.table({"vector": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(DIM * 2, np.float32)), DIM),
+                      "n": pa.array([1, 2], pa.int64()), "label": pa.array(["a", "b"])})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    raw = bytearray(sink.getvalue().to_pybytes())
+    for _ in range(data.draw(st.integers(1, 8))):  # overwrite a few bytes of the batch's metadata with huge numbers
+        at = data.draw(st.integers(len(raw) // 3, len(raw) - 8))
+        raw[at:at + 8] = data.draw(st.sampled_from([b"\xff" * 8, (2**40).to_bytes(8, "little"),
+                                                    (2**31 - 1).to_bytes(8, "little")]))
+    return bytes(raw)
+
+
 def make_table(api: Api, name: str) -> None:
     base = np.random.default_rng(5).normal(size=(50, DIM)).astype(np.float32)
     api.create(name, DIM, "l2", {"n": "int64", "label": "string"})
@@ -227,14 +318,79 @@ def ensure_victim(fleet) -> None:
         make_table(api, "victim")
 
 
+class Watch:
+    """While the fuzz runs: a bystander searching its own table (every answer must be right), and the resident
+    memory of every process of the fleet, sampled every 0.2 s (the most each one ever held)."""
+
+    def __init__(self, fleet, api: Api) -> None:
+        self.fleet, self.api = fleet, api
+        self.failures: list[str] = []
+        self.answered = 0
+        self.baseline = self._rss()
+        self.peak = dict(self.baseline)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._search, daemon=True),
+                         threading.Thread(target=self._sample, daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _rss(self) -> dict[str, int]:
+        return {f"{node.name}/{pid}": rss_bytes(pid) for node in self.fleet.nodes for pid in tree(node.process.pid)}
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for name, rss in self._rss().items():
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+
+    def _search(self) -> None:
+        rng = np.random.default_rng(11)
+        while not self._stop.wait(0.05):
+            q = rng.normal(size=DIM)
+            try:
+                resp = self.api.http.post(f"{self.fleet.url}/api/v1/tables/bystander/search",
+                                          json={"vector": q.tolist(), "k": 3, "columns": ["n"]}, timeout=30)
+            except requests.RequestException as exc:
+                self.failures.append(repr(exc))
+                continue
+            if resp.status_code != 200:
+                self.failures.append(f"{resp.status_code} {resp.text[:200]}")
+            elif [r["n"] for r in resp.json()["results"]] != BYSTANDER.nearest(q, 3):
+                self.failures.append("wrong answer")
+            self.answered += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+
+class _Bystander:
+    base = np.random.default_rng(7).normal(size=(300, DIM)).astype(np.float32)
+
+    def nearest(self, q: np.ndarray, k: int) -> list[int]:
+        d = ((self.base.astype(np.float64) - q) ** 2).sum(1)
+        return sorted(range(len(d)), key=lambda i: (d[i], i))[:k]
+
+
+BYSTANDER = _Bystander()
+WATCH: list[Watch] = []
+MEMORY_GROWTH_BOUND = 600 * 1024 * 1024  # no process may grow by more than this over the whole fuzz
+
+
 @pytest.fixture(scope="module")
 def http(fleet) -> Iterator[requests.Session]:
     api = Api(fleet.url, fleet.api_key)
     for name in ("fz", "victim"):
         make_table(api, name)
+    api.create("bystander", DIM, "l2", {"n": "int64"})
+    api.insert_arrow("bystander", pa.table({"vector": pa.array(BYSTANDER.base.tolist(), vector_type(DIM)),
+                                            "n": np.arange(len(BYSTANDER.base))}))
+    assert api.post("/api/v1/tables/bystander/index", {"nlist": 4, "nprobes": 4}).status_code == 201
     session = requests.Session()
     session.headers["x-api-key"] = fleet.api_key
+    WATCH.append(Watch(fleet, api))
     yield session
+    WATCH[0].stop()
 
 
 def send(http: requests.Session, fleet, method: str, path: str, **kwargs: object) -> requests.Response:
@@ -310,8 +466,33 @@ def test_fuzz_keys(fleet, key, path) -> None:
         assert resp.status_code in (401, 405)  # never served without the right key
 
 
+@settings(FUZZ, max_examples=1000)
+@given(data=st.data())
+def test_fuzz_resource_bombs(http, fleet, data) -> None:
+    """Requests that would cost gigabytes or minutes if run as asked answer 4xx, each in well under 30 s."""
+    kind = data.draw(st.sampled_from(["op", "op", "op", "op", "destructive", "nested", "arrow"]))
+    started = time.monotonic()
+    if kind == "op":
+        method, template, bodies = data.draw(st.sampled_from(BOMB_OPS))
+        resp = send(http, fleet, method, _path(template, "fz", ""), data=json.dumps(data.draw(bodies)),
+                    headers={"content-type": "application/json"})
+    elif kind == "destructive":
+        ensure_victim(fleet)
+        method, template, bodies = data.draw(st.sampled_from(BOMB_DESTRUCTIVE_OPS))
+        resp = send(http, fleet, method, _path(template, "victim", ""), json=data.draw(bodies))
+    elif kind == "nested":
+        resp = send(http, fleet, "POST", data.draw(st.sampled_from(NESTED_PATHS)), data=nested_json(data),
+                    headers={"content-type": "application/json"})
+    else:
+        path = data.draw(st.sampled_from(["/api/v1/tables/victim/rows", "/v1/table/victim/insert/",
+                                          "/v1/table/victim/merge_insert/?on=n&when_not_matched_insert_all=true"]))
+        resp = send(http, fleet, "POST", path, data=huge_claim_arrow(data),
+                    headers={"content-type": "application/vnd.apache.arrow.stream"})
+    assert time.monotonic() - started < 30, f"{resp.request.method} {resp.request.url} took too long"
+
+
 def test_nodes_healthy_and_correct_after_fuzzing(http, fleet) -> None:
-    assert SENT["requests"] >= 1000, SENT
+    assert SENT["requests"] >= 2000, SENT
     assert SENT["ok"] >= 80, SENT  # the fuzz reaches the operations, not only the validation in front
     assert all(node.alive and node.restarts == 0 for node in fleet.nodes)
     for node in fleet.nodes:
@@ -322,3 +503,8 @@ def test_nodes_healthy_and_correct_after_fuzzing(http, fleet) -> None:
     resp = http.post(fleet.url + "/api/v1/tables/fz/search", json={"vector": [0, 0, 0, 0], "k": 3, "columns": ["n"]})
     assert resp.status_code == 200 and len(resp.json()["results"]) == 3
     assert all(math.isfinite(r["_distance"]) for r in resp.json()["results"])
+    watch = WATCH[0]
+    watch.stop()
+    assert watch.answered >= 50 and not watch.failures, (watch.answered, watch.failures[:5])
+    grown = {name: watch.peak[name] - watch.baseline.get(name, 0) for name in watch.peak}
+    assert max(grown.values()) < MEMORY_GROWTH_BOUND, {n: g >> 20 for n, g in grown.items()}
