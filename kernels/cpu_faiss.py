@@ -32,10 +32,11 @@ OPS: dict[str, tuple[str, str]] = {
     "scan_lists/flat": ("faiss", "knn per probed list on the cached arrays (no copy), one merge of the heaps"),
     "assign": ("numpy", "BLAS sgemm + argmin is level with faiss's IndexFlat k=1 search (0.17 s vs 0.16 s for "
                         "61,666 x 384 to 256), and keeps ties to the lower label exact"),
-    "scan_lists/pq": ("faiss", "IndexIVFPQ (no residuals) search_preassigned over the lists copied into its "
-                               "inverted lists: 1 query x 32 lists of ~234 rows, m 48: 0.47 ms against 10.6 ms"),
-    "scan_lists/sq8": ("faiss", "IndexIVFScalarQuantizer QT_8bit (vmin = lo - scale/2, vdiff = 255 scale) "
-                                "search_preassigned over the lists copied into its inverted lists"),
+    "scan_lists/pq": ("faiss", "IVF-PQ list scanner (no residuals) on the lists' own codes, one lookup table per "
+                               "query: 1 query x 32 lists of ~234 rows, m 48, 0.47 ms against 14.1 ms"),
+    "scan_lists/sq8": ("faiss", "IVF-SQ QT_8bit list scanner (vmin = lo - scale/2, vdiff = 255 scale) on the "
+                                "lists' own codes: 1 query x 32 lists, dim 384, dot 0.56 ms against 1.33 ms, l2 "
+                                "0.69 against 4.75 ms"),
     "scan_lists/fp16": ("numpy", "decode + one matrix product per list"),
     "search_block": ("numpy", "exact top-k over a fragment already beats faiss IndexFlat.search"),
     "topk/merge_topk": ("numpy", "deterministic selection; faiss's heaps break ties arbitrarily"),
