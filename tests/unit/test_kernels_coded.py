@@ -196,3 +196,19 @@ def test_backend_table_lists_the_coded_ops(monkeypatch):
         assert kernels.cpu_faiss.backends()[op] == "faiss"
     monkeypatch.setenv("KERNELS_CPU", "numpy")
     assert set(kernels.cpu_faiss.backends().values()) == {"numpy"}
+
+
+@pytest.mark.parametrize("codec", ["sq8", "pq"])
+def test_non_finite_queries_take_the_numpy_path(codec, monkeypatch):
+    rng = np.random.default_rng(6)
+    if codec == "pq":
+        params = {"pq_codebooks": rng.normal(size=(2, 256, 2)).astype(np.float32)}
+        codes = rng.integers(0, 256, (6, 2)).astype(np.uint8)
+    else:
+        params = {"sq8_lo": np.zeros(4, np.float32), "sq8_scale": np.full(4, 0.1, np.float32)}
+        codes = rng.integers(0, 256, (6, 4)).astype(np.uint8)
+    lists = [(np.arange(6, dtype=np.uint64), codes, None)]
+    queries = np.array([[0, 1, 2, 3], [np.nan, 0, 0, 0], [np.inf, 0, 0, 0]], np.float32)
+    got = scan_lists(queries, lists, 2, codec=codec, params=params, metric="l2")
+    monkeypatch.setenv("KERNELS_CPU", "numpy")
+    assert_same_result(got, scan_lists(queries, lists, 2, codec=codec, params=params, metric="l2"))
