@@ -24,7 +24,7 @@ from tqdm import tqdm
 from appliance import __version__
 from appliance.config import Settings, add_setting_flags, settings_table_markdown
 from appliance.errors import ApplianceError
-from appliance.fleet import EXECUTOR_APP, QUERY_APP, Fleet, FleetError
+from appliance.fleet import EXECUTOR_APP, QUERY_APP, Fleet, FleetError, gunicorn_node_args
 from appliance.index import CODECS, IndexParams, IndexStore
 from appliance.index.builder import build_full
 from appliance.query.admin import cache_table
@@ -196,9 +196,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     threads = settings.query_threads if args.role == "query" else settings.executor_threads
     bind = f"{settings.host}:{settings.port}"
     env = {**os.environ, **settings.to_env()}
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "1", "--worker-class", "gthread",
+    workers = settings.query_workers if args.role == "query" else 1
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--worker-class", "gthread",
            "--threads", str(threads), "--timeout", str(int(settings.request_timeout) + 30),
-           "--keep-alive", str(settings.keep_alive), app]
+           "--keep-alive", str(settings.keep_alive), *gunicorn_node_args(), app]
     print("[appliance] exec " + shlex.join(cmd), flush=True)
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

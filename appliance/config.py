@@ -45,6 +45,11 @@ class Settings:
     port: int = _knob(8080, "Port of the public HTTP API (the query node).")
     executors: int = _knob(2, "Number of plan executors `appliance up` starts.")
     executor_base_port: int = _knob(8181, "First internal port of the executors `appliance up` starts.")
+    flight_port_offset: int = _knob(
+        1000, "An executor serves task batches over Arrow Flight on its HTTP port plus this offset, on the same "
+        "address (8181 -> 9181); its HTTP port keeps health, drain and metrics. Query nodes learn the Flight "
+        "port from the executor's /readyz. 0: no Flight server; query nodes send it task batches over HTTP."
+    )
     executor_urls: str = _knob(
         "", "Comma-separated executor URLs the query node routes to (set by `appliance up`)."
     )
@@ -61,7 +66,20 @@ class Settings:
     admin_key: str = _knob(
         "", "Key for the query node's /admin/* endpoints, sent in x-api-key. Unset: the API key."
     )
-    query_threads: int = _knob(8, "Request threads of the query node's gunicorn worker.")
+    query_threads: int = _knob(8, "Request threads of each of the query node's gunicorn workers.")
+    query_workers: int = _knob(
+        1, "gunicorn worker processes of a query node. They share the node's drain state and see each other's "
+        "writes at once (appliance/node_state.py). 1 on a small machine: measured on 2 cores shared with the "
+        "executors, a second worker did not lower the node's CPU per query and took memory (docs/ARCHITECTURE.md, "
+        "\"The path of one search\")."
+    )
+    version_check_seconds: float = _knob(
+        0.25, "Seconds a query node reuses the latest version of a table it opened for searches before asking "
+        "storage again, so a warm search makes no storage call. Writes through the node are seen by its next "
+        "search at once (all its workers); writes through other nodes within this bound. 0: ask every search. "
+        "Opening the latest version costs a version listing on storage (a LIST on S3, milliseconds) and about "
+        "0.04 ms of CPU locally; at 0.25 s a node under load asks 4 times a second per table instead of per search."
+    )
     executor_threads: int = _knob(4, "Request threads of each executor's gunicorn worker.")
     keep_alive: int = _knob(
         75, "Seconds a query node or executor keeps an idle client connection open for its next request "
@@ -96,6 +114,27 @@ class Settings:
         "columns of search results without reading them again. 0: read them from the table every time."
     )
     routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
+    partition_group_bytes: int = _knob(
+        256 * 2**20, "Most bytes of one routing group: a table's IVF partitions (index objects) and its fragments "
+        "(rows x dimension x 4) are cut into groups of consecutive ones up to this size, and every task of a group "
+        "goes to the group's executor, so a small table lives whole on one executor (and in its cache) and a large "
+        "one spreads. Fixed rather than derived from an executor's RAM so every query node computes the same "
+        "groups; 256 MiB is an eighth of the RAM cache tier of an executor with 2 GiB (25% of 16 GiB split over "
+        "2), so several groups fit in each."
+    )
+    fanout_min_bytes: int = _knob(
+        64 * 2**20, "Least work (bytes a plan scans, counted once per query: index objects of the probed "
+        "partitions, unindexed or exact-scanned rows x dimension x 4) before a search fans out to one executor per "
+        "group; below it every task goes to the executor of the group holding most of the work (one hop). "
+        "Fanning out pays once half the scan takes longer than the extra hop costs: measured on 2 cores, a flat "
+        "IVF scan runs about 9.5 MiB per CPU ms and a second executor adds 2.3-3.7 ms of CPU per query, so "
+        "2 x 3 ms x 9.5 MiB/ms = 57 MiB, rounded up (docs/ARCHITECTURE.md, \"Routing groups\"). 0: always fan out."
+    )
+    group_replicas: int = _knob(
+        1, "Executors that may serve each routing group: each search goes to one of them, chosen by a hash of "
+        "its query vectors (a repeated query meets the same cache), so a hot table's load spreads over this many "
+        "ring successors at the price of caching its groups that many times. 1: one executor per group."
+    )
     health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
     request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")
     search_timeout: float = _knob(

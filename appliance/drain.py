@@ -6,24 +6,27 @@ health, readiness and admin answers 503 `{"code": "draining"}`, and `/readyz` an
 routing tasks to it (a task that still reaches it in between gets the 503 and is rerouted by the
 dispatcher). The call then waits, up to `?wait=SECONDS` (default 30), until the requests already running
 have finished, and says whether the node is idle. `POST /admin/undrain` puts the node back; `GET
-/admin/drain` reports the state. A node always starts undrained: the state lives in the process.
+/admin/drain` reports the state. A node always starts undrained: the state lives in its processes' memory.
 
 `install_common` (appliance/web.py) installs the gate on every app; each app registers `drain_api` with its
-own admin check (executors: the internal token; query nodes: `query.auth.require_admin`).
+own admin check (executors: the internal token; query nodes: `query.auth.require_admin`). A node with
+several gunicorn workers drains as one: the flag and the in-flight counts are shared by its workers
+(appliance/node_state.py), so any worker may take the drain call and report the whole node.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from flask import Blueprint, Flask, Response, g, request
 
 from appliance import __version__
 from appliance.errors import ApplianceError
+from appliance.node_state import NodeState, node_state
 
 EXTENSION = "appliance.drain"
 # Paths that keep answering while drained and are not counted as work: probes and the operator's tools.
@@ -38,54 +41,61 @@ class Draining(ApplianceError):
 
 
 class DrainState:
-    """The drain flag and the count of requests in flight, under one lock, so a request either starts
-    before the drain (and is waited for) or is refused: none slips in between."""
+    """The drain flag and the count of requests in flight, changed under one lock, so a request either
+    starts before the drain (and is waited for) or is refused: none slips in between.
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._draining = False
-        self._in_flight = 0
-        self._since = 0.0
+    Both live in the node's shared state (appliance/node_state.py), so every gunicorn worker of a node
+    agrees: a drain asked of one worker drains them all, and the in-flight count is all workers' (a
+    worker that died is not waited for). Without a state made by the gunicorn master, this process's own."""
+
+    POLL = 0.01  # seconds between looks at the other workers' counts while waiting for idle
+
+    def __init__(self, node: NodeState | None = None) -> None:
+        self._node = node or node_state()
+        self._cond = threading.Condition()  # wakes this process's waiters at once; others are polled
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self._node.draining()[0]
 
     def enter(self) -> bool:
         """Count one request in; False (not counted) while draining."""
-        with self._cond:
-            if self._draining:
+        with self._node.locked():
+            if self._node.draining()[0]:
                 return False
-            self._in_flight += 1
+            self._node.add_in_flight(1)
             return True
 
     def leave(self) -> None:
+        with self._node.locked():
+            self._node.add_in_flight(-1)
         with self._cond:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._cond.notify_all()
+            self._cond.notify_all()
 
     def drain(self) -> None:
-        with self._cond:
-            if not self._draining:
-                self._draining = True
-                self._since = time.time()
+        with self._node.locked():
+            self._node.set_draining(True)
 
     def undrain(self) -> None:
-        with self._cond:
-            self._draining = False
-            self._since = 0.0
+        with self._node.locked():
+            self._node.set_draining(False)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until no counted request runs (at most `timeout` seconds); True when idle."""
+        """Wait until no counted request runs in any worker (at most `timeout` seconds); True when idle."""
+        deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            return self._cond.wait_for(lambda: self._in_flight == 0, timeout=max(0.0, timeout))
+            while self._node.in_flight() > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, self.POLL if self._node.shared else left))
+            return True
 
     def describe(self) -> dict[str, Any]:
-        with self._cond:
-            return {"draining": self._draining, "in_flight": self._in_flight,
-                    "idle": self._in_flight == 0, "draining_since": self._since or None,
-                    "version": __version__}
+        draining, since = self._node.draining()
+        in_flight = self._node.in_flight()
+        return {"draining": draining, "in_flight": in_flight, "idle": in_flight == 0,
+                "draining_since": since or None, "version": __version__}
 
 
 def exempt(path: str) -> bool:
@@ -154,4 +164,5 @@ def drain_api(app: Flask, authorize: Callable[[], None]) -> Blueprint:
 
 def _json(body: object, status: int = 200) -> Response:
     # Not web.json_response: web.py imports this module.
-    return Response(json.dumps(body), status=status, mimetype="application/json")
+    return Response(orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE), status=status,
+                    mimetype="application/json")

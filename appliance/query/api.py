@@ -1,7 +1,8 @@
 """The native JSON API (`/api/v1/...`): tables, rows, deletes and search.
 
-JSON in and out by default; bulk inserts may send an Arrow IPC stream, and search answers Arrow IPC when
-the client asks for it with `Accept: application/vnd.apache.arrow.stream`.
+JSON in and out by default; bulk inserts may send an Arrow IPC stream; a search may send its query vectors
+as raw float32 or an Arrow IPC stream (bodies.parse_binary_search), and answers Arrow IPC when the client
+asks for it with `Accept: application/vnd.apache.arrow.stream`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.index.params import IndexParams
 from appliance.query.bodies import (
     ARROW_STREAM,
+    BINARY_SEARCH_TYPES,
     parse_arrow_stream,
+    parse_binary_search,
     parse_index_request,
     parse_int,
     parse_json_body,
@@ -100,8 +103,13 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
 
     @api.post("/tables/<name>/search")
     def search(name: str) -> Response:
-        doc = parse_json_body(request.get_data())
-        search_request, batch = parse_search(doc, max_k, max_queries)
+        if request.mimetype in BINARY_SEARCH_TYPES:  # query vectors as float32 or Arrow, the rest in the URL
+            queries, doc = parse_binary_search(request.mimetype, request.get_data(), request.headers,
+                                               request.args, max_queries)
+            search_request, batch = parse_search(doc, max_k, max_queries, queries)
+        else:
+            doc = parse_json_body(request.get_data())
+            search_request, batch = parse_search(doc, max_k, max_queries)
         deadline = requested(service.dispatcher.search_timeout, request.environ, request.headers, doc)
         result = service.search(name, search_request, g.request_id, deadline)
         if ARROW_STREAM in request.headers.get("accept", ""):

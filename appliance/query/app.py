@@ -16,6 +16,7 @@ from appliance.errors import ApplianceError
 from appliance.index import IndexStore
 from appliance.index.catalog import IndexCatalog
 from appliance.metrics import batching_metrics, index_metrics, metrics_of, queue_metrics
+from appliance.planner.plan import Routing
 from appliance.query.admin import admin_api
 from appliance.query.api import native_api
 from appliance.query.auth import ApiKeys, read_key_hashes, require_admin, resolve_api_key
@@ -45,9 +46,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     membership.start()
     dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps,
                             search_timeout=settings.search_timeout)
-    service = QueryService(TableStore(root), dispatcher, IndexCatalog(IndexStore(root)),
+    service = QueryService(TableStore(root, settings.version_check_seconds), dispatcher, IndexCatalog(IndexStore(root)),
                            batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
                            payload_cache_bytes=settings.payload_cache_bytes)
+    service.routing = Routing.from_settings(settings)
     attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from appliance import limits
 from appliance.errors import InvalidInput, LimitExceeded
@@ -19,6 +20,14 @@ from appliance.planner.plan import SearchRequest
 from appliance.storage.tables import check_filter_text
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+OCTET_STREAM = "application/octet-stream"
+DIMENSION_HEADER = "x-vector-dimension"
+BINARY_SEARCH_TYPES = (ARROW_STREAM, OCTET_STREAM)
+MAX_DIMENSION = 65_536  # the largest vector a table may hold (appliance/storage/schema.py)
+# The search fields a binary search body takes as query-string parameters, by type.
+SEARCH_PARAMS: dict[str, type] = {"k": int, "nprobes": int, "refine_factor": int, "timeout_ms": int, "metric": str,
+                                  "filter": str, "columns": list, "prefilter": bool, "bypass_vector_index": bool,
+                                  "explain": bool, "batch": bool}
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -112,15 +121,20 @@ def parse_index_request(doc: dict[str, Any]) -> tuple[bool, str | None, dict[str
     return background, metric, doc
 
 
-def parse_search(doc: dict[str, Any], max_k: int, max_queries: int) -> tuple[SearchRequest, bool]:
-    """A search body -> (request, whether the client sent a batch of vectors)."""
-    if "vector" in doc and "vectors" in doc:
-        raise InvalidInput("give either 'vector' or 'vectors', not both")
-    batch = "vectors" in doc
-    raw = doc.get("vectors") if batch else doc.get("vector")
-    if raw is None:
-        raise InvalidInput("missing 'vector' (one query) or 'vectors' (a batch of queries)")
-    queries = parse_vectors(raw if batch else [raw], "vectors" if batch else "vector")
+def parse_search(doc: dict[str, Any], max_k: int, max_queries: int,
+                 queries: np.ndarray | None = None) -> tuple[SearchRequest, bool]:
+    """A search body -> (request, whether the client sent a batch of vectors). `queries` are the query
+    vectors of a binary body (parse_binary_search), whose other fields come in `doc`."""
+    if queries is not None:
+        batch = parse_bool(doc, "batch", False) or len(queries) > 1
+    else:
+        if "vector" in doc and "vectors" in doc:
+            raise InvalidInput("give either 'vector' or 'vectors', not both")
+        batch = "vectors" in doc
+        raw = doc.get("vectors") if batch else doc.get("vector")
+        if raw is None:
+            raise InvalidInput("missing 'vector' (one query) or 'vectors' (a batch of queries)")
+        queries = parse_vectors(raw if batch else [raw], "vectors" if batch else "vector")
     if len(queries) > max_queries:
         raise LimitExceeded(f"at most {max_queries} query vectors per request, got {len(queries)}")
     k = parse_int(doc, "k", 10, 1, max_k)
@@ -173,3 +187,109 @@ def parse_vectors(raw: Any, field: str) -> np.ndarray:
     if not np.isfinite(queries).all():
         raise InvalidInput(f"'{field}' contains NaN or infinity (or a value beyond float32 range)")
     return queries
+
+
+def parse_binary_search(mimetype: str, raw: bytes, headers: Any, args: Any, max_queries: int
+                        ) -> tuple[np.ndarray, dict[str, Any]]:
+    """A search whose query vectors come as binary -> (queries [n, dimension] float32, the other fields as
+    a search document for parse_search). Two forms, both parsed in microseconds where 384 floats of JSON
+    take 60 us (orjson) to 450 us (json):
+
+    - `application/octet-stream`: raw little-endian float32, `n * dimension` of them, with the dimension
+      in the `x-vector-dimension` header; the body's length must be a whole number of vectors.
+    - `application/vnd.apache.arrow.stream`: an Arrow IPC stream of one column `vector` (a fixed-size
+      list, or lists of one length, of numbers without nulls), one row per query vector.
+
+    The other search fields (k, filter, columns as a comma-separated list, ...) are query-string
+    parameters, each given at most once; an unknown one is refused (a typo would otherwise pass silently)."""
+    doc = search_params(args)
+    if mimetype == OCTET_STREAM:
+        queries = _float32_vectors(raw, headers.get(DIMENSION_HEADER), max_queries)
+    else:
+        queries = _arrow_vectors(raw, max_queries)
+    if not np.isfinite(queries).all():
+        raise InvalidInput("the query vectors contain NaN or infinity")
+    return queries, doc
+
+
+def search_params(args: Any) -> dict[str, Any]:
+    """Query-string search fields (a werkzeug MultiDict) as the values a JSON search body would hold."""
+    doc: dict[str, Any] = {}
+    for name in args:
+        kind = SEARCH_PARAMS.get(name)
+        if kind is None:
+            raise InvalidInput(f"unknown search parameter {shown(name)}",
+                               f"binary search bodies take {', '.join(SEARCH_PARAMS)} in the query string")
+        values = args.getlist(name)
+        if len(values) > 1:
+            raise InvalidInput(f"search parameter '{name}' is given {len(values)} times")
+        text = values[0]
+        if kind is int:
+            try:
+                doc[name] = int(text)
+            except ValueError as exc:
+                raise InvalidInput(f"{name} must be an integer, got {shown(text)}") from exc
+        elif kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise InvalidInput(f"{name} must be true or false, got {shown(text)}")
+            doc[name] = text.lower() in ("true", "1")
+        elif kind is list:
+            doc[name] = [c.strip() for c in text.split(",") if c.strip()]
+        else:
+            doc[name] = text
+    return doc
+
+
+def _float32_vectors(raw: bytes, dimension_text: str | None, max_queries: int) -> np.ndarray:
+    if dimension_text is None:
+        raise InvalidInput(f"an {OCTET_STREAM} search body needs the {DIMENSION_HEADER} header "
+                           "(the number of float32 values in one query vector)")
+    try:
+        dimension = int(dimension_text)
+    except ValueError as exc:
+        raise InvalidInput(f"{DIMENSION_HEADER} must be an integer, got {shown(dimension_text)}") from exc
+    if not 1 <= dimension <= MAX_DIMENSION:
+        raise InvalidInput(f"{DIMENSION_HEADER} must be between 1 and {MAX_DIMENSION}, got {dimension}")
+    width = 4 * dimension
+    if not raw:
+        raise InvalidInput("request body is empty; expected little-endian float32 query vectors")
+    if len(raw) % width:
+        raise InvalidInput(f"a body of {len(raw)} bytes is not a whole number of {dimension}-dimension float32 "
+                           f"vectors ({width} bytes each)")
+    if len(raw) // width > max_queries:
+        raise LimitExceeded(f"at most {max_queries} query vectors per request, got {len(raw) // width}")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(-1, dimension)  # a writable copy
+
+
+def _arrow_vectors(raw: bytes, max_queries: int) -> np.ndarray:
+    if not raw:
+        raise InvalidInput("request body is empty; expected an Arrow IPC stream with a 'vector' column")
+    table = parse_arrow_stream(raw)
+    if table.column_names != ["vector"]:
+        raise InvalidInput("an Arrow search body holds one column, 'vector' (one row per query vector); "
+                           f"got {shown(table.column_names)}")
+    if table.num_rows == 0:
+        raise InvalidInput("the Arrow search body holds no query vector")
+    if table.num_rows > max_queries:
+        raise LimitExceeded(f"at most {max_queries} query vectors per request, got {table.num_rows}")
+    column = table.column("vector").combine_chunks()
+    kind = column.type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+            pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise InvalidInput(f"column 'vector' must be a list of numbers per row, got {kind}")
+    if column.null_count:
+        raise InvalidInput("column 'vector' has a null row")
+    if pa.types.is_fixed_size_list(kind):
+        dimension = kind.list_size
+    else:
+        lengths = pc.list_value_length(column).to_numpy()
+        dimension = int(lengths[0])
+        if (lengths != dimension).any():
+            raise InvalidInput("all query vectors in column 'vector' must have the same dimension")
+    if not 1 <= dimension <= MAX_DIMENSION:
+        raise InvalidInput(f"query vectors must have 1 to {MAX_DIMENSION} values, got {dimension}")
+    values = column.flatten()
+    if values.null_count:
+        raise InvalidInput("column 'vector' has a null value")
+    with np.errstate(over="ignore"):
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dimension)

@@ -64,10 +64,15 @@ class _Table:
 class GroupCommitter:
     """Commits the writes submitted concurrently for one table in rounds (see the module's docstring)."""
 
-    def __init__(self, commit_appends: CommitAppends, max_rows: int, retry_seconds: float) -> None:
+    def __init__(self, commit_appends: CommitAppends, max_rows: int, retry_seconds: float,
+                 on_commit: Callable[[str], None] | None = None) -> None:
+        """`on_commit(table)` runs after every round, committed or not (a failed round may have committed
+        part), before its writes are acknowledged: the table version cache of the node's searches
+        (TableStore.written) learns of the write there, so the next search sees it."""
         if max_rows < 1 or retry_seconds < 0:
             raise ValueError("max_rows must be >= 1 and retry_seconds >= 0")
         self._commit_appends = commit_appends
+        self._on_commit = on_commit
         self._max_rows = max_rows
         self.retry_seconds = retry_seconds
         self._tables: dict[str, _Table] = {}
@@ -110,6 +115,8 @@ class GroupCommitter:
             else:
                 self._append_round(table, members)
         finally:
+            if self._on_commit is not None:
+                self._on_commit(table)
             nxt = self._next_round(table, len(members))
             for member in members[1:]:
                 member.ready.set()

@@ -84,6 +84,19 @@ NATIVE_SEARCH = {
 }
 
 
+OCTET_STREAM = "application/octet-stream"
+BINARY_SEARCH_PARAMS = [
+    {"name": "x-vector-dimension", "in": "header", "required": False, "schema": INT,
+     "description": "values per query vector of an application/octet-stream search body (required with it)"},
+    *(_q(name, schema, "a field of the JSON search body; only with a binary body")
+      for name, schema in (("k", INT), ("metric", STR), ("filter", STR), ("nprobes", INT), ("refine_factor", INT),
+                           ("prefilter", BOOL), ("bypass_vector_index", BOOL), ("explain", BOOL),
+                           ("timeout_ms", INT))),
+    _q("columns", STR, "comma-separated column names; only with a binary body"),
+    _q("batch", BOOL, "answer a list per query even for one vector; only with a binary body"),
+]
+
+
 def _paths() -> dict[str, dict[str, Any]]:
     t = [TABLE]
     return {
@@ -123,8 +136,17 @@ def _paths() -> dict[str, dict[str, Any]]:
         "/api/v1/tables/{name}/delete": {"post": _op("Delete rows matching a filter", tag="native", params=t,
                                                      body=_json({"type": "object", "required": ["filter"],
                                                                  "properties": {"filter": STR}})["content"])},
-        "/api/v1/tables/{name}/search": {"post": _op("Vector search", tag="native", params=t,
-                                                     body=_json(NATIVE_SEARCH)["content"])},
+        "/api/v1/tables/{name}/search": {"post": _op(
+            "Vector search. The query vectors may also come as binary: raw little-endian float32 "
+            "(application/octet-stream, the dimension in the x-vector-dimension header) or an Arrow IPC stream "
+            "of one column `vector` (one row per query); the other fields are then query-string parameters, "
+            "and the answer is a batch (a list per query) when the body holds more than one vector or batch=true",
+            tag="native", params=[*t, *BINARY_SEARCH_PARAMS], body={
+                **_json(NATIVE_SEARCH)["content"],
+                OCTET_STREAM: {"schema": {"type": "string", "format": "binary",
+                                          "description": "n x dimension little-endian float32 values"}},
+                ARROW_STREAM: {"schema": {"type": "string", "format": "binary",
+                                          "description": "an Arrow IPC stream of one column `vector`"}}})},
         "/api/v1/tables/{name}/explain": {"post": _op("The plan of a search", tag="native", params=t,
                                                       body=_json(NATIVE_SEARCH)["content"])},
         "/api/v1/tables/{name}/index": {

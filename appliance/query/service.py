@@ -20,7 +20,7 @@ from appliance.index.builder import Progress, build_full
 from appliance.index.catalog import IndexCatalog
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
-from appliance.planner.plan import SearchPlan, SearchRequest, plan_search
+from appliance.planner.plan import Routing, SearchPlan, SearchRequest, plan_search
 from appliance.query.coalesce import Coalescer
 from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher
@@ -91,10 +91,14 @@ class QueryService:
         self.payload = PayloadCache(payload_cache_bytes)
         self.coalescer: Coalescer[tuple[SearchRequest, str, Deadline | None], SearchResult] | None = (
             Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
-        self.commits = GroupCommitter(self._commit_appends, GROUP_COMMIT_ROWS, COMMIT_RETRY_SECONDS)
+        self.commits = GroupCommitter(self._commit_appends, GROUP_COMMIT_ROWS, COMMIT_RETRY_SECONDS,
+                                      on_commit=store.written)
 
     def create_table(self, name: str, dimension: int, metric: str, payload: Any) -> TableInfo:
-        return self.store.create(name, dimension, metric, payload)
+        try:
+            return self.store.create(name, dimension, metric, payload)
+        finally:  # writes outside group commit tell the search version cache themselves (commits.py does)
+            self.store.written(name)
 
     def list_tables(self) -> list[str]:
         return self.store.list()
@@ -106,7 +110,10 @@ class QueryService:
         return self.store.snapshot(name).dataset.schema
 
     def drop(self, name: str) -> None:
-        self.store.drop(name)
+        try:
+            self.store.drop(name)
+        finally:
+            self.store.written(name)
         self.catalog.indexes.drop(name)
         self.catalog.forget(name)
 
@@ -164,7 +171,7 @@ class QueryService:
     def _search_now(self, name: str, request: SearchRequest, request_id: str, version: int | None,
                     columns: list[str] | None, include_vector: bool, deadline: Deadline | None = None
                     ) -> SearchResult:
-        snapshot = self.store.snapshot(name, version)
+        snapshot = self.store.snapshot(name, version, cached=True)  # no storage call while warm (tables.py)
         if version is not None and version != snapshot.dataset.latest_version:
             request = dataclasses.replace(request, bypass_index=True)  # the index only describes the latest
         if columns is None:
@@ -186,9 +193,18 @@ class QueryService:
             arrays[column] = pa.array([payload[int(r)][column] for r in row_ids], type=schema.field(column).type)
         return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
 
+    routing = Routing()  # how plans group tasks for routing; app.py sets it from the settings
+
     def explain(self, name: str, request: SearchRequest) -> SearchPlan:
+        """The plan of a search, with the executors its routing keys go to now (None when none is live)."""
         snapshot = self.store.snapshot(name)
-        return self._plan(snapshot, request)
+        plan = self._plan(snapshot, request)
+        try:
+            assignment = self.dispatcher.assignment(plan)
+        except Unavailable:
+            return plan
+        return dataclasses.replace(plan, assignment={
+            node: sorted({t.key for t in tasks}) for node, tasks in sorted(assignment.items())})
 
     def _plan(self, snapshot: TableSnapshot, request: SearchRequest) -> SearchPlan:
         index = None if request.bypass_index else self.catalog.current(snapshot.name)
@@ -197,7 +213,7 @@ class QueryService:
             snapshot.validate_filter(request.filter)
             rows = max(1, snapshot.dataset.count_rows())
             selectivity = len(snapshot.matching_row_ids(request.filter)) / rows
-        plan = plan_search(snapshot, request, index, selectivity, self.prefilter_threshold)
+        plan = plan_search(snapshot, request, index, selectivity, self.prefilter_threshold, self.routing)
         if plan.uses_index:  # the index's own refine_factor counts when the request names none (per query
             limits.check_candidates(request.k, plan.refine_factor)  # vector: batching stacks requests' queries)
         return plan
@@ -256,7 +272,10 @@ class QueryService:
         drops its IVF index: the index describes rows that no longer exist."""
         def create() -> TableInfo:
             existed = mode == "overwrite" and name in self.store.list()
-            info = self.store.create_from_arrow(name, schema, data, metric, mode)
+            try:
+                info = self.store.create_from_arrow(name, schema, data, metric, mode)
+            finally:
+                self.store.written(name)
             if existed:
                 self.drop_index(name)
             if info.rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from lance.fragment import LanceFragment
 from appliance import limits
 from appliance.errors import InvalidInput, Overloaded, RetryableConflict, TableExists, TableNotFound
 from appliance.lru import Lru
+from appliance.node_state import NodeState, node_state
 from appliance.storage import lance_errors
 from appliance.storage.filters import check_expression
 from appliance.storage.root import StorageRoot
@@ -183,11 +185,17 @@ class TableStore:
     new files (tests/integration/test_api.py, test_lancedb_client.py).
     """
 
-    def __init__(self, root: StorageRoot) -> None:
+    def __init__(self, root: StorageRoot, version_check_seconds: float = 0.0, node: NodeState | None = None) -> None:
+        """`version_check_seconds` > 0 keeps the latest snapshot of each table for searches that long
+        (snapshot(cached=True)); `node` is the state this node's workers share (appliance/node_state.py),
+        whose per-table write counters invalidate it across workers."""
         self.root = root
         self._options = root.lance_options()
         self._session = lance.Session(index_cache_size_bytes=LANCE_CACHE_BYTES,
                                       metadata_cache_size_bytes=LANCE_CACHE_BYTES)
+        self.version_check_seconds = version_check_seconds
+        self._node = node or node_state()
+        self._latest: dict[str, tuple[TableSnapshot, int, float]] = {}  # name -> (snapshot, counter, opened at)
 
     def uri(self, name: str) -> str:
         check_table_name(name)
@@ -222,8 +230,33 @@ class TableStore:
         ]
         return sorted(n for n in names if _NAME.match(n))
 
-    def snapshot(self, name: str, version: int | None = None) -> TableSnapshot:
-        """Open a table at a version (latest when None), pinning it for the caller."""
+    def snapshot(self, name: str, version: int | None = None, cached: bool = False) -> TableSnapshot:
+        """Open a table at a version (latest when None), pinning it for the caller.
+
+        `cached` (searches only: the snapshot is shared, never written through) reuses the latest version
+        opened within `version_check_seconds`, unless a worker of this node has committed a write to the
+        table since (its counter in the node state moved): a warm search then makes no storage call at
+        all, where opening lists the table's versions on storage (a LIST or a GET on S3). Writes commit
+        through snapshots of their own, opened fresh (a write through a stale one could miss rows)."""
+        caching = cached and version is None and self.version_check_seconds > 0
+        if caching:
+            counter = self._node.table_counter(name)
+            started = time.monotonic()
+            known = self._latest.get(name)
+            if known is not None and known[1] == counter and started - known[2] < self.version_check_seconds:
+                return known[0]
+        snap = self._open(name, version)
+        if caching:
+            self._latest[name] = (snap, counter, started)
+        return snap
+
+    def written(self, name: str) -> None:
+        """A write to `name` committed through this node: its next search, on any worker, opens the latest
+        version again. Called before the write is acknowledged (commits.py, service.py)."""
+        self._latest.pop(name, None)
+        self._node.table_written(name)
+
+    def _open(self, name: str, version: int | None) -> TableSnapshot:
         uri = self.uri(name)
         try:
             ds = lance.dataset(uri, version=version, storage_options=self._options, session=self._session)
