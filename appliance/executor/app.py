@@ -6,10 +6,13 @@ environment (`appliance up` sets them).
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from flask import Flask, Response, request
 
 import kernels
@@ -17,11 +20,12 @@ from appliance import __version__, limits
 from appliance.cache import TieredCache, cache_folder, disk_budget, ram_budget
 from appliance.config import Settings
 from appliance.deadline import Deadline, client_gone
-from appliance.drain import drain_api
+from appliance.drain import drain_api, drain_state
 from appliance.errors import Forbidden, InvalidInput, LimitExceeded
-from appliance.executor.runner import TaskRunner
+from appliance.executor.flight import start_flight_server
+from appliance.executor.runner import BatchStats, TaskRunner
 from appliance.index import IndexStore
-from appliance.metrics import cache_metrics, metrics_of
+from appliance.metrics import Metrics, cache_metrics, metrics_of
 from appliance.planner import wire
 from appliance.planner.plan import Task
 from appliance.storage import TableStore
@@ -29,6 +33,7 @@ from appliance.storage.tables import raise_if_rejected
 from appliance.web import configure_logging, install_common, json_response, require_secret
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
+log = logging.getLogger("appliance.executor")
 
 # What one task batch may ask of an executor, checked before any work (appliance/limits.py has the bounds
 # checked at the edge; these leave room for what the query node adds to them: a plan's fetch_k widens by 4
@@ -68,17 +73,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = metrics_of(app)
     metrics.add_gauges(cache_metrics(runner.cache.stats))
 
+    advertised: dict[str, object] = {}  # the Flight port, once its server runs: query nodes learn it here
+
     @app.get("/healthz")
     def healthz() -> Response:
-        return json_response({"status": "ok", "role": "executor", "version": __version__})
+        return json_response({"status": "ok", "role": "executor", "version": __version__, **advertised})
 
     @app.get("/readyz")
     def readyz() -> Response:
-        # 503 while drained (appliance/drain.py answers it): query nodes probe this to route around a drained executor
-        return json_response({"ready": True, "role": "executor", "version": __version__})
+        # 503 while drained (appliance/drain.py answers it): query nodes probe this to route around a drained
+        # executor, and learn from it where its Flight server listens (none: they send batches over HTTP)
+        return json_response({"ready": True, "role": "executor", "version": __version__, **advertised})
 
     app.register_blueprint(drain_api(app, lambda: require_secret(INTERNAL_TOKEN_HEADER, settings.internal_token,
                                                                   Forbidden)))
+
+    batches = BatchRunner(runner, metrics, settings.search_timeout)
 
     @app.post("/internal/v1/search")
     def search() -> Response:
@@ -89,27 +99,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         if len(arrays) != 1 or arrays[0].ndim != 2 or arrays[0].dtype != np.float32:
             raise InvalidInput("a task batch carries exactly one float32 [nq, dimension] query matrix")
-        try:
-            tasks = [Task.from_json(t) for t in header["tasks"]]
-            k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(f"malformed task batch: {exc}") from exc
-        check_batch(tasks, arrays[0], k)
-        deadline = Deadline.after(_timeout_of(header, settings.search_timeout), client_gone(request.environ))
-        try:
-            ids, dists, stats = runner.run(tasks, arrays[0], k, metric, predicate, deadline.check)
-        except MemoryError as exc:
-            raise TooExpensive("the task batch needs more memory than this executor has",
-                               f"{type(exc).__name__}: {exc}"[:500]) from exc
-        except (OSError, ValueError) as exc:
-            # a filter that type-checked on the query node but fails on the data (bad regex, division by
-            # zero) is the client's error: a 5xx here would make the dispatcher retry it elsewhere
-            if predicate is not None:
-                raise_if_rejected(exc)
-            if isinstance(exc, ValueError):  # ArrowInvalid, a kernel's argument check, a partition not there
-                raise InvalidInput("the executor refused the task batch", str(exc)[:500]) from exc
-            raise
-        metrics.observe_batch(stats.seconds, (t.kind for t in tasks))
+        ids, dists, stats = batches.run(header, arrays[0], client_gone(request.environ))
         body = wire.encode(
             {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds},
             [ids, dists],
@@ -121,7 +111,55 @@ def create_app(settings: Settings | None = None) -> Flask:
         require_secret(INTERNAL_TOKEN_HEADER, settings.internal_token, Forbidden)
         return json_response(runner.cache.stats())
 
+    host, port = bound_address(sys.argv, settings.host, settings.port)
+    if settings.flight_port_offset:
+        # the data plane: task batches over Arrow Flight, beside this HTTP control plane (appliance/executor/flight.py)
+        try:
+            flight = start_flight_server(host, port + settings.flight_port_offset, settings.internal_token, batches,
+                                         drain_state(app))
+            advertised["flight_port"] = flight.port
+        except (pa.ArrowException, OSError) as exc:  # FlightError is an ArrowException
+            # a port taken by another process: this executor still serves, its batches coming over HTTP
+            log.error("no Arrow Flight server on %s:%d (%s); query nodes will send task batches over HTTP",
+                      host, port + settings.flight_port_offset, exc)
     return app
+
+
+class BatchRunner:
+    """One task batch, whichever transport brought it: its header checked, its bounds, its deadline, and
+    what the runner raises turned into the error the request deserves."""
+
+    def __init__(self, runner: TaskRunner, metrics: Metrics, default_timeout: float) -> None:
+        self._runner = runner
+        self._metrics = metrics
+        self._default_timeout = default_timeout
+
+    def run(self, header: dict[str, Any], queries: np.ndarray, gone: Callable[[], bool]
+            ) -> tuple[np.ndarray, np.ndarray, BatchStats]:
+        """(ids, distances, stats) of the batch. Raises ApplianceError for what the request did wrong (4xx),
+        DeadlineExceeded past its deadline, Cancelled once `gone` says the query node hung up."""
+        try:
+            tasks = [Task.from_json(t) for t in header["tasks"]]
+            k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"malformed task batch: {exc}") from exc
+        check_batch(tasks, queries, k)
+        deadline = Deadline.after(_timeout_of(header, self._default_timeout), gone)
+        try:
+            ids, dists, stats = self._runner.run(tasks, queries, k, metric, predicate, deadline.check)
+        except MemoryError as exc:
+            raise TooExpensive("the task batch needs more memory than this executor has",
+                               f"{type(exc).__name__}: {exc}"[:500]) from exc
+        except (OSError, ValueError) as exc:
+            # a filter that type-checked on the query node but fails on the data (bad regex, division by
+            # zero) is the client's error: a 5xx here would make the dispatcher retry it elsewhere
+            if predicate is not None:
+                raise_if_rejected(exc)
+            if isinstance(exc, ValueError):  # ArrowInvalid, a kernel's argument check, a partition not there
+                raise InvalidInput("the executor refused the task batch", str(exc)[:500]) from exc
+            raise
+        self._metrics.observe_batch(stats.seconds, (t.kind for t in tasks))
+        return ids, dists, stats
 
 
 def _timeout_of(header: dict[str, object], default: float) -> float:
@@ -144,7 +182,14 @@ def bound_port(argv: Sequence[str], default: int) -> int:
     """The port gunicorn serves this executor on (`--bind host:port`, as `appliance up` and `appliance serve`
     start it): the one thing that tells the executors of one machine apart, and stays the same across a
     restart, so it names the executor's cache folder. `default` when not started that way."""
+    return bound_address(argv, "", default)[1]
+
+
+def bound_address(argv: Sequence[str], default_host: str, default_port: int) -> tuple[str, int]:
+    """(host, port) gunicorn serves this executor on (`--bind host:port`); the Flight server listens on the
+    same host. The defaults (the `host` and `port` settings) when not started that way."""
     for flag, value in zip(argv, argv[1:], strict=False):
-        if flag in ("--bind", "-b") and value.rpartition(":")[2].isdigit():
-            return int(value.rpartition(":")[2])
-    return default
+        host, _, port = value.rpartition(":")
+        if flag in ("--bind", "-b") and port.isdigit():
+            return host.strip("[]") or "0.0.0.0", int(port)
+    return default_host, default_port

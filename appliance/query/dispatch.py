@@ -1,13 +1,15 @@
 """Sends a plan's tasks to executors and merges what comes back.
 
-Tasks are grouped per executor with bounded-load consistent hashing, and each executor gets one request
-for all its tasks (sent concurrently over pooled keep-alive connections), carrying the search's deadline.
+Tasks are grouped per executor with bounded-load consistent hashing, and each executor gets one batch of
+all its tasks, carrying the search's deadline: one message on an open Arrow Flight stream
+(appliance/routing/flight_client.py), or, to an executor whose /readyz names no Flight port (an older
+version), one request over a pooled keep-alive HTTP connection. Both transports end in the classes below.
 
 Who is to blame decides what happens when a batch fails:
 
-- the executor could not be reached, broke the connection, timed out, answered 503 (draining, its storage
-  unreachable) or refused our token: it is marked down and its tasks go to the next live member of the
-  ring, so a query survives the death of any executor as long as one is left;
+- the executor could not be reached, broke the connection or the stream, timed out, answered 503
+  (draining, its storage unreachable) or refused our token: it is marked down and its tasks go to the next
+  live member of the ring, so a query survives the death of any executor as long as one is left;
 - it answered 4xx: the request is at fault (a bad filter, a bound exceeded, an absurd allocation). The
   error goes back to the client once, as the executor put it; no executor is marked down and nothing is
   re-sent, so one bad request cannot take the fleet out for everyone else;
@@ -20,14 +22,13 @@ While waiting, the dispatcher watches the health probe (appliance/routing/member
 on an executor the probe has since marked down (hung, SIGSTOPped, partitioned away) is abandoned and re-sent
 to the next member at once (at most `max_hedges` times per search), so a hung executor costs a search about
 one health interval, not the request timeout. When the deadline passes or the client hangs up, the
-dispatcher abandons every batch still running: it closes their connections, which the executors notice
-between tasks, so the plan's work stops everywhere.
+dispatcher abandons every batch still running: it cancels their streams (or closes their connections),
+which the executors notice between tasks, so the plan's work stops everywhere.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 import kernels
 from appliance.deadline import Cancelled, Deadline
@@ -42,6 +44,7 @@ from appliance.errors import ApplianceError, DeadlineExceeded, Unavailable
 from appliance.planner import wire
 from appliance.planner.plan import SearchPlan, Task
 from appliance.routing.connections import ConnectionPool, InFlight
+from appliance.routing.flight_client import FlightStreams
 from appliance.routing.membership import Membership
 from appliance.routing.ring import NoLiveNodes
 
@@ -99,6 +102,7 @@ class Dispatcher:
         self.search_timeout = search_timeout  # a search's deadline unless the client asks for less
         self._max_hedges = max_hedges
         self._connections = ConnectionPool(timeout, max_idle=max_parallel)
+        self._streams = FlightStreams(token, max_idle=max_parallel)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="dispatch")
 
     # metrics hook (appliance/metrics.py): called with (seconds, ok) once per executor batch
@@ -113,12 +117,14 @@ class Dispatcher:
         return self._assign(plan.tasks, self._membership.down())
 
     def _assign(self, tasks: list[Task], exclude: set[str]) -> dict[str, list[Task]]:
-        by_key = {t.key: t for t in tasks}
+        by_key: dict[str, list[Task]] = {}  # many tasks share a key: a routing group (planner/plan.py)
+        for task in tasks:
+            by_key.setdefault(task.key, []).append(task)
         try:
             groups = self._membership.ring.assign(list(by_key), eps=self._eps, exclude=exclude)
         except NoLiveNodes as exc:
             raise Unavailable("no executor is available to run the query") from exc
-        return {node: [by_key[k] for k in keys] for node, keys in groups.items()}
+        return {node: [t for k in keys for t in by_key[k]] for node, keys in groups.items()}
 
     def search(self, plan: SearchPlan, queries: np.ndarray, request_id: str = "",
                deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -187,41 +193,58 @@ class Dispatcher:
 
     def _send(self, batch: _Batch, plan: SearchPlan, queries: np.ndarray, request_id: str, deadline: Deadline
               ) -> tuple[np.ndarray, np.ndarray]:
-        left_ms = max(1, int(deadline.remaining() * 1000))
-        body = wire.encode(
-            {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
-             "filter": plan.filter, wire.TIMEOUT_FIELD: left_ms},
-            [queries],
-        )
-        headers = {INTERNAL_TOKEN_HEADER: self._token, "content-type": wire.CONTENT_TYPE,
-                   "x-request-id": request_id}
+        """Run one batch on its executor: over Arrow Flight when the executor's /readyz named a Flight port,
+        else over HTTP (an executor of an older version, or Flight turned off). Both transports' failures
+        end in the same classes, so who is blamed does not depend on the transport."""
+        header = {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
+                  "filter": plan.filter, wire.TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)),
+                  wire.REQUEST_ID_FIELD: request_id}
+        location = self._membership.flight_location(batch.node)
         started = time.perf_counter()
         try:
-            status, content = self._connections.request("POST", batch.node, "/internal/v1/search", body, headers,
-                                                         batch.call)
+            if location is not None:
+                doc, answer = self._streams.exchange(location, header, wire.queries_batch(queries), batch.call)
+                status = int(doc.get("status", 200))
+                error = (str(doc.get("code", "")), str(doc.get("error", "")), doc.get("detail"))
+            else:
+                status, content = self._connections.request(
+                    "POST", batch.node, "/internal/v1/search", wire.encode(header, [queries]),
+                    {INTERNAL_TOKEN_HEADER: self._token, "content-type": wire.CONTENT_TYPE, "x-request-id": request_id},
+                    batch.call)
+                error = _error_of(content) if status != 200 else ("", "", None)
         except (OSError, http.client.HTTPException) as exc:
             self._observe(started, False)
-            raise ExecutorFailed(type(exc).__name__) from exc
+            raise ExecutorFailed(str(exc) if location is not None else type(exc).__name__) from exc
         self._observe(started, status < 400)
-        if status == 200:
+        if status != 200:
+            raise _failure(status, *error)
+        try:
+            if location is not None:
+                return wire.result_of(answer, len(queries), plan.fetch_k)
             _, (ids, dists) = wire.decode(content)
             return ids, dists
-        error = _error_of(content)
-        if status == 504 or error[0] == DeadlineExceeded.code:
-            raise DeadlineExceeded(f"the search ran past its deadline on an executor: {error[1]}", error[2])
-        if status in (401, 403) or status >= 502 or status == Cancelled.status:
-            # 401/403: this executor has another internal token, a misconfigured member, not bad input;
-            # 503: draining or cut off from storage; 499: it saw our connection close
-            raise ExecutorFailed(f"HTTP {status} {error[0]}")
-        if status >= 500:
-            raise ExecutorError(f"HTTP {status} {error[0]}: {error[1]}", error[2] or "")
-        raise ExecutorRejected(status, error[0], f"executor rejected the task batch: {error[1]}", error[2])
+        except wire.WireError as exc:
+            raise ExecutorError("the executor answered a malformed task batch result", str(exc)) from exc
+
+
+def _failure(status: int, code: str, message: str, detail: str | None) -> Exception:
+    """What an executor's refusal of a batch means, from its HTTP status (the Flight transport carries the
+    same status in its answer's metadata)."""
+    if status == 504 or code == DeadlineExceeded.code:
+        return DeadlineExceeded(f"the search ran past its deadline on an executor: {message}", detail)
+    if status in (401, 403) or status >= 502 or status == Cancelled.status:
+        # 401/403: this executor has another internal token, a misconfigured member, not bad input;
+        # 503: draining or cut off from storage; 499: it saw our connection close
+        return ExecutorFailed(f"HTTP {status} {code}")
+    if status >= 500:
+        return ExecutorError(f"HTTP {status} {code}: {message}", detail or "")
+    return ExecutorRejected(status, code, f"executor rejected the task batch: {message}", detail)
 
 
 def _error_of(content: bytes) -> tuple[str, str, str | None]:
     """(code, message, detail) of an executor's JSON error."""
     try:
-        doc = json.loads(content)
+        doc = orjson.loads(content)
         return str(doc.get("code", "")), str(doc.get("error", "")), doc.get("detail")
-    except (ValueError, AttributeError):
+    except (orjson.JSONDecodeError, AttributeError):
         return "", content[:200].decode("utf-8", "replace"), None

@@ -19,6 +19,7 @@ import http.client
 import socket
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 # what a connection the server already closed raises on reuse, before any byte of an answer arrives
@@ -26,31 +27,52 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class InFlight:
-    """A handle on one request in progress, so another thread can abandon it (hedging, a deadline)."""
+    """A handle on one request in progress, so another thread can abandon it (hedging, a deadline).
+
+    The transport attaches what abandons its request: an HTTP connection (shut down, so the thread blocked
+    on the answer gets an OSError at once and the server sees the connection close), or any cancel
+    callable (a Flight stream's `reader.cancel`, appliance/routing/flight_client.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
+        self._cancel: Callable[[], None] | None = None
         self.aborted = False
 
     def attach(self, conn: http.client.HTTPConnection) -> None:
+        self.on_abort(lambda: _shut_down(conn))
+
+    def on_abort(self, cancel: Callable[[], None]) -> None:
+        """Call `cancel` when the request is abandoned; raises ConnectionAbortedError (after calling it) if
+        it already was."""
         with self._lock:
-            self._conn = conn
+            self._cancel = cancel
             if not self.aborted:
                 return
+        cancel()
         raise ConnectionAbortedError("the request was abandoned")
 
+    def detach(self) -> bool:
+        """The request is over: an abort from now on touches nothing. False if it was abandoned before."""
+        with self._lock:
+            self._cancel = None
+            return not self.aborted
+
     def abort(self) -> None:
-        """Shut the request's connection down (idempotent); the thread waiting on it gets an OSError."""
+        """Abandon the request (idempotent); the thread waiting on it gets an error."""
         with self._lock:
             self.aborted = True
-            conn = self._conn
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+
+def _shut_down(conn: http.client.HTTPConnection) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 class ConnectionPool:

@@ -1,18 +1,24 @@
-"""Which executors are alive, as seen from one query node.
+"""Which executors are alive, as seen from one query node, and where their Arrow Flight servers listen.
 
 The ring is built over every configured executor and never changes while the process runs; liveness
 only *excludes* members. So when an executor dies its keys fall to the next member on the ring (and only
 its keys move), and when it comes back its keys return to it, where its cache still is.
+
+An executor's `/readyz` says which port its Flight server (the search hop, appliance/executor/flight.py)
+listens on, on the host of its URL; one that says none (an older version met during a rolling upgrade, or
+Flight turned off) is sent its task batches over HTTP.
 """
 
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import orjson
 
 from appliance.routing.connections import ConnectionPool
 from appliance.routing.ring import HashRing
@@ -28,6 +34,7 @@ class MemberState:
     last_seen: float = 0.0
     last_error: str = ""
     failures: int = 0
+    flight: str | None = None  # grpc+tcp://host:port of its Flight server, as its last answered probe said
 
 
 class Membership:
@@ -60,24 +67,43 @@ class Membership:
 
     def probe_all(self) -> None:
         for url in list(self._states):
-            ok, draining, error = self._probe(url)
+            ok, draining, error, doc = self._probe(url)
             self._record(url, ok, error, draining)
+            if ok and not draining:
+                self._learn_flight(url, doc.get("flight_port"))
 
-    def _probe(self, url: str) -> tuple[bool, bool, str]:
-        """(alive, draining, error) from the executor's `/readyz`: 503 with `"draining": true` is a live
-        executor being taken out (POST /admin/drain), excluded from routing but not counted as failing. An
-        executor without `/readyz` (an older version, mid-upgrade) is probed on `/healthz`."""
+    def _probe(self, url: str) -> tuple[bool, bool, str, dict]:
+        """(alive, draining, error, answer) from the executor's `/readyz`: 503 with `"draining": true` is a
+        live executor being taken out (POST /admin/drain), excluded from routing but not counted as failing.
+        An executor without `/readyz` (an older version, mid-upgrade) is probed on `/healthz`."""
         try:
             status, body = self._connections.request("GET", url, "/readyz")
             if status == 404:
                 status, body = self._connections.request("GET", url, "/healthz")
         except (OSError, http.client.HTTPException) as exc:
-            return False, False, type(exc).__name__
+            return False, False, type(exc).__name__, {}
+        doc = _json_object(body)
         if status == 200:
-            return True, False, ""
-        if status == 503 and _is_draining(body):
-            return True, True, ""
-        return False, False, f"answered {status}"
+            return True, False, "", doc
+        if status == 503 and doc.get("draining"):
+            return True, True, "", doc
+        return False, False, f"answered {status}", doc
+
+    def _learn_flight(self, url: str, port: object) -> None:
+        location = None
+        if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+            host = urlsplit(url).hostname or ""
+            location = f"grpc+tcp://{f'[{host}]' if ':' in host else host}:{port}"
+        with self._lock:
+            state = self._states[url]
+            if location != state.flight:
+                log.info("executor %s: task batches go %s", url, f"over Flight to {location}" if location
+                         else "over HTTP")
+            state.flight = location
+
+    def flight_location(self, url: str) -> str | None:
+        """Where to send `url`'s task batches over Flight; None: over HTTP."""
+        return self._states[url].flight
 
     def _record(self, url: str, ok: bool, error: str, draining: bool = False) -> None:
         with self._lock:
@@ -114,13 +140,14 @@ class Membership:
         with self._lock:
             return [
                 {"url": s.url, "healthy": s.healthy, "draining": s.draining,
-                 "last_seen": s.last_seen, "last_error": s.last_error}
+                 "last_seen": s.last_seen, "last_error": s.last_error, "flight": s.flight}
                 for s in self._states.values()
             ]
 
 
-def _is_draining(body: bytes) -> bool:
+def _json_object(body: bytes) -> dict:
     try:
-        return bool(json.loads(body).get("draining"))
-    except (ValueError, AttributeError):
-        return False
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
