@@ -1,14 +1,29 @@
-"""Search requests and the plans compiled from them."""
+"""Search requests and the plans compiled from them, and how a plan's tasks are grouped for routing.
+
+Routing works on *groups*, not single tasks: a table's IVF partitions are cut into groups of consecutive
+partitions whose index objects add up to at most `partition_group_bytes`, and its fragments likewise, and
+every task carries its group's key. Tasks of one key meet one executor (and its cache), so a small table
+lives whole on one executor and a large one spreads over the ring. A plan whose work (bytes scanned,
+counted once per query) is under `fanout_min_bytes` sends every task under the key of its largest group:
+one executor, one hop. Groups come from the manifest and the fragments' row counts alone (no I/O), so every
+query node computes the same keys.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import xxhash
 
 import kernels
+from appliance.config import Settings
 from appliance.errors import InvalidInput
 from appliance.index.catalog import LoadedIndex
+from appliance.index.manifest import IndexManifest
+from appliance.routing.ring import replica_key
 from appliance.storage.schema import METRICS
 from appliance.storage.tables import TableSnapshot
 
@@ -32,9 +47,53 @@ FRAGMENT = "fragment"
 PARTITION = "partition"
 
 
+
+def _setting(name: str) -> Any:
+    return Settings.__dataclass_fields__[name].default  # declared once, in config.py, with its reasons
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How the planner groups tasks for routing (config.py: `partition_group_bytes`, `fanout_min_bytes`)."""
+
+    partition_group_bytes: int = _setting("partition_group_bytes")
+    fanout_min_bytes: int = _setting("fanout_min_bytes")
+    group_replicas: int = _setting("group_replicas")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Routing:
+        return cls(settings.partition_group_bytes, settings.fanout_min_bytes, settings.group_replicas)
+
+    def __post_init__(self) -> None:
+        if self.partition_group_bytes < 1:
+            raise ValueError(f"partition_group_bytes must be at least 1, got {self.partition_group_bytes}")
+        if self.fanout_min_bytes < 0:
+            raise ValueError(f"fanout_min_bytes must be non-negative, got {self.fanout_min_bytes}")
+        if self.group_replicas < 1:
+            raise ValueError(f"group_replicas must be at least 1, got {self.group_replicas}")
+
+    def replica(self, queries: np.ndarray) -> int:
+        """Which replica of its groups a search goes to: a hash of its query vectors, so searches spread
+        over the replicas and a repeated one meets the same cache."""
+        if self.group_replicas == 1:
+            return 0
+        return xxhash.xxh3_64_intdigest(np.ascontiguousarray(queries).data) % self.group_replicas
+
+
+@dataclass(frozen=True)
+class GroupWork:
+    """One routing group a plan touches: its key, how many of the plan's tasks fall in it, and their work."""
+
+    key: str
+    tasks: int
+    work_bytes: int
+
+
 @dataclass(frozen=True)
 class Task:
-    """One unit of executor work. `key` is what routing hashes, so equal keys meet the same cache.
+    """One unit of executor work. `key` is what routing hashes, so equal keys meet the same cache: the key
+    of the task's group (or, when the plan does not fan out, of the plan's largest group), shared by many
+    tasks; `name` tells one task from another.
 
     A `fragment` task flat-scans one fragment of the pinned table version; a `partition` task scans one
     IVF partition (and its deltas) of a published index version.
@@ -49,6 +108,13 @@ class Task:
     index_version: int = -1
     partition: int = -1
     queries: tuple[int, ...] | None = None  # the batch's queries that probe this partition; None: all
+
+    @property
+    def name(self) -> str:
+        """What the task scans, unique within a plan: `T/index/v<N>/partition/<p>` or `T/fragment/<id>`."""
+        if self.kind == PARTITION:
+            return partition_key(self.table, self.index_version, self.partition)
+        return fragment_key(self.table, self.fragment_id)
 
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {
@@ -104,6 +170,19 @@ class SearchPlan:
     postfilter: bool = False
     verify_alive: bool = False  # the index may still hold rows deleted since it was built
     selectivity: float | None = None
+    groups: list[GroupWork] = field(default_factory=list)  # routing groups touched, largest work first
+    work_bytes: int = 0  # bytes the tasks scan, counted once per query that needs them
+    fanout: bool = False  # tasks keep their groups' keys (else all go under the largest group's key)
+    replica: int = 0  # which replica of its groups the tasks are keyed to (routing/ring.py replica_key)
+    assignment: dict[str, list[str]] | None = None  # executor -> routing keys, filled in by explain
+
+    @property
+    def executors(self) -> int:
+        """Executors the plan goes to: from the assignment when known, else as planned (1 unless it fans
+        out; a fanned-out plan goes to at most one executor per group)."""
+        if self.assignment is not None:
+            return len(self.assignment)
+        return len(self.groups) if self.fanout else min(1, len(self.groups))
 
     @property
     def uses_index(self) -> bool:
@@ -123,19 +202,98 @@ class SearchPlan:
             "nprobes": self.nprobes,
             "partitions_probed": self.partitions,
             "refine_factor": self.refine_factor,
-            "tasks": [t.key for t in self.tasks],
+            "tasks": [t.name for t in self.tasks],
+            "work_bytes": self.work_bytes,
+            "fanout": self.fanout,
+            "replica": self.replica,
+            "groups": [{"key": g.key, "tasks": g.tasks, "work_bytes": g.work_bytes} for g in self.groups],
+            "executors": self.executors,
+            "assignment": self.assignment,
         }
 
 
 def fragment_key(table: str, fragment_id: int) -> str:
-    """The routing key of a fragment carries no version: appends only add fragments, so a fragment keeps
-    its executor (and that executor's cache) across versions. What the executor reads is still pinned by
-    the task's version."""
+    """The name of a fragment's task (its routing key is its group's, `fragment_group_key`). It carries no
+    version: what the executor reads is pinned by the task's version."""
     return f"{table}/fragment/{fragment_id}"
 
 
 def partition_key(table: str, index_version: int, partition: int) -> str:
     return f"{table}/index/v{index_version}/partition/{partition}"
+
+
+def partition_group_key(table: str, index_version: int, group: int) -> str:
+    """A partition group's routing key: stable for the life of one index version, new with the next one."""
+    return f"{table}/index/v{index_version}/group/{group}"
+
+
+def fragment_group_key(table: str, group: int) -> str:
+    """A fragment group's routing key; like a fragment's, it carries no table version, since appends only
+    add fragments after the last group."""
+    return f"{table}/fragments/group/{group}"
+
+
+def group_numbers(sizes: Sequence[int], budget: int) -> list[int]:
+    """The group of each member, in order: consecutive members whose sizes add up to at most `budget`; a
+    member larger than the budget is a group of its own. Appending members never moves earlier ones."""
+    numbers: list[int] = []
+    group, used = 0, 0
+    for size in sizes:
+        if numbers and used + size > budget:  # the group so far has members, and this one does not fit
+            group, used = group + 1, 0
+        numbers.append(group)
+        used += size
+    return numbers
+
+
+_PARTITION_GROUPS: dict[tuple[object, ...], tuple[list[int], list[int]]] = {}
+_MEMO_INDEXES = 256
+
+
+def partition_groups(manifest: IndexManifest, budget: int) -> tuple[list[int], list[int]]:
+    """(group of each partition, bytes of each partition: its base and delta objects) of an index version,
+    remembered per version, since every query of it asks again."""
+    memo = (manifest.table, manifest.generation, manifest.index_version, manifest.created_at,
+            manifest.centroids.checksum, manifest.nlist, budget)  # names one published manifest
+    known = _PARTITION_GROUPS.get(memo)
+    if known is None:
+        sizes = [sum(ref.size for ref in refs) for refs in manifest.partitions]
+        known = (group_numbers(sizes, budget), sizes)
+        if len(_PARTITION_GROUPS) >= _MEMO_INDEXES:
+            _PARTITION_GROUPS.clear()  # one atomic step, safe beside other threads' lookups
+        _PARTITION_GROUPS[memo] = known
+    return known
+
+
+def fragment_groups(snapshot: TableSnapshot, budget: int) -> dict[int, tuple[int, int]]:
+    """(group, bytes of its vectors) of every fragment of the pinned version, grouped in fragment id order;
+    the row counts come from the version's manifest, already in memory."""
+    rows = sorted((f.fragment_id, f.metadata.physical_rows) for f in snapshot.dataset.get_fragments())
+    per_row = snapshot.dimension * 4
+    sizes = [n * per_row for _, n in rows]
+    return {fid: (group, size) for (fid, _), group, size in zip(rows, group_numbers(sizes, budget), sizes,
+                                                                  strict=True)}
+
+
+def route(planned: list[tuple[str, int]], routing: Routing, replica: int = 0
+          ) -> tuple[list[str], list[GroupWork], int, bool]:
+    """The routing key of each task from its (group's key, bytes it scans x queries): its group's key when
+    the plan's work reaches `fanout_min_bytes` (one executor per group, in parallel), else the key of the
+    group holding most of the work (one executor, one hop); of the given replica of that group. Returns
+    the keys, the groups largest work first, the work, and whether the plan fans out."""
+    per_group: dict[str, list[int]] = {}
+    for key, work in planned:
+        counts = per_group.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += work
+    groups = sorted((GroupWork(key, n, work) for key, (n, work) in per_group.items()),
+                    key=lambda g: (-g.work_bytes, g.key))
+    total = sum(g.work_bytes for g in groups)
+    fanout = len(groups) > 1 and total >= routing.fanout_min_bytes
+    keys = [key for key, _ in planned] if fanout or not groups else [groups[0].key] * len(planned)
+    if replica:
+        keys = [replica_key(key, replica) for key in keys]
+    return keys, groups, total, fanout
 
 
 def plan_search(
@@ -144,14 +302,17 @@ def plan_search(
     index: LoadedIndex | None = None,
     selectivity: float | None = None,
     prefilter_threshold: float = 0.05,
+    routing: Routing | None = None,
 ) -> SearchPlan:
     """Compile a search against a pinned table version (and the index, if any).
 
     Exact plans flat-scan every fragment with the filter pushed down. IVF plans probe the centroids here,
     make one task per probed partition plus one flat task per fragment holding rows the index lacks (read-
     your-writes), and filter after the search unless the filter is selective enough (`selectivity` <=
-    `prefilter_threshold`) that an exact prefiltered scan is cheaper and better.
+    `prefilter_threshold`) that an exact prefiltered scan is cheaper and better. Tasks are keyed by their
+    routing group, or all by one key when the work is under `routing.fanout_min_bytes` (see the module).
     """
+    routing = routing or Routing()
     if request.queries.shape[1] != snapshot.dimension:
         raise InvalidInput(
             f"query vector has dimension {request.queries.shape[1]}, "
@@ -165,21 +326,37 @@ def plan_search(
     selective = request.filter is not None and request.prefilter and (
         selectivity is not None and selectivity <= prefilter_threshold)
     if index is None or request.bypass_index or index.manifest.metric != metric or selective:
-        return _exact_plan(snapshot, request, metric, selectivity)
-    return _ivf_plan(snapshot, request, metric, index, selectivity)
+        return _exact_plan(snapshot, request, metric, selectivity, routing)
+    return _ivf_plan(snapshot, request, metric, index, selectivity, routing)
 
 
-def _fragment_tasks(snapshot: TableSnapshot, fragment_ids: list[int], min_row_id: int = 0) -> list[Task]:
-    return [Task(FRAGMENT, fragment_key(snapshot.name, fid), snapshot.name, snapshot.version, fragment_id=fid,
-                 min_row_id=min_row_id) for fid in fragment_ids]
+def _fragment_work(snapshot: TableSnapshot, groups: dict[int, tuple[int, int]], nq: int,
+                   rows: dict[int, int] | None = None) -> list[tuple[int, str, int]]:
+    """(fragment id, its group's key, bytes x queries) of each fragment in `rows` (fragment id -> rows it
+    scans; None: every fragment, whole)."""
+    per_row = snapshot.dimension * 4
+    chosen = {fid: size // per_row for fid, (_, size) in groups.items()} if rows is None else rows
+    return [(fid, fragment_group_key(snapshot.name, groups[fid][0]), n * per_row * nq)
+            for fid, n in sorted(chosen.items())]
+
+
+def _fragment_tasks(snapshot: TableSnapshot, fragments: list[tuple[int, str, int]], keys: list[str],
+                    min_row_id: int = 0) -> list[Task]:
+    return [Task(FRAGMENT, key, snapshot.name, snapshot.version, fragment_id=fid, min_row_id=min_row_id)
+            for (fid, _, _), key in zip(fragments, keys, strict=True)]
 
 
 def _exact_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str,
-                selectivity: float | None) -> SearchPlan:
+                selectivity: float | None, routing: Routing) -> SearchPlan:
+    fragments = _fragment_work(snapshot, fragment_groups(snapshot, routing.partition_group_bytes),
+                               len(request.queries))
+    replica = routing.replica(request.queries)
+    keys, touched, work, fanout = route([(key, work) for _, key, work in fragments], routing, replica)
     return SearchPlan(
         table=snapshot.name, version=snapshot.version, metric=metric, k=request.k, filter=request.filter,
-        strategy="exact-prefilter" if request.filter else "exact",
-        tasks=_fragment_tasks(snapshot, snapshot.fragment_ids()), fetch_k=request.k, selectivity=selectivity,
+        strategy="exact-prefilter" if request.filter else "exact", tasks=_fragment_tasks(snapshot, fragments, keys),
+        fetch_k=request.k, selectivity=selectivity, groups=touched, work_bytes=work, fanout=fanout,
+        replica=replica,
     )
 
 
@@ -197,18 +374,27 @@ def _probing_queries(probed: np.ndarray) -> dict[int, tuple[int, ...] | None]:
 
 
 def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, index: LoadedIndex,
-              selectivity: float | None) -> SearchPlan:
+              selectivity: float | None, routing: Routing) -> SearchPlan:
     manifest = index.manifest
+    nq = len(request.queries)
     nprobes = min(request.nprobes or int(manifest.params["nprobes"]), manifest.nlist)
     probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric)
     probing = _probing_queries(probed)
     partitions = sorted(probing)
-    tasks = [Task(PARTITION, partition_key(snapshot.name, manifest.index_version, p), snapshot.name,
-                  snapshot.version, index_version=manifest.index_version, partition=p,
-                  queries=probing[p]) for p in partitions]
+    group_of, sizes = partition_groups(manifest, routing.partition_group_bytes)
+    planned = [(partition_group_key(snapshot.name, manifest.index_version, group_of[p]),
+                sizes[p] * (nq if probing[p] is None else len(probing[p]))) for p in partitions]
     watermark = manifest.row_id_watermark
-    unindexed = [fid for fid, (_, hi) in snapshot.fragment_row_ranges().items() if hi >= watermark]
-    tasks += _fragment_tasks(snapshot, unindexed, min_row_id=watermark)
+    # rows at or past the watermark, which the index lacks: ids ascend within a fragment, so at most this many
+    unindexed = {fid: hi - max(lo, watermark) + 1 for fid, (lo, hi) in snapshot.fragment_row_ranges().items()
+                 if hi >= watermark}
+    fragments = _fragment_work(snapshot, fragment_groups(snapshot, routing.partition_group_bytes), nq,
+                               unindexed) if unindexed else []
+    replica = routing.replica(request.queries)
+    keys, touched, work, fanout = route(planned + [(key, work) for _, key, work in fragments], routing, replica)
+    tasks = [Task(PARTITION, key, snapshot.name, snapshot.version, index_version=manifest.index_version,
+                  partition=p, queries=probing[p]) for p, key in zip(partitions, keys, strict=False)]
+    tasks += _fragment_tasks(snapshot, fragments, keys[len(partitions):], min_row_id=watermark)
     refine = request.refine_factor if request.refine_factor is not None else int(manifest.params["refine_factor"])
     postfilter = request.filter is not None
     verify = snapshot.live_rows_below(watermark) < manifest.rows
@@ -222,5 +408,6 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
         table=snapshot.name, version=snapshot.version, metric=metric, k=request.k, filter=request.filter,
         strategy="ivf-postfilter" if postfilter else "ivf", tasks=tasks, fetch_k=fetch_k,
         index_version=manifest.index_version, nprobes=nprobes, partitions=partitions, refine_factor=refine,
-        postfilter=postfilter, verify_alive=verify, selectivity=selectivity,
+        postfilter=postfilter, verify_alive=verify, selectivity=selectivity, groups=touched, work_bytes=work,
+        fanout=fanout, replica=replica,
     )

@@ -1,7 +1,8 @@
 """Consistent hashing with bounded loads (Mirrokni, Thorup & Zadimoghaddam, 2017).
 
-Executors cache the fragments they have searched, so a task key should keep landing on the same executor:
-plain consistent hashing gives that, and when an executor joins or leaves only about 1/N of the keys move.
+Executors cache what they have searched, so a routing key (a group of a table's partitions or fragments,
+planner/plan.py; many tasks share one) should keep landing on the same executor: plain consistent hashing
+gives that, and when an executor joins or leaves only about 1/N of the keys move.
 But one batch of keys can hash unevenly, and the slowest executor sets the latency of the whole query. The
 bounded-load variant caps every executor at ceil((1+eps) x mean) keys of a batch; a key whose executor is
 full walks on clockwise to the next one with room, so locality is given up only where balance demands it.
@@ -18,8 +19,17 @@ import math
 from collections.abc import Collection, Iterable, Iterator, Sequence
 
 MEMO_KEYS = 65_536
-"""Keys whose node order a ring remembers (all forgotten when full): far more than the partitions and
-fragments of the tables one query node serves, small next to its memory."""
+"""Keys whose node order a ring remembers (all forgotten when full): far more than the partition and
+fragment groups of the tables one query node serves, small next to its memory."""
+
+
+REPLICA_MARK = "#"
+"""`KEY#r` (r >= 1) names replica r of KEY: the r-th live node after KEY's owner in KEY's own order, so a
+hot group's replicas sit on distinct ring successors (table names never hold a "#")."""
+
+
+def replica_key(key: str, replica: int) -> str:
+    return key if replica <= 0 else f"{key}{REPLICA_MARK}{replica}"
 
 
 class NoLiveNodes(RuntimeError):
@@ -60,7 +70,7 @@ class HashRing:
     def _walk(self, key: str, excluded: frozenset[str]) -> Iterator[str]:
         """Distinct live nodes clockwise from the key's hash. Excluding nodes keeps the others' order, so
         this filters the key's full order, which is computed once per key: the same keys (a table's
-        partitions and fragments) come back with every query."""
+        routing groups) come back with every query."""
         return (node for node in self._order(key)[1] if node not in excluded)
 
     def _order(self, key: str) -> tuple[int, tuple[str, ...]]:
@@ -68,9 +78,15 @@ class HashRing:
         known = self._orders.get(key)
         if known is None:
             hashed = _hash64(key)
-            start = bisect.bisect_left(self._hashes, hashed)
-            size = len(self._hashes)
-            order = list(dict.fromkeys(self._owners[(start + i) % size] for i in range(size)))
+            base, mark, replica = key.rpartition(REPLICA_MARK)
+            if mark and replica.isdigit() and self._nodes:  # replica r: the base key's order, turned by r
+                nodes = self._order(base)[1]
+                shift = int(replica) % len(nodes)
+                order = [*nodes[shift:], *nodes[:shift]]
+            else:
+                start = bisect.bisect_left(self._hashes, hashed)
+                size = len(self._hashes)
+                order = list(dict.fromkeys(self._owners[(start + i) % size] for i in range(size)))
             known = (hashed, tuple(order))
             if len(self._orders) >= MEMO_KEYS:
                 self._orders.clear()  # one atomic step, safe beside other threads' lookups

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.routing import HashRing, NoLiveNodes
+from appliance.routing.ring import replica_key
 
 
 def urls(n: int, first_port: int = 8181) -> list[str]:
@@ -26,9 +27,10 @@ def owners(ring: HashRing, keys: list[str], exclude: frozenset[str] = frozenset(
 MANY_KEYS = fragment_keys(20_000)
 
 node_counts = st.integers(2, 8)
-key_batches = st.lists(
-    st.builds("{}/v{}/fragment/{}".format, st.sampled_from(["docs", "images", "t"]), st.integers(1, 5),
-              st.integers(0, 10_000)),
+tables = st.sampled_from(["docs", "images", "t"])
+key_batches = st.lists(  # the planner's routing keys: partition and fragment groups (planner/plan.py)
+    st.one_of(st.builds("{}/index/v{}/group/{}".format, tables, st.integers(1, 5), st.integers(0, 10_000)),
+              st.builds("{}/fragments/group/{}".format, tables, st.integers(0, 10_000))),
     max_size=300,
 )
 
@@ -156,3 +158,21 @@ def test_vnodes_balance_ownership() -> None:
     shares = {node: counts[node] / len(MANY_KEYS) for node in ring.nodes}
     print(f"ownership shares over 4 nodes: {sorted(round(s, 4) for s in shares.values())}")
     assert all(0.15 <= share <= 0.35 for share in shares.values())
+
+
+@settings(deadline=None)
+@given(n=st.integers(1, 8), replica=st.integers(1, 20), down=st.data())
+def test_a_replica_key_is_owned_by_a_successor_of_its_groups_owner(n: int, replica: int, down: st.DataObject) -> None:
+    """`KEY#r` goes to the r-th node after KEY's owner in KEY's own order, so R replicas of a group sit on R
+    distinct executors (while there are that many) and fail over like any other key."""
+    ring = HashRing(urls(n))
+    key = "docs/index/v3/group/7"
+    base = ring.preference(key)
+    turned = replica % n
+    assert ring.preference(replica_key(key, replica)) == [*base[turned:], *base[:turned]]
+    assert replica_key(key, 0) == key
+    if replica < n:
+        owners_of = {ring.preference(replica_key(key, r))[0] for r in range(replica + 1)}
+        assert len(owners_of) == replica + 1
+    exclude = set(down.draw(st.lists(st.sampled_from(ring.nodes), max_size=n - 1, unique=True)))
+    assert sorted(ring.preference(replica_key(key, replica), exclude)) == sorted(set(ring.nodes) - exclude)
