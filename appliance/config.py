@@ -69,9 +69,9 @@ class Settings:
     query_threads: int = _knob(8, "Request threads of each of the query node's gunicorn workers.")
     query_workers: int = _knob(
         1, "gunicorn worker processes of a query node. They share the node's drain state and see each other's "
-        "writes at once (appliance/node_state.py). 1 on a small machine: measured on 2 cores shared with the "
-        "executors, a second worker did not lower the node's CPU per query and took memory (docs/ARCHITECTURE.md, "
-        "\"The path of one search\")."
+        "writes at once (appliance/node_state.py). 1 on a small machine: on 2 cores shared with the executors, "
+        "under 8 clients, 2 workers took 4.5 ms of query-node CPU per search where 1 took 2.8 (each worker batches "
+        "fewer searches and they contend for the cores); more cores may want more."
     )
     version_check_seconds: float = _knob(
         0.25, "Seconds a query node reuses the latest version of a table it opened for searches before asking "
