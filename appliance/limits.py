@@ -13,7 +13,7 @@ about a gigabyte of memory on an executor.
 
 from __future__ import annotations
 
-from appliance.errors import LimitExceeded
+from appliance.errors import InvalidInput, LimitExceeded
 
 # --- search ------------------------------------------------------------------------------------------
 MAX_REFINE_FACTOR = 100
@@ -78,11 +78,12 @@ expression, so nesting them cannot multiply a value without bound."""
 
 
 def check_bound(name: str, value: int, limit: int, low: int = 0) -> int:
-    """`value` when low <= value <= limit; else LimitExceeded naming the parameter and its bound."""
+    """`value` when low <= value <= limit; else LimitExceeded naming the parameter and its bound (a value
+    below `low` is plain bad input: no bound of cost was passed)."""
     if value > limit:
         raise LimitExceeded(f"{name} must be at most {limit}, got {value}", f"limit: {name} <= {limit}")
     if value < low:
-        raise LimitExceeded(f"{name} must be at least {low}, got {value}")
+        raise InvalidInput(f"{name} must be at least {low}, got {value}")
     return value
 
 

@@ -92,8 +92,6 @@ def test_search_bounds_at_the_lancedb_edge(doc: dict) -> None:
     ({"pq_m": 10**9}, "pq_m"),
     ({"sample_rows": 2**63 - 1}, "sample_rows"),
     ({"kmeans_iters": 10**6}, "kmeans_iters"),
-    ({"kmeans_iters": 0}, "kmeans_iters"),
-    ({"batch_rows": 0}, "batch_rows"),
     ({"batch_rows": 10**9}, "batch_rows"),
 ])
 def test_index_parameters_are_bounded(doc: dict, named: str) -> None:
@@ -101,6 +99,13 @@ def test_index_parameters_are_bounded(doc: dict, named: str) -> None:
         IndexParams.from_json(doc)
     with pytest.raises(LimitExceeded, match=named):
         parse_index_request(doc)
+
+
+@pytest.mark.parametrize("doc", [{"kmeans_iters": 0}, {"batch_rows": 0}, {"nlist": -1}])
+def test_index_parameters_below_their_floor_are_bad_input_not_a_limit(doc: dict) -> None:
+    with pytest.raises(InvalidInput, match=next(iter(doc))) as caught:
+        IndexParams.from_json(doc)
+    assert caught.value.code == "invalid_input"
 
 
 def test_resolved_parameters_are_checked_again() -> None:
