@@ -204,7 +204,7 @@ def bench_backends(x: np.ndarray, q: np.ndarray, repeats: int, quick: bool) -> s
         ("scan_lists/sq8", f"1 query x {NPROBE} lists, SQ8, l2, k {K}", per_query("sq8", "l2"), True),
         ("scan_lists/pq", f"1 query x {NPROBE} lists, PQ m={PQ_M}, l2, k {K}", per_query("pq", "l2"), True),
         ("kmeans", f"{len(km_rows):,} x {dim}, {NLIST} centroids, 5 iterations",
-         lambda: kernels.kmeans(km_rows, NLIST, iters=5, seed=SEED, device="cpu"), False),
+         lambda: kernels.kmeans(km_rows, NLIST, iters=5, seed=SEED, tol=0, device="cpu"), False),
         ("pq_train", f"{len(train):,} x {dim}, m={PQ_M}, 5 iterations",
          lambda: kernels.pq_train(train, PQ_M, iters=5, seed=SEED, device="cpu"), False),
         ("pq_encode", f"{len(enc_rows):,} x {dim}, m={PQ_M}",
@@ -393,7 +393,7 @@ def main() -> None:
             results["faiss.Kmeans"] = km.centroids
 
         def run_kernels() -> None:
-            results["kernels.kmeans"] = kernels.kmeans(x, NLIST, iters=KMEANS_ITERS, seed=SEED, device="cpu")
+            results["kernels.kmeans"] = kernels.kmeans(x, NLIST, iters=KMEANS_ITERS, seed=SEED, tol=0, device="cpu")
 
         def run_numpy() -> None:
             results["numpy Lloyd"] = numpy_kmeans(x, initial, KMEANS_ITERS)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from test_kernels import EPS32, real_values, reference_distances, reference_topk, small_ints
+from test_kernels_scan import cpu_backend
 
 from kernels import METRICS, assign, kmeans, probe
 
@@ -217,3 +218,61 @@ def test_faiss_kmeans_is_deterministic_and_as_good_as_numpy(metric, monkeypatch)
     assert not np.array_equal(fast, slow)  # two routes (faiss sums in float32, the numpy one in float64)
     if metric != "dot":  # dot's plain means have no objective that Lloyd's steps lower
         assert objective(x, fast, metric) <= 1.01 * objective(x, slow, metric)
+
+
+# ------------------------------------------------------------------------------- early stop (tolerance)
+
+ROUTES = ("auto", "numpy")  # auto: faiss.Clustering; numpy: the array-module loop
+
+
+def stopping_run(x: np.ndarray, runs: list[np.ndarray], tol: float, metric: str) -> int | None:
+    """Which of `runs` (k-means after 0, 1, ... updates) a tolerance `tol` stops at: the first j >= 1 whose
+    float64 objective is within tol of run j - 1's (or equal centroids), else the last; None when some
+    change is within rounding of the threshold, where the kernel's float32 objective may decide otherwise."""
+    scores = [objective(x, run, metric) for run in runs]
+    scale = 1e-4 * (1 + float(np.square(x.astype(np.float64)).sum()))
+    for j in range(1, len(runs) - 1):
+        if np.array_equal(runs[j], runs[j - 1]):
+            return j
+        change, bound = abs(scores[j] - scores[j - 1]), tol * abs(scores[j - 1])
+        if abs(change - bound) <= scale * 1e-3 + 1e-9 * abs(scores[j - 1]):
+            return None
+        if change <= bound:
+            return j
+    return len(runs) - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=point_sets(real_values, min_rows=2, max_rows=30), k=st.integers(1, 6), metric=st.sampled_from(METRICS),
+       seed=st.integers(0, 1000), iters=st.integers(1, 8), tol=st.sampled_from([1e-4, 1e-2, 0.5]),
+       route=st.sampled_from(ROUTES))
+def test_kmeans_with_a_tolerance_is_kmeans_stopped_at_some_iteration(case, k, metric, seed, iters, tol, route):
+    # Stopping early returns exactly what running fewer iterations returns (faiss one iteration per call
+    # included): the centroids whose objective was the first within tol of the previous one.
+    x, _ = case
+    with cpu_backend(route):
+        got = kmeans(x, k, metric=metric, iters=iters, seed=seed, tol=tol, device="cpu")
+        runs = [kmeans(x, k, metric=metric, iters=j, seed=seed, tol=0, device="cpu") for j in range(iters + 1)]
+    expected = stopping_run(x, runs, tol, metric)
+    assume(expected is not None)
+    np.testing.assert_array_equal(got, runs[expected])
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("metric", METRICS)
+def test_kmeans_stops_once_the_objective_settles_by_default(route, metric, monkeypatch):
+    # 48 overlapping clusters for 16 centroids never reach a fixed point, but the objective settles: with
+    # the default tolerance k-means stops before the 50 iterations allowed, at the iteration the rule names
+    # (in distances: for cosine here, the summed similarities would stop at 13, not 23), and the objective
+    # is that of all 50 to within the tolerance's order.
+    monkeypatch.setenv("KERNELS_CPU", route)
+    rng = np.random.default_rng(9)
+    centers = rng.normal(size=(48, 8)).astype(np.float32) * 2
+    x = (centers[rng.integers(0, 48, 1000)] + rng.normal(size=(1000, 8)) * 0.8).astype(np.float32)
+    early = kmeans(x, 16, metric=metric, iters=50, seed=2, device="cpu")
+    runs = [kmeans(x, 16, metric=metric, iters=j, seed=2, tol=0, device="cpu") for j in range(51)]
+    expected = stopping_run(x, runs, 1e-4, metric)
+    assert expected is not None and expected < 40
+    np.testing.assert_array_equal(early, runs[expected])
+    if metric != "dot":
+        assert objective(x, early, metric) <= (1 + 1e-2) * objective(x, runs[-1], metric)
