@@ -27,9 +27,11 @@ module "cloud_init" {
   appliance_package = var.appliance_package
   pip_index_url     = var.pip_index_url
   settings = merge(var.settings, {
-    APPLIANCE_HOST      = "0.0.0.0"
-    APPLIANCE_PORT      = tostring(var.port)
-    APPLIANCE_EXECUTORS = "1" # one executor per host: the cache budget is the whole machine's
+    APPLIANCE_HOST = "0.0.0.0"
+    APPLIANCE_PORT = tostring(var.port)
+    # task batches over Arrow Flight on port + offset (the network module opens it to the query nodes)
+    APPLIANCE_FLIGHT_PORT_OFFSET = tostring(var.flight_port_offset)
+    APPLIANCE_EXECUTORS          = "1" # one executor per host: the cache budget is the whole machine's
   })
   secret_parameters = {
     APPLIANCE_INTERNAL_TOKEN = var.internal_token_parameter

@@ -17,3 +17,8 @@ output "port" {
   description = "Port the executors listen on."
   value       = var.port
 }
+
+output "flight_port" {
+  description = "Port of the executors' Arrow Flight servers (task batches from the query nodes); null when off."
+  value       = var.flight_port_offset == 0 ? null : var.port + var.flight_port_offset
+}

@@ -160,6 +160,17 @@ variable "port" {
   }
 }
 
+variable "flight_port_offset" {
+  description = "The executors serve task batches over Arrow Flight on port + this offset (setting flight_port_offset); 0 turns Flight off (batches over HTTP). The network module's executor_flight_port must match."
+  type        = number
+  default     = 1000
+
+  validation {
+    condition     = var.flight_port_offset == 0 || (var.flight_port_offset >= 1 && var.port + var.flight_port_offset <= 65535)
+    error_message = "flight_port_offset must be 0 (off) or put port + flight_port_offset at 65535 at most."
+  }
+}
+
 variable "cache_mount" {
   description = "Mount point of the NVMe cache tier (APPLIANCE_CACHE_DIR)."
   type        = string

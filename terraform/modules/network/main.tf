@@ -223,6 +223,25 @@ resource "aws_vpc_security_group_ingress_rule" "executor_from_query" {
   to_port                      = var.executor_port
 }
 
+# The search hop: task batches over Arrow Flight (gRPC), on the executor's port + flight_port_offset.
+resource "aws_vpc_security_group_egress_rule" "query_to_executor_flight" {
+  security_group_id            = aws_security_group.query.id
+  description                  = "to the executors' Arrow Flight servers"
+  referenced_security_group_id = aws_security_group.executor.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.executor_flight_port
+  to_port                      = var.executor_flight_port
+}
+
+resource "aws_vpc_security_group_ingress_rule" "executor_flight_from_query" {
+  security_group_id            = aws_security_group.executor.id
+  description                  = "Arrow Flight task batches from the query nodes"
+  referenced_security_group_id = aws_security_group.query.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.executor_flight_port
+  to_port                      = var.executor_flight_port
+}
+
 resource "aws_vpc_security_group_egress_rule" "https" {
   for_each          = { query = aws_security_group.query.id, executor = aws_security_group.executor.id, indexer = aws_security_group.indexer.id }
   security_group_id = each.value

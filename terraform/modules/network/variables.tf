@@ -140,6 +140,17 @@ variable "executor_port" {
   }
 }
 
+variable "executor_flight_port" {
+  description = "Port of the executors' Arrow Flight servers (executor_port + the executors' flight_port_offset), reachable from query nodes only."
+  type        = number
+  default     = 9181
+
+  validation {
+    condition     = var.executor_flight_port >= 1024 && var.executor_flight_port <= 65535
+    error_message = "executor_flight_port must be between 1024 and 65535."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
