@@ -14,6 +14,7 @@ comparison or when a faiss build misbehaves; `python -m kernels info` shows what
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import threading
@@ -243,13 +244,23 @@ def scan_flat_lists(queries: np.ndarray, lists: Sequence[tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------------------ coded (SQ8, PQ) list scans
 
 _CODED_CACHE_SIZE = 8
-_coded_local = threading.local()  # per thread: an index's inverted lists are swapped for every scan
+_coded_local = threading.local()  # per thread, as faiss objects are not shared between threads here
+
+
+@atexit.register
+def _drop_coded_indexes() -> None:
+    """Free this thread's cached indexes before the interpreter tears faiss's module down (SWIG would
+    otherwise report the objects it meets without their destructor)."""
+    cache = getattr(_coded_local, "indexes", None)
+    if cache is not None:
+        cache.clear()
 
 
 def _coded_index(codec: str, params: Mapping[str, np.ndarray], dim: int, metric: str):  # noqa: ANN202
-    """An IVF index (no residuals) holding `codec`'s trained parameters, cached per thread by the identity
-    of the parameter arrays (the executors keep one array per index version and never modify it), or None
-    when faiss's codec cannot stand for ours (PQ other than 8 bits per code, shapes that do not match)."""
+    """An IVF index without residuals holding `codec`'s trained parameters, cached per thread by the
+    identity of the parameter arrays (the executors keep one array per index version and never modify
+    it), or None when faiss's codec cannot stand for ours (PQ other than 8 bits per code, shapes that do
+    not match)."""
     faiss = faiss_module()
     arrays = (params["pq_codebooks"],) if codec == "pq" else (params["sq8_lo"], params["sq8_scale"])
     key = (codec, metric, dim, *map(id, arrays))
@@ -314,16 +325,21 @@ def scan_coded_lists(queries: np.ndarray, lists: Sequence[tuple[np.ndarray, np.n
             per_query[r].append(j)
     raw = np.full((nq, width), np.inf if metric == "l2" else -np.inf, np.float32)  # empty heaps
     labels = np.full((nq, width), -1, np.int64)
+    # faiss hands the scanner over without a Python owner, and making its proxy the owner breaks SWIG's
+    # type table when it is freed: it is deleted here explicitly (otherwise each scan leaked its tables).
     scanner = index.get_InvertedListScanner(False, None, None)
-    for r, mine in enumerate(per_query):
-        if not mine:
-            continue
-        scanner.set_query(_ptr(queries[r]))
-        row_d, row_i = _ptr(raw[r]), _ptr(labels[r])
-        for j in mine:
-            n, codes_ptr, ids_ptr = pointers[j][:3]
-            scanner.set_list(j, 0.0)
-            scanner.scan_codes(n, codes_ptr, ids_ptr, row_d, row_i, width)
+    try:
+        for r, mine in enumerate(per_query):
+            if not mine:
+                continue
+            scanner.set_query(_ptr(queries[r]))
+            row_d, row_i = _ptr(raw[r]), _ptr(labels[r])
+            for j in mine:
+                n, codes_ptr, ids_ptr = pointers[j][:3]
+                scanner.set_list(j, 0.0)
+                scanner.scan_codes(n, codes_ptr, ids_ptr, row_d, row_i, width)
+    finally:
+        faiss_module()._swigfaiss.delete_InvertedListScanner(scanner)
     real = np.isfinite(raw)
     distances = _distances(raw, metric)
     distances[~real] = np.nan
