@@ -38,6 +38,9 @@ class Metrics:
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.tasks = Counter("appliance_executor_tasks", "Search tasks an executor ran, per kind.", ["kind"],
                              registry=self.registry)
+        self.flight_batches = Counter("appliance_flight_batches", "Task batches an executor answered over Arrow "
+                                      "Flight, per status (200, or the HTTP status its error stands for).",
+                                      ["status"], registry=self.registry)
         self.dispatch = Histogram("appliance_dispatch_seconds",
                                   "Seconds a query node waited for one executor's batch, per outcome.",
                                   ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -172,6 +172,13 @@ class _AccessLog:
 _access_log = _AccessLog()
 
 
+def access_log(fields: dict[str, object]) -> None:
+    """One access-log line for work that did not come over HTTP (an executor's Arrow Flight batches), in
+    the same JSON shape as the per-request lines and written off the calling thread like them."""
+    if log.isEnabledFor(logging.INFO):
+        _access_log.put(fields)
+
+
 class _HandOff(logging.handlers.QueueHandler):
     """Queues records as they are: the listener's thread formats and writes them. (The stdlib's
     QueueHandler formats in the caller's thread, for queues that cross processes; this one does not.)"""

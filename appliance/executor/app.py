@@ -30,9 +30,10 @@ from appliance.planner import wire
 from appliance.planner.plan import Task
 from appliance.storage import TableStore
 from appliance.storage.tables import raise_if_rejected
-from appliance.web import configure_logging, install_common, json_response, require_secret
+from appliance.web import access_log, configure_logging, install_common, json_response, require_secret
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
+FLIGHT_SEARCH_PATH = "flight:search"  # how Flight batches appear in access logs (HTTP ones: /internal/v1/search)
 log = logging.getLogger("appliance.executor")
 
 # What one task batch may ask of an executor, checked before any work (appliance/limits.py has the bounds
@@ -115,8 +116,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.flight_port_offset:
         # the data plane: task batches over Arrow Flight, beside this HTTP control plane (appliance/executor/flight.py)
         try:
+            def answered(request_id: str, status: int, seconds: float) -> None:
+                metrics.flight_batches.labels(str(status)).inc()
+                access_log({"role": "executor", "request_id": request_id, "method": "DoExchange",
+                            "path": FLIGHT_SEARCH_PATH, "endpoint": FLIGHT_SEARCH_PATH, "status": status,
+                            "ms": round(seconds * 1000, 2)})
+
             flight = start_flight_server(host, port + settings.flight_port_offset, settings.internal_token, batches,
-                                         drain_state(app))
+                                         drain_state(app), answered)
             advertised["flight_port"] = flight.port
         except (pa.ArrowException, OSError) as exc:  # FlightError is an ArrowException
             # a port taken by another process: this executor still serves, its batches coming over HTTP

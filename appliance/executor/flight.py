@@ -27,6 +27,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -42,6 +43,9 @@ from appliance.planner import wire
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
 EXIT_GRACE_SECONDS = 5.0  # how long an exiting worker lets the batches it runs finish
 log = logging.getLogger("appliance.executor.flight")
+
+
+BatchObserver = Callable[[str, int, float], None]  # (request id, status, seconds) of every batch answered
 
 
 class BatchHandler(Protocol):
@@ -70,10 +74,12 @@ class TokenCheck(flight.ServerMiddlewareFactory):
 class SearchServer(flight.FlightServerBase):
     """DoExchange streams of task batches; nothing else."""
 
-    def __init__(self, location: str, token: str, handler: BatchHandler, drain: DrainState) -> None:
+    def __init__(self, location: str, token: str, handler: BatchHandler, drain: DrainState,
+                 on_batch: BatchObserver | None = None) -> None:
         super().__init__(location, middleware={"token": TokenCheck(token)})
         self._handler = handler
         self._drain = drain
+        self._on_batch = on_batch
         self._closing = False
         self._running = threading.Condition()  # batches being answered by this server
         self._busy = 0
@@ -89,15 +95,18 @@ class SearchServer(flight.FlightServerBase):
             except (flight.FlightError, pa.ArrowException):
                 return  # or cancelled it, or its connection broke
             counted = self._begin()
+            started = time.perf_counter()
             try:
-                batch, meta = self._run(chunk, context.is_cancelled) if counted else _error(
-                    503, "draining", "this executor is draining; send the batch to another one")
+                batch, meta, status, request_id = self._run(chunk, context.is_cancelled) if counted else (
+                    *_error(503, "draining", "this executor is draining; send the batch to another one"), 503, "")
                 writer.write_with_metadata(batch, meta)
             except (flight.FlightError, pa.ArrowException):
                 return  # nobody waits for this answer any more
             finally:
                 if counted:  # once the answer is out, so a drain waits for it
                     self._end()
+            if self._on_batch is not None:
+                self._on_batch(request_id, status, time.perf_counter() - started)
             if self._closing:
                 return  # ends the stream: the query node opens a fresh one, elsewhere if need be
 
@@ -115,7 +124,8 @@ class SearchServer(flight.FlightServerBase):
             self._busy -= 1
             self._running.notify_all()
 
-    def _run(self, chunk: flight.FlightStreamChunk, gone: Callable[[], bool]) -> tuple[pa.RecordBatch, bytes]:
+    def _run(self, chunk: flight.FlightStreamChunk, gone: Callable[[], bool]) -> tuple[pa.RecordBatch, bytes, int, str]:
+        """(answer, its metadata, the status it stands for, the request id) of one batch."""
         request_id = ""
         try:
             try:
@@ -127,22 +137,22 @@ class SearchServer(flight.FlightServerBase):
                     raise wire.WireError("it carries no query matrix")
                 queries = wire.queries_of(chunk.data)
             except (orjson.JSONDecodeError, wire.WireError, pa.ArrowException) as exc:
-                return _error(400, "invalid_input", f"malformed task batch: {exc}")
+                return (*_error(400, "invalid_input", f"malformed task batch: {exc}"), 400, request_id)
             ids, dists, stats = self._handler.run(header, queries, gone)
         except ApplianceError as exc:
             if exc.status >= 500 and exc.status not in (503, 504):
                 log.error("%s on a Flight batch (request %s): %s %s", exc.code, request_id, exc.message,
                           exc.detail or "", exc_info=exc)
-            return _error(exc.status, exc.code, exc.message, exc.detail)
+            return (*_error(exc.status, exc.code, exc.message, exc.detail), exc.status, request_id)
         except OSError as exc:
             # Lance and pyarrow raise OSError for an unreachable store: the batch was fine, the storage is not
             log.exception("storage unavailable on a Flight batch (request %s)", request_id)
-            return _error(503, "storage_unavailable", "storage unavailable", str(exc)[:500])
+            return (*_error(503, "storage_unavailable", "storage unavailable", str(exc)[:500]), 503, request_id)
         except Exception as exc:
             log.exception("unhandled error on a Flight batch (request %s)", request_id)
-            return _error(500, "internal", "internal error", str(exc)[:500])
+            return (*_error(500, "internal", "internal error", str(exc)[:500]), 500, request_id)
         stats_doc = {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds}
-        return wire.result_batch(ids, dists), orjson.dumps(stats_doc)
+        return wire.result_batch(ids, dists), orjson.dumps(stats_doc), 200, request_id
 
     def close(self, grace: float) -> bool:
         """Refuse new batches, let those running finish (up to `grace` seconds), then shut down. False when
@@ -163,9 +173,11 @@ def _error(status: int, code: str, message: str, detail: str | None = None) -> t
     return wire.EMPTY_RESULT, orjson.dumps(doc)
 
 
-def start_flight_server(host: str, port: int, token: str, handler: BatchHandler, drain: DrainState) -> SearchServer:
-    """Serve task batches on grpc+tcp://host:port in this process (a gunicorn worker) until it exits."""
-    server = SearchServer(f"grpc+tcp://{_bracketed(host)}:{port}", token, handler, drain)
+def start_flight_server(host: str, port: int, token: str, handler: BatchHandler, drain: DrainState,
+                        on_batch: BatchObserver | None = None) -> SearchServer:
+    """Serve task batches on grpc+tcp://host:port in this process (a gunicorn worker) until it exits;
+    `on_batch` hears of every batch answered (metrics, the access log)."""
+    server = SearchServer(f"grpc+tcp://{_bracketed(host)}:{port}", token, handler, drain, on_batch)
     threading.Thread(target=server.serve, name="flight-server", daemon=True).start()
     log.info("serving task batches over Arrow Flight on %s:%d", host, server.port)
 

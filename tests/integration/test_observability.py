@@ -81,7 +81,8 @@ def test_executors_report_task_latency_and_cache(obs_fleet, obs_api) -> None:
     assert sum(metric_value(t, "appliance_executor_tasks_total", kind=kind)  # the table has an IVF index by now
                for t in texts for kind in ("fragment", "partition")) >= 1
     assert all("appliance_cache_hits_total" in t and 'tier="nvme"' in t for t in texts)
-    assert sum(metric_value(t, "appliance_http_requests_total", endpoint="/internal/v1/search") for t in texts) >= 1
+    # the batches come over Arrow Flight, counted per status beside the HTTP control plane's requests
+    assert sum(metric_value(t, "appliance_flight_batches_total", status="200") for t in texts) >= 1
 
 
 def test_request_id_follows_the_request_to_the_executors(obs_fleet, obs_api) -> None:
@@ -105,7 +106,7 @@ def test_request_id_follows_the_request_to_the_executors(obs_fleet, obs_api) -> 
     assert query_line["role"] == "query" and query_line["status"] == 200
     assert query_line["endpoint"] == "/api/v1/tables/<name>/search" and query_line["ms"] > 0
     executor_lines = lines("executor-0") + lines("executor-1")
-    assert executor_lines and all(e["path"] == "/internal/v1/search" for e in executor_lines)
+    assert executor_lines and all(e["path"] == "flight:search" and e["status"] == 200 for e in executor_lines)
 
 
 def test_admin_endpoints_need_the_admin_key(obs_fleet) -> None:
