@@ -2,7 +2,8 @@
 
 The pointer is re-read (one GET: IndexStore.pointer) at most every `refresh_seconds`; a slightly older
 index version is still correct to plan with, because rows it does not cover are flat-scanned by the plan
-and its objects stay readable until cleanup. Manifests and centroids are immutable per version, so they are cached by it.
+and its objects stay readable until cleanup. Manifests and centroids are immutable per version, so they
+are cached by it.
 """
 
 from __future__ import annotations
