@@ -24,14 +24,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "debian-minilm"
 
 
+FLIGHT_OFFSET = Settings.load(env={}).flight_port_offset
+# Work spread over every executor, one routing group per partition or fragment, as before routing groups:
+# for tests of what happens to the executors a search uses (failover, hedging, drain, blame).
+SPREAD_WORK = {"partition_group_bytes": 1, "fanout_min_bytes": 0}
+
+
 def free_port_block(n: int) -> int:
-    """The first of n consecutive free loopback ports (executors take consecutive ports)."""
+    """The first of n consecutive free loopback ports (executors take consecutive ports), whose Arrow Flight
+    ports (each + flight_port_offset) are free too. Below the kernel's range of ports for outgoing
+    connections (32768 and up), where a free port can be taken by a client between the check and the bind."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20_000, 60_000 - n)
+        base = rng.randrange(20_000, 32_000 - n - FLIGHT_OFFSET)
         socks = []
         try:
-            for port in range(base, base + n):
+            for port in [*range(base, base + n), *range(base + FLIGHT_OFFSET, base + n + FLIGHT_OFFSET)]:
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", port))

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import requests
-from conftest import Api, SearchLoad, start_fleet
+from conftest import SPREAD_WORK, Api, SearchLoad, start_fleet
 
 from appliance import __version__
 from appliance.drain import DrainState
@@ -38,7 +38,7 @@ def test_drain_state_waits_for_in_flight_and_refuses_new_work() -> None:
 
 
 def test_drain_executor_and_query_node(tmp_path) -> None:
-    fleet = start_fleet(tmp_path / "data", tmp_path / "logs", executors=3)
+    fleet = start_fleet(tmp_path / "data", tmp_path / "logs", executors=3, **SPREAD_WORK)
     try:
         api = Api(fleet.url, fleet.api_key)
         token = {INTERNAL_TOKEN_HEADER: fleet.settings.internal_token}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import requests
-from conftest import Api, free_port_block
+from conftest import SPREAD_WORK, Api, free_port_block
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
@@ -25,7 +25,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
     port = free_port_block(3)
     fleet = Fleet(Settings.load(env={}).replace(data=str(root / "data"), port=port, executors=2,
                                                 executor_base_port=port + 1, health_interval=3.0,
-                                                log_level="warning"), log_dir=root / "logs")
+                                                log_level="warning", **SPREAD_WORK), log_dir=root / "logs")
     fleet.start()
     api = Api(fleet.url, fleet.api_key)
     rng = np.random.default_rng(5)

@@ -8,11 +8,11 @@ import time
 
 import numpy as np
 import requests
-from conftest import Api, SearchLoad, start_fleet
+from conftest import SPREAD_WORK, Api, SearchLoad, start_fleet
 
 
 def test_kill_one_executor_mid_run(tmp_path) -> None:
-    fleet = start_fleet(tmp_path / "data", tmp_path / "logs", executors=3)
+    fleet = start_fleet(tmp_path / "data", tmp_path / "logs", executors=3, **SPREAD_WORK)
     try:
         api = Api(fleet.url, fleet.api_key)
         rng = np.random.default_rng(3)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import requests
-from conftest import Api, free_port_block
+from conftest import SPREAD_WORK, Api, free_port_block
 
 from appliance.config import Settings
 from appliance.fleet import Fleet
@@ -27,7 +27,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def start(root: Path, **settings: object) -> Fleet:
     port = free_port_block(3)
     fleet = Fleet(Settings.load(env={}).replace(data=str(root / "data"), port=port, executors=2,
-                                                executor_base_port=port + 1, log_level="warning", **settings),
+                                                executor_base_port=port + 1, log_level="warning",
+                                                **{**SPREAD_WORK, **settings}),
                   log_dir=root / "logs")
     fleet.start()
     return fleet
