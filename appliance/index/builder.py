@@ -5,10 +5,13 @@ Both stream over the table in batches and spill partition buffers to storage whe
 budget, so a table larger than RAM indexes in bounded memory. A full build then merges each partition's
 spilled pieces into one object (one partition in memory at a time): executors pay a fixed cost per object
 they scan, so a partition should be one block. Deltas from partial builds stay separate objects.
+Graph codecs (hnsw_flat, hnsw_sq) then turn each merged partition into an object holding its HNSW graph;
+their deltas stay flat rows, scanned exactly beside the graph until the next full build.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +25,7 @@ from appliance.index import codec
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.index.params import IndexParams
 from appliance.index.store import IndexStore, Pointer
+from appliance.index.tuning import RecallProbe
 from appliance.storage.schema import VECTOR_COLUMN, vectors_to_numpy
 from appliance.storage.tables import TableSnapshot, TableStore
 
@@ -75,6 +79,18 @@ class PartitionWriter:
                 for ref in refs:
                     self._store.delete_object(ref.key)
 
+    def to_graphs(self, codec_name: str, metric: str, m: int) -> None:
+        """Replace each partition's (consolidated, flat) object by one holding its ids and the HNSW graph of
+        its rows (graph codecs; call after `consolidate`)."""
+        for p, refs in enumerate(self.refs):
+            if refs:
+                (ref,) = refs
+                rows = self._store.get_object(ref)[0]
+                graph = codec.graph(codec_name, rows["codes"], metric, m)
+                self.refs[p] = [self._store.put_object(self._table, {"ids": rows["ids"], "graph": graph},
+                                                       rows=len(rows["ids"]))]
+                self._store.delete_object(ref.key)
+
 
 def build_full(tables: TableStore, indexes: IndexStore, name: str, params: IndexParams,
                progress: Progress | None = None, metric: str | None = None, base: Pointer | None = None,
@@ -97,15 +113,24 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
     codec_params = codec.train(p.codec, sample, metric, p.pq_m, p.seed, p.kmeans_iters)
     centroids_ref = indexes.put_object(name, {"centroids": centroids, **codec_params}, rows=len(centroids))
     writer = PartitionWriter(indexes, name, p.nlist)
+    probe = RecallProbe.sample(snap, rows, p.seed, metric)
     indexed, watermark = _assign_all(_batches(snap, p.batch_rows), metric, centroids, codec_params, p, writer,
-                                     progress)
+                                     progress, probe)
     writer.consolidate()
+    if p.codec in codec.GRAPH_CODECS:
+        writer.to_graphs(p.codec, metric, p.hnsw_m)
+    recall = None
+    if probe is not None:  # the probe count that reaches the table's target recall (tuning.py)
+        recall = probe.tune(centroids, p.target_recall)
+        recall["min_nprobes"] = 0 if params.nprobes else recall["nprobes"]
+        if not params.nprobes:
+            p = dataclasses.replace(p, nprobes=recall["nprobes"])
     manifest = IndexManifest(
         table=name, index_version=indexes.next_version(name), metric=metric, dimension=snap.dimension,
         codec=p.codec, params=p.to_json(), table_version=snap.version, row_id_watermark=watermark,
         rows=indexed, trained_rows=rows, centroids=centroids_ref, partitions=writer.refs,
         created_at=started, build_seconds=time.time() - started, kind="full", generation=base.generation,
-        requested=base.requested if requested is None else requested,
+        requested=base.requested if requested is None else requested, recall=recall,
     )
     return indexes.publish(manifest, base, rebase)
 
@@ -137,14 +162,14 @@ def build_partial(tables: TableStore, indexes: IndexStore, name: str,
         partitions=[old + new for old, new in zip(base_manifest.partitions, writer.refs, strict=True)],
         created_at=started, build_seconds=time.time() - started, kind="partial",
         history=[*base_manifest.history, base_manifest.index_version], generation=pointer.generation,
-        requested=pointer.requested,
+        requested=pointer.requested, recall=base_manifest.recall,
     )
     return indexes.publish(manifest, pointer)
 
 
 def _assign_all(batches: Iterator[pa.RecordBatch], metric: str, centroids: np.ndarray,
                 codec_params: dict[str, np.ndarray], p: IndexParams, writer: PartitionWriter,
-                progress: Progress | None) -> tuple[int, int]:
+                progress: Progress | None, probe: RecallProbe | None = None) -> tuple[int, int]:
     indexed, watermark = 0, 0
     for batch in batches:
         if batch.num_rows == 0:
@@ -153,6 +178,8 @@ def _assign_all(batches: Iterator[pa.RecordBatch], metric: str, centroids: np.nd
         vectors = vectors_to_numpy(batch.column(VECTOR_COLUMN))
         labels, _ = kernels.assign(vectors, centroids, metric=metric)
         writer.add(ids, codec.encode(p.codec, vectors, codec_params, metric), labels)
+        if probe is not None:
+            probe.observe(ids, vectors, labels)
         indexed += len(ids)
         watermark = max(watermark, int(ids.max()) + 1)
         if progress:

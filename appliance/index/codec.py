@@ -5,6 +5,11 @@ For cosine, every codec stores L2-normalised vectors and scans normalised querie
 recomputed on every scan (they were most of a partition's scan time). PQ scans unit vectors with squared
 L2, which is 2 - 2cos; halving it gives the same cosine distance. A zero vector stays zero, so its
 distance to anything is 1, as Lance defines it.
+
+The graph codecs (hnsw_flat, hnsw_sq) keep one faiss HNSW graph per partition (`kernels.hnsw`), over the
+same stored form (unit vectors for cosine, searched with dot): a full build encodes rows as flat vectors,
+then turns each partition's rows into a graph (`graph`); rows a partial build adds stay flat delta objects
+(`row_codec`), scanned exactly beside the graph until the next full build.
 """
 
 from __future__ import annotations
@@ -12,6 +17,31 @@ from __future__ import annotations
 import numpy as np
 
 import kernels
+
+GRAPH_CODECS = {"hnsw_flat": "flat", "hnsw_sq": "sq"}
+"""Graph codec: the storage of its graphs' rows (`kernels.hnsw_build`)."""
+
+
+def row_codec(codec: str) -> str:
+    """The codec of objects that hold rows as codes (every object of a non-graph index; deltas of a graph
+    index, which are flat)."""
+    return "flat" if codec in GRAPH_CODECS else codec
+
+
+def graph(codec: str, rows: np.ndarray, metric: str, m: int) -> np.ndarray:
+    """One partition's HNSW graph (serialised, uint8) over its rows in stored form (`encode`'s output)."""
+    return kernels.hnsw_build(rows, metric=_scan_metric(metric), m=m, storage=GRAPH_CODECS[codec])
+
+
+def search_graph(index: kernels.hnsw.Graph, prepared: np.ndarray, ids: np.ndarray, k: int, ef: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Top k (ids, distances) of one partition's graph (`kernels.hnsw_load`) for queries from
+    `prepare_queries`, in the index's metric (the graph's)."""
+    return kernels.hnsw_search(index, prepared, k, ef=ef, ids=ids)
+
+
+def _scan_metric(metric: str) -> str:
+    return "dot" if metric == "cosine" else metric
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -36,6 +66,7 @@ def train(codec: str, sample: np.ndarray, metric: str, pq_m: int, seed: int, ite
 
 def encode(codec: str, vectors: np.ndarray, params: dict[str, np.ndarray], metric: str) -> np.ndarray:
     data = _stored_form(vectors, metric)
+    codec = row_codec(codec)
     if codec == "flat":
         return np.ascontiguousarray(data, dtype=np.float32)
     if codec == "fp16":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -10,7 +11,9 @@ from appliance import limits
 from appliance.errors import InvalidInput
 from appliance.storage.schema import METRICS
 
-CODECS = ("flat", "fp16", "sq8", "pq")
+CODECS = ("flat", "fp16", "sq8", "pq", "hnsw_flat", "hnsw_sq")  # hnsw_*: a graph per partition (codec.py)
+MAX_HNSW_M = 128  # neighbours per graph node: each costs 4 bytes per row (8 on the bottom layer)
+DEFAULT_HNSW_M = 16
 
 # Each parameter's (low, high) when given (0 means "the default" where the field's comment says so).
 BOUNDS = {
@@ -22,7 +25,20 @@ BOUNDS = {
     "kmeans_iters": (1, limits.MAX_KMEANS_ITERS),
     "seed": (0, 2**32 - 1),
     "batch_rows": (1, limits.MAX_BUILD_BATCH_ROWS),
+    "hnsw_m": (0, MAX_HNSW_M),
 }
+
+
+DEFAULT_TARGET_RECALL = 0.95
+TARGET_RECALL_BOUNDS = (0.5, 1.0)
+
+
+def check_target_recall(value: object, name: str = "target_recall") -> float:
+    """A recall target as a client gives it: a number from 0.5 to 1.0."""
+    low, high = TARGET_RECALL_BOUNDS
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a number from {low} to {high}, got {value!r}")
+    return float(value)
 
 
 def check_metric(metric: object, name: str = "metric") -> str | None:
@@ -45,6 +61,9 @@ class IndexParams:
     kmeans_iters: int = 20
     seed: int = 0
     batch_rows: int = 65_536  # rows read and assigned at a time, so memory stays bounded
+    hnsw_m: int = 0  # graph codecs: neighbours per node (faiss HNSW M); 0 = DEFAULT_HNSW_M
+    # recall@10 the build's probe count must reach (tuning.py); searches are raised to that probe count
+    target_recall: float = DEFAULT_TARGET_RECALL
 
     @classmethod
     def from_json(cls, doc: dict[str, Any] | None) -> IndexParams:
@@ -55,6 +74,9 @@ class IndexParams:
             raise InvalidInput(f"unknown index parameter(s): {', '.join(unknown)}",
                                f"known: {', '.join(sorted(known))}")
         for name, value in doc.items():
+            if name == "target_recall":
+                doc[name] = check_target_recall(value)
+                continue
             expected = str if name == "codec" else int
             if isinstance(value, bool) or not isinstance(value, expected):
                 raise InvalidInput(f"index parameter {name} must be {expected.__name__}, got {value!r}")
@@ -78,8 +100,9 @@ class IndexParams:
         # 16 bits, which rarely changes a top 10 (debian-minilm, nprobes 32: recall@10 0.959 vs flat's 0.962)
         refine = self.refine_factor or (10 if self.codec == "pq" else 0)
         sample = self.sample_rows or min(max(rows, 1), 256 * nlist, limits.MAX_SAMPLE_ROWS)
-        resolved = IndexParams(self.codec, nlist, min(nprobes, nlist), pq_m, refine, sample, self.kmeans_iters,
-                               self.seed, self.batch_rows)
+        resolved = dataclasses.replace(self, nlist=nlist, nprobes=min(nprobes, nlist), pq_m=pq_m,
+                                       refine_factor=refine, sample_rows=sample,
+                                       hnsw_m=self.hnsw_m or DEFAULT_HNSW_M)
         resolved.check()
         return resolved
 

@@ -1,4 +1,10 @@
-"""Scanning one IVF partition on an executor: its objects (base and deltas) through a loader, then the codec."""
+"""Scanning one IVF partition on an executor: its objects (base and deltas) through a loader, then the codec.
+
+A graph codec's base object holds a serialised HNSW graph: it is deserialised once per object and kept in a
+small LRU here (the loader's cache holds the arrays; deserialising on every search would cost more than
+the search), and searched with the query's `ef`. Its flat delta objects are scanned exactly, and the two
+merge into one top k.
+"""
 
 from __future__ import annotations
 
@@ -6,50 +12,105 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+import kernels
+from appliance import limits
 from appliance.index import codec
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.index.store import IndexStore
 from appliance.lru import Lru
 
 Loader = Callable[[ObjectRef], dict[str, np.ndarray]]
+GRAPHS = 256
+"""Deserialised partition graphs kept per executor process (each as large as its object: a few hundred
+KB for a partition of a thousand 384-d rows)."""
+
+
+def default_ef(k: int) -> int:
+    """A graph search's breadth when the client sends none: twice k, at least 40 (faiss's and LanceDB's
+    default range), within MAX_EF."""
+    return min(max(2 * k, 40), limits.MAX_EF)
 
 
 class PartitionScanner:
     """Reads manifests (small, immutable, kept in a bounded LRU) and partition objects through `load`,
     which the executor backs with its RAM/NVMe cache."""
 
-    def __init__(self, indexes: IndexStore, load: Loader | None = None, manifests: int = 64) -> None:
+    def __init__(self, indexes: IndexStore, load: Loader | None = None, manifests: int = 64,
+                 graphs: int = GRAPHS) -> None:
         self._indexes = indexes
         self._load: Loader = load or (lambda ref: indexes.get_object(ref)[0])
         self._manifests: Lru[IndexManifest] = Lru(manifests)
+        self._graphs: Lru[kernels.hnsw.Graph] = Lru(graphs)
 
     def manifest(self, table: str, index_version: int) -> IndexManifest:
         return self._manifests.get_or_load((table, index_version),
                                            lambda: self._indexes.manifest(table, index_version))
 
-    def scan(self, table: str, index_version: int, partition: int, queries: np.ndarray, k: int
+    def scan(self, table: str, index_version: int, partition: int, queries: np.ndarray, k: int, ef: int = 0
              ) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids, distances) of one partition's top k for every query, and the rows scanned."""
-        return self.scan_many(table, index_version, [(partition, None)], queries, k)
+        return self.scan_many(table, index_version, [(partition, None)], queries, k, ef)
 
     def scan_many(self, table: str, index_version: int, work: list[tuple[int, Sequence[int] | None]],
-                  queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+                  queries: np.ndarray, k: int, ef: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
         """Top k over several partitions at once, each scanned only for the queries that probe it (None:
         all): (ids, distances) [nq, k] and the rows scanned.
 
         A query probes tens of partitions of a few hundred rows each; `kernels.scan_lists` scans each
-        object's rows for its queries only and picks the top k of all of them at once.
+        object's rows for its queries only and picks the top k of all of them at once. Graph objects are
+        searched with breadth `ef` (0: `default_ef`).
         """
         manifest = self.manifest(table, index_version)
         params = self._load(manifest.centroids)
         lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        graphs: list[tuple[ObjectRef, dict[str, np.ndarray], np.ndarray | None]] = []
         for partition, subset in work:
             if not 0 <= partition < manifest.nlist:
                 raise ValueError(f"index {table} v{index_version} has no partition {partition}")
             chosen = None if subset is None else np.asarray(subset, dtype=np.intp)
-            lists += [(obj["ids"], obj["codes"], chosen) for obj in map(self._load, manifest.partitions[partition])
-                      if len(obj["ids"])]
-        rows = sum(len(ids) for ids, _, _ in lists)
+            for ref in manifest.partitions[partition]:
+                obj = self._load(ref)
+                if not len(obj["ids"]):
+                    continue
+                if "graph" in obj:
+                    graphs.append((ref, obj, chosen))
+                else:
+                    lists.append((obj["ids"], obj["codes"], chosen))
+        rows = sum(len(ids) for ids, _, _ in lists) + sum(len(obj["ids"]) for _, obj, _ in graphs)
         prepared = codec.prepare_queries(queries, manifest.metric)
-        ids, dists = codec.scan(manifest.codec, prepared, lists, params, manifest.metric, k)
+        parts = []
+        if lists or not graphs:
+            parts.append(codec.scan(codec.row_codec(manifest.codec), prepared, lists, params, manifest.metric, k))
+        if graphs:
+            parts.append(self._search_graphs(graphs, prepared, k, ef or default_ef(k)))
+        ids, dists = kernels.merge_topk(parts, k) if len(parts) > 1 else parts[0]
         return ids, dists, rows
+
+    def _search_graphs(self, graphs: list[tuple[ObjectRef, dict[str, np.ndarray], np.ndarray | None]],
+                       prepared: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top k over graph objects, each searched for its queries only: every graph's per-query top k,
+        then one sort by (query, distance, id) and the first k of each query."""
+        nq = len(prepared)
+        rows_of, ids_of, dists_of = [], [], []
+        for ref, obj, chosen in graphs:
+            graph = self._graphs.get_or_load(ref.key, lambda obj=obj: kernels.hnsw_load(obj["graph"]))
+            rows = np.arange(nq, dtype=np.intp) if chosen is None else chosen
+            if not len(rows):
+                continue
+            ids, dists = codec.search_graph(graph, prepared[rows], obj["ids"], k, ef)
+            rows_of.append(np.repeat(rows, k))
+            ids_of.append(ids.ravel())
+            dists_of.append(dists.ravel())
+        out_ids = np.full((nq, k), kernels.NO_ID, dtype=np.uint64)
+        out_d = np.full((nq, k), np.inf, dtype=np.float32)
+        if not rows_of or k == 0:
+            return out_ids, out_d
+        q, ids, dists = np.concatenate(rows_of), np.concatenate(ids_of), np.concatenate(dists_of)
+        order = np.lexsort((ids, dists, q))
+        q, ids, dists = q[order], ids[order], dists[order]
+        starts = np.searchsorted(q, np.arange(nq))
+        rank = np.arange(len(q)) - starts[q]
+        keep = rank < k
+        out_ids[q[keep], rank[keep]] = ids[keep]
+        out_d[q[keep], rank[keep]] = dists[keep]
+        return out_ids, out_d
