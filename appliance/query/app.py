@@ -20,6 +20,7 @@ from appliance.planner.plan import Routing
 from appliance.query.admin import admin_api
 from appliance.query.api import native_api
 from appliance.query.auth import ApiKeys, read_key_hashes, require_admin, resolve_api_key
+from appliance.query.console import console_api, is_console_path, with_console_paths
 from appliance.query.dispatch import Dispatcher
 from appliance.query.indexing import attach_indexer_events
 from appliance.query.lancedb import Limits, lancedb_api
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def _authenticate() -> None:
         if request.path.startswith(ADMIN_PREFIX):
             require_admin(admin_key)
-        elif request.path not in PUBLIC_PATHS:
+        elif request.path not in PUBLIC_PATHS and not is_console_path(request.path):  # pages without data
             api_keys.require()
 
     @app.get("/healthz")
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return json_response(openapi_document(__version__))
+        return json_response(with_console_paths(openapi_document(__version__)))
 
     @app.get("/readyz")
     def readyz() -> Response:
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def ring() -> Response:
         return json_response({"members": membership.snapshot(), "live": membership.live()})
 
+    app.register_blueprint(console_api(app, lambda: membership.ring,
+                                       lambda: service.events.stats() if service.events is not None else None))
     app.register_blueprint(admin_api(membership, settings.internal_token, service.payload.stats))
     app.register_blueprint(drain_api(app, lambda: require_admin(admin_key)))
     app.register_blueprint(native_api(service, settings.max_k, settings.max_query_vectors,
