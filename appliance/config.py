@@ -113,6 +113,12 @@ class Settings:
         256 * 1024 * 1024, "Bytes of payload columns a query node keeps in memory, per fragment, to answer the "
         "columns of search results without reading them again. 0: read them from the table every time."
     )
+    recall_sample_rate: float = _knob(
+        0.01, "Share of index searches a query node re-runs exactly in the background to measure recall@k "
+        "(the recall monitor: gauge appliance_recall_at_k, `recall_monitor` in GET .../index). 0: off."
+    )
+    recall_sample_per_second: float = _knob(1.0, "Most searches per second the recall monitor re-runs exactly.")
+    recall_window: int = _knob(100, "Samples the recall monitor averages per table (the most recent).")
     routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
     partition_group_bytes: int = _knob(
         256 * 2**20, "Most bytes of one routing group: a table's IVF partitions (index objects) and its fragments "
@@ -224,7 +230,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str] | None =
             dest=f.name,
             type=_type_of(f),
             default=None,
-            help=f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]",
+            # argparse %-formats help texts ("%(default)s"); a literal % in a setting's help must be doubled
+            help=f"{f.metadata['help']} [env {env_name(f.name)}; default {f.default!r}]".replace("%", "%%"),
         )
 
 

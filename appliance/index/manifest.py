@@ -45,6 +45,14 @@ class IndexManifest:
     history: list[int] = field(default_factory=list)  # index versions this one extends, oldest first
     generation: int = 0  # the table generation it indexes (store.py: an overwrite starts a new one)
     requested: dict[str, Any] | None = None  # the user's explicit {"params", "metric"}; rebuilds reuse them
+    # what the full build measured on rows of the table (index/tuning.py): target_recall, nprobes (the
+    # smallest reaching it on the sample), sample_recall, and min_nprobes, the probe count searches are
+    # raised to (0 when the user fixed nprobes); partial builds keep it
+    recall: dict[str, Any] | None = None
+
+    @property
+    def min_nprobes(self) -> int:
+        return int((self.recall or {}).get("min_nprobes", 0))
 
     @property
     def nlist(self) -> int:
@@ -82,4 +90,5 @@ class IndexManifest:
             "bytes": sum(ref.size for ref in self.objects()),
             "generation": self.generation,
             "requested": self.requested,
+            "recall": self.recall,
         }

@@ -19,10 +19,13 @@ import numpy as np
 import xxhash
 
 import kernels
+from appliance import limits
 from appliance.config import Settings
 from appliance.errors import InvalidInput
 from appliance.index.catalog import LoadedIndex
+from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
+from appliance.index.partition import default_ef
 from appliance.routing.ring import replica_key
 from appliance.storage.schema import METRICS
 from appliance.storage.tables import TableSnapshot
@@ -39,6 +42,7 @@ class SearchRequest:
     columns: list[str] | None = None
     nprobes: int | None = None  # IVF partitions to probe; None = the index's default
     refine_factor: int | None = None  # re-rank the top k x refine_factor with exact vectors
+    ef: int | None = None  # graph codecs: search breadth per partition; None = partition.default_ef(fetch k)
     prefilter: bool = True  # evaluate the filter before the search (exact), else over-fetch and filter after
     bypass_index: bool = False  # exact flat scan even when an index exists
 
@@ -108,6 +112,7 @@ class Task:
     index_version: int = -1
     partition: int = -1
     queries: tuple[int, ...] | None = None  # the batch's queries that probe this partition; None: all
+    ef: int = 0  # partition tasks of a graph index: search breadth; 0 = the executor's default_ef(k)
 
     @property
     def name(self) -> str:
@@ -123,6 +128,8 @@ class Task:
             "partition": self.partition}
         if self.queries is not None:
             doc["queries"] = list(self.queries)
+        if self.ef:
+            doc["ef"] = self.ef
         return doc
 
     @classmethod
@@ -141,9 +148,16 @@ class Task:
                 index_version=int(doc.get("index_version", -1)),  # type: ignore[arg-type]
                 partition=int(doc.get("partition", -1)),  # type: ignore[arg-type]
                 queries=None if doc.get("queries") is None else tuple(int(q) for q in doc["queries"]),  # type: ignore[union-attr]
+                ef=_ef(doc.get("ef", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed task: {exc}") from exc
+
+
+def _ef(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limits.MAX_EF:
+        raise ValueError(f"ef must be an integer from 0 to {limits.MAX_EF}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,7 @@ class SearchPlan:
     fetch_k: int = 0
     index_version: int | None = None
     nprobes: int = 0
+    ef: int = 0  # graph codecs: the search breadth of each probed partition (0: not a graph index)
     partitions: list[int] = field(default_factory=list)
     refine_factor: int = 0
     postfilter: bool = False
@@ -200,6 +215,7 @@ class SearchPlan:
             "selectivity": self.selectivity,
             "index_version": self.index_version,
             "nprobes": self.nprobes,
+            "ef": self.ef,
             "partitions_probed": self.partitions,
             "refine_factor": self.refine_factor,
             "tasks": [t.name for t in self.tasks],
@@ -377,7 +393,9 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
               selectivity: float | None, routing: Routing) -> SearchPlan:
     manifest = index.manifest
     nq = len(request.queries)
-    nprobes = min(request.nprobes or int(manifest.params["nprobes"]), manifest.nlist)
+    # a client's nprobes below the probe count that reaches the table's target recall is raised to it (the
+    # build measured it, index/tuning.py); a table wanting cheaper searches lowers its target_recall
+    nprobes = min(max(request.nprobes or int(manifest.params["nprobes"]), manifest.min_nprobes), manifest.nlist)
     probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric)
     probing = _probing_queries(probed)
     partitions = sorted(probing)
@@ -392,8 +410,10 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
                                unindexed) if unindexed else []
     replica = routing.replica(request.queries)
     keys, touched, work, fanout = route(planned + [(key, work) for _, key, work in fragments], routing, replica)
+    graph = manifest.codec in GRAPH_CODECS  # tasks carry a client's ef; executors default it from their k
     tasks = [Task(PARTITION, key, snapshot.name, snapshot.version, index_version=manifest.index_version,
-                  partition=p, queries=probing[p]) for p, key in zip(partitions, keys, strict=False)]
+                  partition=p, queries=probing[p], ef=(request.ef or 0) if graph else 0)
+             for p, key in zip(partitions, keys, strict=False)]
     tasks += _fragment_tasks(snapshot, fragments, keys[len(partitions):], min_row_id=watermark)
     refine = request.refine_factor if request.refine_factor is not None else int(manifest.params["refine_factor"])
     postfilter = request.filter is not None
@@ -407,7 +427,8 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
     return SearchPlan(
         table=snapshot.name, version=snapshot.version, metric=metric, k=request.k, filter=request.filter,
         strategy="ivf-postfilter" if postfilter else "ivf", tasks=tasks, fetch_k=fetch_k,
-        index_version=manifest.index_version, nprobes=nprobes, partitions=partitions, refine_factor=refine,
+        index_version=manifest.index_version, nprobes=nprobes, ef=(request.ef or default_ef(fetch_k)) if graph else 0,
+        partitions=partitions, refine_factor=refine,
         postfilter=postfilter, verify_alive=verify, selectivity=selectivity, groups=touched, work_bytes=work,
         fanout=fanout, replica=replica,
     )

@@ -25,6 +25,7 @@ from appliance.query.dispatch import Dispatcher
 from appliance.query.indexing import attach_indexer_events
 from appliance.query.lancedb import Limits, lancedb_api
 from appliance.query.openapi import openapi_document
+from appliance.query.recall import RecallMonitor
 from appliance.query.service import QueryService
 from appliance.routing.membership import Membership
 from appliance.storage import BlobStore, TableStore
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                            batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
                            payload_cache_bytes=settings.payload_cache_bytes)
     service.routing = Routing.from_settings(settings)
+    service.recall_monitor = RecallMonitor(service.exact_ids, settings.recall_sample_rate,
+                                           settings.recall_sample_per_second, settings.recall_window)
     attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")
@@ -62,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics.add_gauges(batching_metrics(lambda: (coalescer.batches, coalescer.items)))
     metrics.add_gauges(queue_metrics(lambda: service.events.stats() if service.events is not None else None))
     metrics.add_gauges(index_metrics(service.list_tables, service.catalog.indexes.current))
+    metrics.add_gauges(service.recall_monitor.gauges)
 
     @app.before_request
     def _authenticate() -> None:

@@ -26,6 +26,7 @@ from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher
 from appliance.query.finish import finish_candidates
 from appliance.query.payload import PayloadCache
+from appliance.query.recall import RecallMonitor
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
 
 WIDEN_ATTEMPTS = 3
@@ -180,6 +181,8 @@ class QueryService:
         if unknown:
             raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
         plan, ids, dists = self._execute(snapshot, request, request_id, deadline)
+        if self.recall_monitor is not None and plan.uses_index:  # only queues a sample (query/recall.py)
+            self.recall_monitor.offer(name, request, ids)
         found = ids != kernels.NO_ID
         row_ids = ids[found]
         payload = self.payload.take(snapshot, np.unique(row_ids), columns)
@@ -194,6 +197,12 @@ class QueryService:
         return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
 
     routing = Routing()  # how plans group tasks for routing; app.py sets it from the settings
+    recall_monitor: RecallMonitor | None = None  # app.py sets it from the settings
+
+    def exact_ids(self, name: str, request: SearchRequest) -> np.ndarray:
+        """The ids [nq, k] of a search run exactly (the recall monitor's reference answer)."""
+        request = dataclasses.replace(request, bypass_index=True)
+        return self._execute(self.store.snapshot(name, cached=True), request, "recall-monitor")[1]
 
     def explain(self, name: str, request: SearchRequest) -> SearchPlan:
         """The plan of a search, with the executors its routing keys go to now (None when none is live)."""
@@ -262,7 +271,8 @@ class QueryService:
             return {"table": name, "index": None, "indexed_rows": 0, "unindexed_rows": rows}
         unindexed = snapshot.dataset.count_rows(f"_rowid >= {manifest.row_id_watermark}")
         return {"table": name, "index": manifest.describe(), "indexed_rows": rows - unindexed,
-                "unindexed_rows": unindexed}
+                "unindexed_rows": unindexed,
+                "recall_monitor": self.recall_monitor.describe(name) if self.recall_monitor else None}
 
     # --- used by the LanceDB-compatible front (appliance/query/lancedb/) ---------------------------------
 

@@ -1,0 +1,133 @@
+"""The recall monitor: a query node re-runs a small sample of its live index searches exactly, in the background.
+
+The search path only offers (`offer`): a sampled search's first query vector, k, filter and the ids it
+answered go into a small bounded queue (full: the sample is dropped), at most `sample_rate` of searches and
+at most `per_second` a second. A daemon thread, started on the first offer (so after gunicorn forks), runs
+each sample again with the index bypassed and records recall@k, the share of the exact answer's rows the
+live answer had. A table's recall is the mean over its last `window` samples; it is exported as the gauge
+`appliance_recall_at_k{table}` and in `GET /api/v1/tables/T/index` (`recall_monitor`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+
+import kernels
+from appliance.planner.plan import SearchRequest
+
+log = logging.getLogger(__name__)
+QUEUE_SIZE = 8
+Exact = Callable[[str, SearchRequest], np.ndarray]
+"""Runs a search exactly and returns its ids [nq, k] (NO_ID padding)."""
+
+
+class RecallMonitor:
+    def __init__(self, exact: Exact, sample_rate: float, per_second: float, window: int = 100) -> None:
+        self._exact = exact
+        self.sample_rate = sample_rate
+        self._interval = 1.0 / per_second if per_second > 0 else float("inf")
+        self.window = window
+        self._next = 0.0
+        self._queue: queue.Queue[tuple[str, SearchRequest, np.ndarray] | None] = queue.Queue(QUEUE_SIZE)
+        self._samples: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def offer(self, name: str, request: SearchRequest, ids: np.ndarray) -> None:
+        """Maybe queue this search for an exact re-run; never blocks and never fails the search."""
+        if self.sample_rate <= 0 or request.bypass_index or len(ids) == 0:
+            return
+        now = time.monotonic()
+        if now < self._next or random.random() >= self.sample_rate:
+            return
+        self._next = now + self._interval
+        sample = dataclasses.replace(request, queries=request.queries[:1], columns=[], bypass_index=True,
+                                     nprobes=None)
+        try:
+            self._queue.put_nowait((name, sample, np.array(ids[:1])))
+        except queue.Full:
+            return
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="recall-monitor", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                name, request, answered = item
+                exact = self._exact(name, request)
+                self._record(name, recall_at_k(answered[0], exact[0]))
+            except Exception:  # noqa: BLE001 - a failed sample (table dropped, executor down) is just skipped
+                log.debug("recall sample failed", exc_info=True)
+            finally:
+                self._queue.task_done()
+
+    def _record(self, name: str, recall: float | None) -> None:
+        if recall is None:
+            return
+        with self._lock:
+            self._samples.setdefault(name, deque(maxlen=self.window)).append(recall)
+
+    def recall(self, name: str) -> float | None:
+        """Mean recall@k of the table's last `window` samples; None before the first."""
+        with self._lock:
+            samples = self._samples.get(name)
+            return float(np.mean(samples)) if samples else None
+
+    def describe(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            samples = len(self._samples.get(name, ()))
+        recall = self.recall(name)
+        return {"recall_at_k": None if recall is None else round(recall, 4), "samples": samples,
+                "window": self.window, "sample_rate": self.sample_rate}
+
+    def gauges(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("appliance_recall_at_k", "Recall@k of this query node's index searches, re-run "
+                                  "exactly in the background: mean of the last samples, per table.", labels=["table"])
+        with self._lock:
+            names = sorted(self._samples)
+        for name in names:
+            recall = self.recall(name)
+            if recall is not None:
+                gauge.add_metric([name], recall)
+        return [gauge]
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every queued sample was processed within `timeout` seconds (for tests)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        if self._thread is not None:
+            try:
+                self._queue.put(None, timeout=1.0)
+            except queue.Full:
+                pass
+
+
+def recall_at_k(answered: np.ndarray, exact: np.ndarray) -> float | None:
+    """The share of the exact answer's rows in the live answer; None when the exact answer is empty."""
+    want = {int(i) for i in exact if i != kernels.NO_ID}
+    if not want:
+        return None
+    return len(want & {int(i) for i in answered if i != kernels.NO_ID}) / len(want)

@@ -1,0 +1,76 @@
+"""Recall that holds by default, through a real fleet: the build's probe count raises the lancedb client's
+nprobes 20, and the query node's recall monitor exports what it measures."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import Api, metric_value, start_fleet
+
+import kernels
+from appliance.storage.schema import vector_type
+
+DIM = 32
+CLIENT_NPROBES = 20  # what the lancedb client sends when the user names none (lancedb/query.py)
+
+
+def clustered(n: int, seed: int, centers: np.ndarray) -> np.ndarray:
+    """Clusters that overlap, as real embeddings do (tests/unit/test_recall.py: nlist/6 probes reach ~0.8)."""
+    rng = np.random.default_rng(seed)
+    return (centers[rng.integers(0, len(centers), n)] + rng.standard_normal((n, DIM)) * 2.5).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fleet_api(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recall")
+    fleet = start_fleet(root / "data", root / "logs", executors=1, recall_sample_rate=1.0,
+                        recall_sample_per_second=50.0, recall_window=20)
+    yield Api(fleet.url, fleet.api_key)
+    fleet.stop()
+
+
+def test_client_default_nprobes_reach_the_target_and_the_monitor_reports_recall(fleet_api) -> None:
+    api = fleet_api
+    centers = np.random.default_rng(7).standard_normal((40, DIM)) * 1.2
+    base = clustered(12_000, 1, centers)
+    api.create("c", DIM, "l2", {"row": "int64"})
+    api.insert_arrow("c", pa.table({
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM).cast(vector_type(DIM)),
+        "row": np.arange(len(base))}))
+    resp = api.post("/api/v1/tables/c/index", {"codec": "flat"})
+    assert resp.status_code == 201, resp.text
+    recall_info = resp.json()["recall"]
+    assert recall_info["target_recall"] == 0.95 and recall_info["min_nprobes"] > CLIENT_NPROBES
+
+    queries = clustered(100, 99, centers)  # unseen queries
+    ids = np.arange(len(base), dtype=np.uint64)
+    truth, _ = kernels.search_block(queries, base, ids, "l2", 10)
+    resp = api.post("/api/v1/tables/c/search", {"vectors": queries.tolist(), "k": 10, "columns": ["row"],
+                                                "nprobes": CLIENT_NPROBES})
+    assert resp.status_code == 200, resp.text
+    got = [[r["row"] for r in rows] for rows in resp.json()["results"]]
+    recall = np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth.tolist(), strict=True)])
+    assert recall >= 0.95
+    # the lancedb client's own path: its default nprobes is raised the same way
+    plan = api.post("/v1/table/c/explain_plan/", {"query": {"vector": queries[0].tolist(), "k": 10,
+                                                            "nprobes": CLIENT_NPROBES}})
+    assert plan.status_code == 200, plan.text
+    assert json.loads(plan.json())["nprobes"] == recall_info["min_nprobes"]
+
+    for q in queries[:20]:  # single searches, each a candidate sample for the monitor
+        api.search("c", q, k=10, nprobes=CLIENT_NPROBES)
+        time.sleep(0.03)
+    deadline = time.monotonic() + 60
+    value = 0.0
+    while time.monotonic() < deadline:
+        value = metric_value(api.get("/metrics").text, "appliance_recall_at_k", table="c")
+        if value > 0:
+            break
+        time.sleep(0.5)
+    assert 0.9 <= value <= 1.0
+    monitor = api.get("/api/v1/tables/c/index").json()["recall_monitor"]
+    assert monitor["samples"] >= 1 and 0 < monitor["recall_at_k"] <= 1.0
