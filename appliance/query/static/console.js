@@ -125,11 +125,13 @@ async function refreshTables() {
     const cover = el("span");
     if (total) { cover.appendChild(meter(indexed, total)); cover.appendChild(el("span", ` ${pct(indexed / total)}`)); }
     else cover.textContent = "-";
-    const index = ix && ix.index ? (ix.index.type || ix.index.kind || JSON.stringify(ix.index)) : "none";
-    const state = ix && ix.indexer ? ix.indexer.state : "-";
+    const index = ix && ix.index ? describeIndex(ix.index) : "none";
+    const state = ix && ix.indexer ? ix.indexer.state + (ix.indexer.was ? ` (was ${ix.indexer.was})` : "") +
+      (ix.indexer.updated_at ? `, ${ago(ix.indexer.updated_at)}` : "") : "-";
     const ev = ix && ix.events ? `${ix.events.ready} ready, ${ix.events.in_flight} in flight, ${ix.events.dead} dead` : "-";
     const tr = row([name, d.rows, d.version, d.fragments, `${d.dimension} / ${d.metric}`, index, cover,
-      ix && ix.index_version !== null ? ix.index_version : "-", state, ev], [0, 1, 1, 1]);
+      ix && ix.index_version !== null ? `${ix.index_version}, built ${ago(ix.last_build_time)}` : "-", state, ev],
+    [0, 1, 1, 1]);
     tr.dataset.table = name;
     return tr;
   }));
@@ -141,6 +143,16 @@ async function refreshTables() {
     select.replaceChildren(...options);
     if (names.includes(current)) select.value = current;
   }
+}
+
+function describeIndex(m) {
+  // an index manifest as one line: codec, partitions, metric, default probes, measured recall
+  const parts = [`${m.codec || m.kind || "index"}`];
+  if (m.nlist) parts.push(`IVF ${m.nlist}`);
+  if (m.metric) parts.push(m.metric);
+  if (m.params && m.params.nprobes) parts.push(`nprobes ${m.params.nprobes}`);
+  if (m.recall && m.recall.sample_recall !== undefined) parts.push(`recall ${m.recall.sample_recall.toFixed(3)}`);
+  return parts.join(", ");
 }
 
 async function refreshFleet() {
@@ -166,13 +178,12 @@ async function refreshCache() {
   const c = await call("GET", "/admin/cache");
   if (!c.ok) { needsAdmin("cache"); return; }
   const d = c.doc;
-  const tier = (name, t) => [name, pct(t.hit_rate), `${t.hits} / ${t.misses}`, bytes(t.bytes), bytes(t.budget),
-    meter(t.bytes, t.budget), t.entries];
+  const used = (t) => { const u = el("span"); u.append(meter(t.bytes, t.budget), ` ${bytes(t.bytes)} of ${bytes(t.budget)}`); return u; };
+  const tier = (name, t) => [name, pct(t.hit_rate), `${t.hits} / ${t.misses}`, used(t), t.entries];
   const rows = [tier("RAM", d.ram), tier("NVMe", d.nvme)];
-  if (d.payload) rows.push(tier("payload (this node)", d.payload));
+  if (d.payload) rows.push(tier("payload (node)", d.payload));
   const down = d.executors.filter((e) => !e.stats).map((e) => el("p", `${e.url}: unreachable (${e.error})`, "error"));
-  fill("cache", table(["tier", "hit rate", "hits / misses", "bytes", "budget", "used", "entries"], rows,
-    [0, 1, 1, 1, 1, 0, 1]), el("p", `served without object storage: ${pct(d.hit_rate)} · storage fetches ${d.storage.fetches}, errors ${d.storage.errors}`, "muted"), ...down);
+  fill("cache", table(["tier", "hit rate", "hits / misses", "bytes used of budget", "entries"], rows, [0, 1, 1, 0, 1]), el("p", `served without object storage: ${pct(d.hit_rate)} · storage fetches ${d.storage.fetches}, errors ${d.storage.errors}`, "muted"), ...down);
 }
 
 let statsCache = null;
