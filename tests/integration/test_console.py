@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from conftest import Api, start_fleet
 
 from appliance.fleet import Fleet
 from appliance.query.auth import hash_key
+from appliance.query.console import ring_shares
+from appliance.routing.ring import HashRing
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -66,6 +69,15 @@ def test_stats_need_the_admin_key(fleet: Fleet) -> None:
     assert set(stats) >= {"pid", "time", "search", "queue", "ring"}
     assert sum(stats["ring"].values()) == pytest.approx(1.0, abs=0.01)
     assert stats["search"]["buckets"][-1][0] is None  # +Inf, written as null
+
+
+def test_ring_shares_are_the_keys_each_executor_owns() -> None:
+    nodes = [f"http://127.0.0.1:{port}" for port in (9001, 9002, 9003)]
+    ring = HashRing(nodes)
+    shares = ring_shares(ring)
+    owners = Counter(ring.preference(f"fragment-{i}")[0] for i in range(30_000))
+    for node in nodes:
+        assert shares[node] == pytest.approx(owners[node] / 30_000, abs=0.015)
 
 
 def _browser_missing() -> str | None:
