@@ -13,15 +13,21 @@ from flask import Blueprint, Response, g, request
 from appliance.deadline import requested
 from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.index.params import IndexParams
+from appliance.planner.plan import SearchPlan, SearchRequest
 from appliance.query.bodies import (
     ARROW_STREAM,
     BINARY_SEARCH_TYPES,
+    CREATE_TABLE_FIELDS,
+    DELETE_FIELDS,
+    INSERT_FIELDS,
+    check_fields,
     parse_arrow_stream,
     parse_binary_search,
     parse_index_request,
     parse_int,
     parse_json_body,
     parse_search,
+    search_fields,
 )
 from appliance.query.service import QueryService
 from appliance.storage.schema import rows_to_table
@@ -35,6 +41,7 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
     @api.post("/tables")
     def create_table() -> Response:
         doc = parse_json_body(request.get_data())
+        check_fields(doc, CREATE_TABLE_FIELDS, "a create-table body")
         name = doc.get("name")
         dimension = parse_int(doc, "dimension", 0, 1, 65_536)
         info = service.create_table(name, dimension, doc.get("metric", "l2"), doc.get("schema"))
@@ -59,6 +66,7 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
             data = parse_arrow_stream(request.get_data())
         else:
             doc = parse_json_body(request.get_data())
+            check_fields(doc, INSERT_FIELDS, "an insert body")
             rows = doc.get("rows")
             if not isinstance(rows, list):
                 raise InvalidInput("body must be {\"rows\": [...]} or an Arrow IPC stream")
@@ -75,6 +83,7 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
     @api.post("/tables/<name>/delete")
     def delete(name: str) -> Response:
         doc = parse_json_body(request.get_data())
+        check_fields(doc, DELETE_FIELDS, "a delete body")
         predicate = doc.get("filter")
         check_filter_text(predicate)
         version, deleted = service.delete(name, predicate)
@@ -98,7 +107,9 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
 
     @api.post("/tables/<name>/explain")
     def explain(name: str) -> Response:
-        search_request, _ = parse_search(parse_json_body(request.get_data()), max_k, max_queries)
+        doc = parse_json_body(request.get_data())
+        check_fields(doc, search_fields(), "an explain body")
+        search_request, _ = parse_search(doc, max_k, max_queries)
         return json_response(service.explain(name, search_request).explain())
 
     @api.post("/tables/<name>/search")
@@ -109,19 +120,44 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
             search_request, batch = parse_search(doc, max_k, max_queries, queries)
         else:
             doc = parse_json_body(request.get_data())
+            check_fields(doc, search_fields(), "a search body")
             search_request, batch = parse_search(doc, max_k, max_queries)
         deadline = requested(service.dispatcher.search_timeout, request.environ, request.headers, doc)
         result = service.search(name, search_request, g.request_id, deadline)
+        warnings = metric_warnings(service, name, search_request, result.plan)
         if ARROW_STREAM in request.headers.get("accept", ""):
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, result.rows.schema) as writer:
                 writer.write_table(result.rows)
             return Response(sink.getvalue().to_pybytes(), mimetype=ARROW_STREAM,
-                            headers={"x-appliance-version": str(result.version)})
+                            headers={"x-appliance-version": str(result.version), **warning_header(warnings)})
         grouped = result.per_query(len(search_request.queries))
         body = {"table": name, "version": result.version, "results": grouped if batch else grouped[0]}
         if doc.get("explain"):
             body["plan"] = result.plan.explain()
-        return json_response(body)
+        if warnings:
+            body["warnings"] = warnings
+        return json_response(body, headers=warning_header(warnings))
 
     return api
+
+
+WARNING_HEADER = "x-appliance-warning"
+
+
+def metric_warnings(service: QueryService, name: str, search: SearchRequest, plan: SearchPlan) -> list[str]:
+    """A search that names a metric other than its table's index's scans every row exactly (the index
+    orders rows by its own metric): say so, since only /explain would show it otherwise."""
+    if search.metric is None or search.bypass_index or plan.uses_index:
+        return []
+    index = service.catalog.current(name)
+    if index is None or index.manifest.metric == plan.metric:
+        return []
+    built = index.manifest.metric
+    return [f"metric '{plan.metric}' differs from the index's metric '{built}', so this search scanned every "
+            f"row exactly, without the index; search with metric '{built}' (or leave it out), or rebuild the "
+            f"index with metric '{plan.metric}'"]
+
+
+def warning_header(warnings: list[str]) -> dict[str, str]:
+    return {WARNING_HEADER: " | ".join(warnings)} if warnings else {}

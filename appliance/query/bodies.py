@@ -25,9 +25,9 @@ DIMENSION_HEADER = "x-vector-dimension"
 BINARY_SEARCH_TYPES = (ARROW_STREAM, OCTET_STREAM)
 MAX_DIMENSION = 65_536  # the largest vector a table may hold (appliance/storage/schema.py)
 # The search fields a binary search body takes as query-string parameters, by type.
-SEARCH_PARAMS: dict[str, type] = {"k": int, "nprobes": int, "refine_factor": int, "timeout_ms": int, "metric": str,
-                                  "filter": str, "columns": list, "prefilter": bool, "bypass_vector_index": bool,
-                                  "explain": bool, "batch": bool}
+SEARCH_PARAMS: dict[str, type] = {"k": int, "nprobes": int, "ef": int, "refine_factor": int, "timeout_ms": int,
+                                  "metric": str, "filter": str, "columns": list, "prefilter": bool,
+                                  "bypass_vector_index": bool, "explain": bool, "batch": bool}
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -92,6 +92,25 @@ def parse_arrow_stream(raw: bytes) -> pa.Table:
         raise InvalidInput("body is not a valid Arrow IPC stream", str(exc)) from exc
 
 
+# The fields each native JSON body accepts (the LanceDB protocol's bodies stay tolerant: its clients send
+# fields this appliance has no use for). A misspelled field ("filtr") would otherwise pass silently.
+CREATE_TABLE_FIELDS = ("name", "dimension", "metric", "schema")
+INSERT_FIELDS = ("rows",)
+DELETE_FIELDS = ("filter",)
+
+
+def search_fields() -> tuple[str, ...]:
+    """A JSON search (or explain) body's fields: its query vectors and every query-string parameter."""
+    return ("vector", "vectors", *SEARCH_PARAMS)
+
+
+def check_fields(doc: dict[str, Any], accepted: Any, what: str) -> None:
+    """InvalidInput naming the first field of `doc` that `accepted` lacks, and the accepted ones."""
+    for name in doc:
+        if name not in accepted:
+            raise InvalidInput(f"unknown field {shown(name)} in {what}; accepted: {', '.join(accepted)}")
+
+
 def parse_int(doc: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = doc.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -111,6 +130,7 @@ def parse_index_request(doc: dict[str, Any]) -> tuple[bool, str | None, dict[str
     """The native index endpoint's body -> (background, metric, the index parameters' JSON), every value
     checked: a background request is refused now, not in the indexer."""
     doc = dict(doc)
+    check_fields(doc, ("background", "metric", *IndexParams.__dataclass_fields__), "an index body")
     background = doc.pop("background", False)
     if not isinstance(background, bool):
         raise InvalidInput(f"background must be true or false, got {shown(background)}")
@@ -150,13 +170,14 @@ def parse_search(doc: dict[str, Any], max_k: int, max_queries: int,
     ):
         raise InvalidInput("columns must be a list of column names")
     nprobes = parse_int(doc, "nprobes", 0, 0, limits.MAX_NPROBES) or None
+    ef = parse_int(doc, "ef", 0, 0, limits.MAX_EF) or None  # graph codecs' search breadth
     refine = doc.get("refine_factor")
     refine_factor = None if refine is None else parse_int(doc, "refine_factor", 0, 0, limits.MAX_REFINE_FACTOR)
     limits.check_candidates(k, refine_factor, len(queries))
     prefilter = parse_bool(doc, "prefilter", True)
     bypass = parse_bool(doc, "bypass_vector_index", False)
     return SearchRequest(queries=queries, k=k, metric=metric, filter=predicate, columns=columns, nprobes=nprobes,
-                         refine_factor=refine_factor, prefilter=prefilter, bypass_index=bypass), batch
+                         refine_factor=refine_factor, prefilter=prefilter, bypass_index=bypass, ef=ef), batch
 
 
 def parse_bool(doc: dict[str, Any], name: str, default: bool) -> bool:

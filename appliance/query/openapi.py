@@ -79,8 +79,11 @@ NATIVE_SEARCH = {
     "properties": {
         "vector": VECTOR, "vectors": {"type": "array", "items": VECTOR}, "k": INT, "metric": STR, "filter": STR,
         "columns": {"type": "array", "items": STR}, "nprobes": INT, "refine_factor": INT, "prefilter": BOOL,
-        "bypass_vector_index": BOOL, "explain": BOOL,
+        "bypass_vector_index": BOOL, "explain": BOOL, "timeout_ms": INT, "batch": BOOL,
     },
+    # strict: an unknown field is a 400 naming it (appliance/query/bodies.py check_fields). A search whose metric
+    # differs from the index's answers with `warnings` and the x-appliance-warning header (it scans exactly).
+    "additionalProperties": False,
 }
 
 
@@ -123,7 +126,8 @@ def _paths() -> dict[str, dict[str, Any]]:
             "post": _op("Create a table", tag="native", status="201", body=_json({
                 "type": "object", "required": ["name", "dimension"],
                 "properties": {"name": STR, "dimension": INT, "metric": {"enum": ["l2", "cosine", "dot"]},
-                               "schema": {"type": "object", "additionalProperties": STR}}})["content"]),
+                               "schema": {"type": "object", "additionalProperties": STR}},
+                "additionalProperties": False})["content"]),
         },
         "/api/v1/tables/{name}": {
             "get": _op("Describe a table", tag="native", params=t),
@@ -131,11 +135,13 @@ def _paths() -> dict[str, dict[str, Any]]:
         },
         "/api/v1/tables/{name}/rows": {"post": _op("Insert rows (JSON rows or an Arrow IPC stream)", tag="native",
                                                    params=t, body={**_json({"type": "object", "properties": {
-                                                       "rows": {"type": "array", "items": {"type": "object"}}}})[
+                                                       "rows": {"type": "array", "items": {"type": "object"}}},
+                                                       "additionalProperties": False})[
                                                        "content"], **ARROW_BODY})},
         "/api/v1/tables/{name}/delete": {"post": _op("Delete rows matching a filter", tag="native", params=t,
                                                      body=_json({"type": "object", "required": ["filter"],
-                                                                 "properties": {"filter": STR}})["content"])},
+                                                                 "properties": {"filter": STR},
+                                                                 "additionalProperties": False})["content"])},
         "/api/v1/tables/{name}/search": {"post": _op(
             "Vector search. The query vectors may also come as binary: raw little-endian float32 "
             "(application/octet-stream, the dimension in the x-vector-dimension header) or an Arrow IPC stream "
