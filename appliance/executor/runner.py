@@ -86,12 +86,13 @@ class TaskRunner:
         are deleted): a cached manifest then names objects that are gone. So a missing object costs the
         cached manifests, and the scan runs once more on manifests read afresh."""
         work = [(t.partition, t.queries) for t in group]
+        ef = max(t.ef for t in group)  # a plan gives all its partition tasks the same ef (0: the default)
         try:
-            return self._partitions.scan_many(table, index_version, work, queries, k)
+            return self._partitions.scan_many(table, index_version, work, queries, k, ef)
         except CorruptIndexObject as exc:
             log.warning("index %s v%d: %s; reading its manifest again", table, index_version, exc.message)
             self._partitions = PartitionScanner(self._indexes, load=self._index_object)
-            return self._partitions.scan_many(table, index_version, work, queries, k)
+            return self._partitions.scan_many(table, index_version, work, queries, k, ef)
 
     def _snapshot(self, table: str, version: int) -> TableSnapshot:
         return self._snapshots.get_or_load((table, version), lambda: self._store.snapshot(table, version))

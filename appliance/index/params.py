@@ -12,6 +12,12 @@ from appliance.errors import InvalidInput
 from appliance.storage.schema import METRICS
 
 CODECS = ("flat", "fp16", "sq8", "pq", "hnsw_flat", "hnsw_sq")  # hnsw_*: a graph per partition (codec.py)
+GRAPH_CODECS = ("hnsw_flat", "hnsw_sq")
+# Rows per partition of a graph codec by default. Partitions cost a graph recall it cannot buy back with ef
+# (debian-minilm, 62k rows, m 16, ef 64: 0.98 as one graph; 4 partitions need all 4 probed for 0.99, at
+# 4x the CPU; 248 partitions reach 0.95 only at nprobes 32, 18 ms): they spread a large table over the
+# executors and bound one graph's build memory, so they hold a quarter million rows each.
+GRAPH_PARTITION_ROWS = 262_144
 MAX_HNSW_M = 128  # neighbours per graph node: each costs 4 bytes per row (8 on the bottom layer)
 DEFAULT_HNSW_M = 16
 
@@ -90,7 +96,10 @@ class IndexParams:
 
     def resolved(self, rows: int, dimension: int) -> IndexParams:
         """Fill every 0 with the default for a table of `rows` rows."""
-        nlist = self.nlist or max(1, min(4096, round(math.sqrt(max(rows, 1)))))
+        if self.codec in GRAPH_CODECS:  # few large partitions: a graph searches a partition in ~log(rows)
+            nlist = self.nlist or max(1, math.ceil(rows / GRAPH_PARTITION_ROWS))
+        else:
+            nlist = self.nlist or max(1, min(4096, round(math.sqrt(max(rows, 1)))))
         nlist = max(1, min(nlist, max(rows, 1)))
         nprobes = self.nprobes or max(1, math.ceil(nlist / 6))
         pq_m = self.pq_m or _divisor_near(dimension, max(1, dimension // 8))

@@ -1,8 +1,9 @@
 """Scanning one IVF partition on an executor: its objects (base and deltas) through a loader, then the codec.
 
-A graph codec's base object holds a serialised HNSW graph: it is deserialised once per object and kept in a
-small LRU here (the loader's cache holds the arrays; deserialising on every search would cost more than
-the search), and searched with the query's `ef`. Its flat delta objects are scanned exactly, and the two
+A graph codec's base object holds a serialised HNSW graph: it is deserialised once per object and kept,
+with its ids, in an LRU here (deserialising on every search would cost more than the search; while cached
+the object is not read through the loader at all, so the loader's cache lets its copy age out), and
+searched with the query's `ef`. Its flat delta objects are scanned exactly, and the two
 merge into one top k.
 """
 
@@ -40,7 +41,7 @@ class PartitionScanner:
         self._indexes = indexes
         self._load: Loader = load or (lambda ref: indexes.get_object(ref)[0])
         self._manifests: Lru[IndexManifest] = Lru(manifests)
-        self._graphs: Lru[kernels.hnsw.Graph] = Lru(graphs)
+        self._graphs: Lru[tuple[kernels.hnsw.Graph, np.ndarray]] = Lru(graphs)  # by object key: (graph, ids)
 
     def manifest(self, table: str, index_version: int) -> IndexManifest:
         return self._manifests.get_or_load((table, index_version),
@@ -63,20 +64,23 @@ class PartitionScanner:
         manifest = self.manifest(table, index_version)
         params = self._load(manifest.centroids)
         lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-        graphs: list[tuple[ObjectRef, dict[str, np.ndarray], np.ndarray | None]] = []
+        graphs: list[tuple[tuple[kernels.hnsw.Graph, np.ndarray], np.ndarray | None]] = []
         for partition, subset in work:
             if not 0 <= partition < manifest.nlist:
                 raise ValueError(f"index {table} v{index_version} has no partition {partition}")
             chosen = None if subset is None else np.asarray(subset, dtype=np.intp)
             for ref in manifest.partitions[partition]:
-                obj = self._load(ref)
-                if not len(obj["ids"]):
-                    continue
-                if "graph" in obj:
-                    graphs.append((ref, obj, chosen))
-                else:
+                graph = self._graphs.get(ref.key)  # a cached graph needs no object read
+                obj = self._load(ref) if graph is None else None
+                if obj is not None and "graph" in obj:
+                    graph = (kernels.hnsw_load(obj["graph"]), obj["ids"])
+                    self._graphs.put(ref.key, graph)
+                if graph is not None:
+                    if len(graph[1]):
+                        graphs.append((graph, chosen))
+                elif len(obj["ids"]):
                     lists.append((obj["ids"], obj["codes"], chosen))
-        rows = sum(len(ids) for ids, _, _ in lists) + sum(len(obj["ids"]) for _, obj, _ in graphs)
+        rows = sum(len(ids) for ids, _, _ in lists) + sum(len(ids) for (_, ids), _ in graphs)
         prepared = codec.prepare_queries(queries, manifest.metric)
         parts = []
         if lists or not graphs:
@@ -86,18 +90,17 @@ class PartitionScanner:
         ids, dists = kernels.merge_topk(parts, k) if len(parts) > 1 else parts[0]
         return ids, dists, rows
 
-    def _search_graphs(self, graphs: list[tuple[ObjectRef, dict[str, np.ndarray], np.ndarray | None]],
+    def _search_graphs(self, graphs: list[tuple[tuple[kernels.hnsw.Graph, np.ndarray], np.ndarray | None]],
                        prepared: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         """Top k over graph objects, each searched for its queries only: every graph's per-query top k,
         then one sort by (query, distance, id) and the first k of each query."""
         nq = len(prepared)
         rows_of, ids_of, dists_of = [], [], []
-        for ref, obj, chosen in graphs:
-            graph = self._graphs.get_or_load(ref.key, lambda obj=obj: kernels.hnsw_load(obj["graph"]))
+        for (graph, graph_ids), chosen in graphs:
             rows = np.arange(nq, dtype=np.intp) if chosen is None else chosen
             if not len(rows):
                 continue
-            ids, dists = codec.search_graph(graph, prepared[rows], obj["ids"], k, ef)
+            ids, dists = codec.search_graph(graph, prepared[rows], graph_ids, k, ef)
             rows_of.append(np.repeat(rows, k))
             ids_of.append(ids.ravel())
             dists_of.append(dists.ravel())

@@ -206,6 +206,8 @@ def pairwise(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarra
 def test_graph_params_are_checked() -> None:
     assert IndexParams.from_json({"codec": "hnsw_sq", "hnsw_m": 32}).hnsw_m == 32
     assert IndexParams(codec="hnsw_flat").resolved(10_000, 8).hnsw_m == 16
+    # graph codecs default to few, large partitions (GRAPH_PARTITION_ROWS each); the others to sqrt(rows)
+    assert [IndexParams(codec=c).resolved(1_000_000, 8).nlist for c in ("hnsw_sq", "flat")] == [4, 1000]
     for bad in [{"hnsw_m": 1000}, {"hnsw_m": -1}, {"codec": "hnsw_pq"}]:
         with pytest.raises(InvalidInput):
             IndexParams.from_json(bad)

@@ -22,9 +22,13 @@ from appliance.web import json_response
 
 VECTOR_INDEX = "vector_idx"
 PQ_MIN_ROWS = 256
-VECTOR_TYPES = {"IVF_FLAT": "flat", "IVF_PQ": "pq", "IVF_SQ": "sq8", "IVF_HNSW_SQ": "sq8", "IVF_HNSW_PQ": "pq",
-                "IVF_HNSW_FLAT": "flat"}
-CODEC_TYPES = {"flat": "IVF_FLAT", "fp16": "IVF_FLAT", "pq": "IVF_PQ", "sq8": "IVF_SQ"}
+# IVF_HNSW_PQ builds hnsw_sq: a graph navigated on PQ codes (faiss IndexHNSWPQ) loses recall that no ef buys
+# back (its distances are the greedy search's only guide), and the client that sends it (LanceDB Cloud's)
+# refuses IVF_HNSW_PQ itself in favour of IVF_HNSW_SQ; the user still gets the graph they asked for.
+VECTOR_TYPES = {"IVF_FLAT": "flat", "IVF_PQ": "pq", "IVF_SQ": "sq8", "IVF_HNSW_SQ": "hnsw_sq",
+                "IVF_HNSW_PQ": "hnsw_sq", "IVF_HNSW_FLAT": "hnsw_flat"}
+CODEC_TYPES = {"flat": "IVF_FLAT", "fp16": "IVF_FLAT", "pq": "IVF_PQ", "sq8": "IVF_SQ", "hnsw_sq": "IVF_HNSW_SQ",
+               "hnsw_flat": "IVF_HNSW_FLAT"}
 SCALAR_TYPES = ("BTREE", "BITMAP", "LABEL_LIST")
 LANCE_TYPES = {"btree": "BTREE", "bitmap": "BITMAP", "labellist": "LABEL_LIST", "inverted": "FTS", "fts": "FTS"}
 FTS_OPTIONS = ("with_position", "base_tokenizer", "language", "max_token_length", "lower_case", "stem",
@@ -90,7 +94,8 @@ def _create_vector_index(service: QueryService, name: str, column: str, index_ty
     if params["codec"] == "pq" and rows < PQ_MIN_ROWS:  # as LanceDB: PQ codebooks need 256 training rows
         raise InvalidInput(f"{index_type} needs at least {PQ_MIN_ROWS} rows to train, table '{name}' has {rows}",
                            "use IVF_FLAT or IVF_SQ for small tables")
-    for ours, theirs in (("nlist", "num_partitions"), ("pq_m", "num_sub_vectors"), ("kmeans_iters", "max_iterations")):
+    for ours, theirs in (("nlist", "num_partitions"), ("pq_m", "num_sub_vectors"), ("kmeans_iters", "max_iterations"),
+                         ("hnsw_m", "m")):
         value = optional_int(doc, theirs, 0, 1_000_000)
         if value:
             params[ours] = value

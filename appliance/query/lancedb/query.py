@@ -44,6 +44,7 @@ class LanceQuery:
     vectors: np.ndarray | None = None  # [nq, d] float32; None: not a vector search
     multi: bool = False  # several query vectors in one body: answer with a query_index column
     nprobes: int | None = None
+    ef: int | None = None  # IVF_HNSW_* search breadth
     refine_factor: int | None = None
     distance_type: str | None = None
     bypass_index: bool = False
@@ -78,7 +79,7 @@ def parse_query(doc: dict[str, Any], max_k: int, max_queries: int) -> LanceQuery
     nprobes = (optional_int(doc, "nprobes", 0, limits.MAX_NPROBES)
                or optional_int(doc, "minimum_nprobes", 0, limits.MAX_NPROBES))
     optional_int(doc, "maximum_nprobes", 0, limits.MAX_NPROBES)
-    optional_int(doc, "ef", 0, limits.MAX_EF)  # for graph indexes, none of which is served: bounded, unused
+    q.ef = optional_int(doc, "ef", 0, limits.MAX_EF) or None  # graph codecs (IVF_HNSW_*): search breadth
     q.nprobes = nprobes or None
     q.refine_factor = optional_int(doc, "refine_factor", 0, limits.MAX_REFINE_FACTOR)
     if q.vectors is not None:
@@ -120,7 +121,7 @@ def _vector_search(service: QueryService, name: str, q: LanceQuery, request_id: 
     columns = None if q.columns is None else (list(q.columns) if plain else [])
     request = SearchRequest(queries=q.vectors, k=k + q.offset, metric=q.distance_type, filter=q.filter,
                             columns=None, nprobes=q.nprobes, refine_factor=q.refine_factor, prefilter=q.prefilter,
-                            bypass_index=q.bypass_index)
+                            bypass_index=q.bypass_index, ef=q.ef)
     try:
         deadline = requested(service.dispatcher.search_timeout, http_request.environ, http_request.headers)
         result = service.search_at(name, request, request_id, q.version, columns, deadline)
