@@ -25,7 +25,10 @@ from kernels.topk import NO_ID
 
 HNSW_STORAGE = ("flat", "sq")
 DEFAULT_EF_CONSTRUCTION = 80
-_TRAILER = np.dtype([("norm2", "<f8"), ("metric", "<u8")])  # after faiss's bytes in a serialised graph
+_TRAILER = np.dtype([("norm2", "<f8"), ("metric", "<u4"), ("dim", "<u4")])  # after faiss's bytes
+LANES = 8
+"""Graph rows are padded with zeros to a multiple of this many dimensions: faiss's SIMD distance code needs
+it (debian-minilm, 384 + 1 augmented dimensions: an SQ graph built 7.7x and searched 8x faster at 392)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Graph:
     index: faiss.Index
     metric: str
     norm2: float  # dot and cosine: the squared norm every augmented row has (see `hnsw_build`)
+    dim: int  # of the vectors given to `hnsw_build` (the graph's rows are augmented and padded)
 
     @property
     def rows(self) -> int:
@@ -72,6 +76,16 @@ def _matrix(name: str, x: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(_unit(x)) if metric == "cosine" else x
 
 
+def _graph_rows(x: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+    """x [n, d] with the augmented column `extra` (dot, cosine) after it, zero-padded to LANES columns."""
+    used = x.shape[1] + (extra is not None)
+    out = np.zeros((len(x), -(-used // LANES) * LANES), dtype=np.float32)
+    out[:, : x.shape[1]] = x
+    if extra is not None:
+        out[:, x.shape[1]] = extra
+    return out
+
+
 def hnsw_build(vectors: np.ndarray, *, metric: str = "l2", m: int = 16, storage: str = "flat",
                ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> np.ndarray:
     """An HNSW graph over `vectors` (row i is position i), serialised: uint8 [bytes].
@@ -87,12 +101,12 @@ def hnsw_build(vectors: np.ndarray, *, metric: str = "l2", m: int = 16, storage:
     if m < 2:
         raise ValueError(f"HNSW m must be >= 2, got {m}")
     x = _matrix("vectors", vectors, metric)
-    norm2 = 0.0
+    norm2, extra, given = 0.0, None, x.shape[1]
     if metric != "l2":
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
         norm2 = float(sq.max()) if len(x) else 0.0
         extra = np.sqrt(np.maximum(norm2 - sq, 0)).astype(np.float32)
-        x = np.ascontiguousarray(np.hstack([x, extra[:, None]]))
+    x = _graph_rows(x, extra)
     dim = x.shape[1]
     if storage == "flat":
         index = faiss.IndexHNSWFlat(dim, m)
@@ -103,7 +117,7 @@ def hnsw_build(vectors: np.ndarray, *, metric: str = "l2", m: int = 16, storage:
         index.train(x)
     if len(x):
         index.add(x)
-    trailer = np.array([(norm2, METRICS.index(metric))], dtype=_TRAILER).view(np.uint8)
+    trailer = np.array([(norm2, METRICS.index(metric), given)], dtype=_TRAILER).view(np.uint8)
     return np.concatenate([faiss.serialize_index(index), trailer])
 
 
@@ -116,7 +130,7 @@ def hnsw_load(blob: np.ndarray) -> Graph:
     if int(trailer["metric"]) >= len(METRICS):
         raise ValueError("not a serialised HNSW graph (unknown metric)")
     index = faiss.deserialize_index(np.ascontiguousarray(blob[: -_TRAILER.itemsize]))
-    return Graph(index, METRICS[int(trailer["metric"])], float(trailer["norm2"]))
+    return Graph(index, METRICS[int(trailer["metric"])], float(trailer["norm2"]), int(trailer["dim"]))
 
 
 def hnsw_search(graph: Graph, queries: np.ndarray, k: int, *, ef: int,
@@ -137,14 +151,12 @@ def hnsw_search(graph: Graph, queries: np.ndarray, k: int, *, ef: int,
     width = min(k, n)
     if nq == 0 or width == 0:
         return out_ids, out_d
-    dim = graph.index.d - (metric != "l2")
-    if q.shape[1] != dim:
-        raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, the graph has dim {dim}")
-    if metric != "l2":
-        q = np.ascontiguousarray(np.hstack([q, np.zeros((nq, 1), np.float32)]))
+    if q.shape[1] != graph.dim:
+        raise ValueError(f"dimension mismatch: queries have dim {q.shape[1]}, the graph has dim {graph.dim}")
+    qn = np.einsum("ij,ij->i", q, q, dtype=np.float64)[:, None] if metric != "l2" else None
+    q = _graph_rows(q, np.zeros(nq, np.float32) if metric != "l2" else None)
     dists, pos = graph.index.search(q, width, params=_search_params(max(int(ef), width)))
-    if metric != "l2":  # |q - x'|^2 = |q|^2 + M^2 - 2 q.x, and the distance is 1 - q.x
-        qn = np.einsum("ij,ij->i", q, q, dtype=np.float64)[:, None]
+    if qn is not None:  # |q - x'|^2 = |q|^2 + M^2 - 2 q.x, and the distance is 1 - q.x
         dists = 1 - (qn + graph.norm2 - dists.astype(np.float64)) / 2
     found = pos >= 0
     dists = np.where(found, dists, np.inf).astype(np.float32)
