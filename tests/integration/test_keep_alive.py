@@ -46,4 +46,6 @@ def test_clients_polling_every_two_seconds_never_find_a_closed_connection(fleet,
     for thread in threads:
         thread.join(SECONDS + 120)
     assert errors == [], f"{len(errors)} of {sum(polls) + len(errors)} polls failed, e.g. {errors[:3]}"
-    assert sum(polls) >= CLIENTS * SECONDS / INTERVAL * 0.8
+    # each client sleeps INTERVAL after each answer, so a slow (busy) machine fits fewer polls in the minute;
+    # half of them still puts more than a hundred idle gaps of INTERVAL on reused connections
+    assert sum(polls) >= CLIENTS * SECONDS / INTERVAL * 0.5

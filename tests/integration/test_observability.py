@@ -99,8 +99,8 @@ def test_request_id_follows_the_request_to_the_executors(obs_fleet, obs_api) -> 
                 out.append(json.loads(line))
         return out
 
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not lines("query-0"):
+    deadline = time.monotonic() + 30  # access-log lines are written by a thread of their own, maybe later
+    while time.monotonic() < deadline and not (lines("query-0") and lines("executor-0") + lines("executor-1")):
         time.sleep(0.1)
     [query_line] = lines("query-0")
     assert query_line["role"] == "query" and query_line["status"] == 200
