@@ -14,12 +14,12 @@ from appliance.storage.schema import METRICS
 CODECS = ("flat", "fp16", "sq8", "pq", "hnsw_flat", "hnsw_sq")  # hnsw_*: a graph per partition (codec.py)
 GRAPH_CODECS = ("hnsw_flat", "hnsw_sq")
 # Rows per partition of a graph codec by default. Partitions cost a graph recall it cannot buy back with ef
-# (debian-minilm, 62k rows, m 16, ef 64: 0.98 as one graph; 4 partitions need all 4 probed for 0.99, at
-# 4x the CPU; 248 partitions reach 0.95 only at nprobes 32, ~0.19 ms a partition): they spread a table over the
+# (debian-minilm, 62k rows, m 16, ef 64: 0.98 as one graph, 0.43 ms; 4 partitions need all 4 probed for 0.99,
+# 1.4 ms; 248 partitions reach 0.96 only at nprobes 32, 4.4 ms, ~0.14 ms a partition): they spread a table over the
 # executors and bound one graph's build memory, so they hold a quarter million rows each.
 GRAPH_PARTITION_ROWS = 262_144
 MAX_HNSW_M = 128  # neighbours per graph node: each costs 4 bytes per row (8 on the bottom layer)
-DEFAULT_HNSW_M = 16
+DEFAULT_HNSW_M = 16  # debian-minilm, one graph, ef 40: recall@10 0.970 (m 32: 0.975, 7-23 % more memory)
 
 # Each parameter's (low, high) when given (0 means "the default" where the field's comment says so).
 BOUNDS = {
