@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,31 +37,56 @@ COMMIT_RETRY_SECONDS = 20.0
 """How long a write lost to other writers (other query nodes, compaction) is retried before 409/503."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SearchResult:
-    """Results of one search: per query, rows best first, each with `_rowid`, `_distance` and payload."""
+    """Results of one search: per query, rows best first, each with `_rowid`, `_distance` and payload.
+
+    Kept as columns (numpy arrays, and per payload column its values as Python objects, read so from the
+    payload cache) and turned into what the caller asks for: `per_query` builds the JSON answer's rows
+    straight from them, `rows` (an Arrow table) is built only for the callers that want one (an Arrow
+    answer, the LanceDB front). A JSON answer used to pay for the Arrow table and then for reading it back
+    into Python, about 0.1 ms per search."""
 
     table: str
     version: int
     plan: SearchPlan
-    rows: pa.Table  # query_index, _rowid, _distance, then the selected columns
+    query_index: np.ndarray  # int32 per result row, ascending (rows are ordered by query, best first)
+    row_ids: np.ndarray  # uint64 per result row
+    distances: np.ndarray  # float32 per result row
+    payload: dict[str, list[Any]]  # per selected column, its value per result row
+    schema: pa.Schema  # the table's schema: the payload columns' types
+
+    @functools.cached_property
+    def rows(self) -> pa.Table:
+        """query_index, _rowid, _distance, then the selected columns."""
+        arrays: dict[str, Any] = {
+            "query_index": pa.array(self.query_index, pa.int32()),
+            "_rowid": pa.array(self.row_ids, pa.uint64()),
+            "_distance": pa.array(self.distances, pa.float32()),
+        }
+        for column, values in self.payload.items():
+            arrays[column] = pa.array(values, type=self.schema.field(column).type)
+        return pa.table(arrays)
 
     def per_query(self, nq: int) -> list[list[dict[str, Any]]]:
         grouped: list[list[dict[str, Any]]] = [[] for _ in range(nq)]
-        for row in self.rows.to_pylist():
-            grouped[row.pop("query_index")].append(row)
+        names = ("_rowid", "_distance", *self.payload)
+        values = zip(self.row_ids.tolist(), self.distances.tolist(), *self.payload.values(), strict=True)
+        for query, row in zip(self.query_index.tolist(), values, strict=True):
+            grouped[query].append(dict(zip(names, row, strict=True)))
         return grouped
 
     def split(self, sizes: list[int]) -> list[SearchResult]:
         """The results of consecutive groups of queries (`sizes` queries each), numbered from 0 in each."""
-        query_index = self.rows.column("query_index").to_numpy()
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        starts = np.searchsorted(query_index, bounds)  # rows are ordered by query, best first
+        starts = np.searchsorted(self.query_index, bounds)
         parts = []
         for i in range(len(sizes)):
-            rows = self.rows.slice(starts[i], starts[i + 1] - starts[i])
-            shifted = pa.array(rows.column("query_index").to_numpy() - bounds[i], pa.int32())
-            parts.append(dataclasses.replace(self, rows=rows.set_column(0, "query_index", shifted)))
+            lo, hi = int(starts[i]), int(starts[i + 1])
+            parts.append(dataclasses.replace(
+                self, query_index=(self.query_index[lo:hi] - bounds[i]).astype(np.int32),
+                row_ids=self.row_ids[lo:hi], distances=self.distances[lo:hi],
+                payload={c: v[lo:hi] for c, v in self.payload.items()}))
         return parts
 
 
@@ -186,15 +212,10 @@ class QueryService:
         found = ids != kernels.NO_ID
         row_ids = ids[found]
         payload = self.payload.take(snapshot, np.unique(row_ids), columns)
-        arrays: dict[str, Any] = {
-            "query_index": pa.array(np.nonzero(found)[0].astype(np.int32), pa.int32()),
-            "_rowid": pa.array(row_ids, pa.uint64()),
-            "_distance": pa.array(dists[found], pa.float32()),
-        }
-        schema = snapshot.dataset.schema
-        for column in columns:
-            arrays[column] = pa.array([payload[int(r)][column] for r in row_ids], type=schema.field(column).type)
-        return SearchResult(snapshot.name, snapshot.version, plan, pa.table(arrays))
+        hits = [payload[r] for r in row_ids.tolist()]
+        return SearchResult(snapshot.name, snapshot.version, plan, np.nonzero(found)[0].astype(np.int32),
+                            row_ids.astype(np.uint64), dists[found].astype(np.float32),
+                            {column: [hit[column] for hit in hits] for column in columns}, snapshot.dataset.schema)
 
     routing = Routing()  # how plans group tasks for routing; app.py sets it from the settings
     recall_monitor: RecallMonitor | None = None  # app.py sets it from the settings
