@@ -101,7 +101,7 @@ class _Shape:
     dimension: int
     options: tuple[Any, ...]  # the request's fields below
 
-    OPTIONS = ("k", "metric", "filter", "nprobes", "refine_factor", "prefilter", "bypass_index")
+    OPTIONS = ("k", "metric", "filter", "nprobes", "ef", "refine_factor", "prefilter", "bypass_index")
 
 
 class QueryService:
