@@ -74,7 +74,8 @@ FAISS_NLIST = 256
 SYNTHETIC_BATCH = 100_000
 TABLE = "minilm"
 UNBATCHED = "appliance, batching off"
-CODECS = ("flat", "sq8", "pq")  # the appliance's codecs measured, each with default parameters
+CODECS = ("flat", "sq8", "pq", "hnsw_sq", "hnsw_flat")  # the appliance's codecs measured, with default parameters
+GRAPH_EF = (64, 128)  # graph codecs: search breadths measured beside the default
 TUNE_FROM = 500  # dev queries TUNE_FROM.. tune what a rule picks (pgvector's ef_search); never measured
 PG_TABLE = "items"
 PG_M, PG_EF_CONSTRUCTION = 16, 64
@@ -290,13 +291,20 @@ def bench_appliance(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.nd
                       + f", sample {p['sample_rows']:,} rows, {p['kmeans_iters']} k-means iterations | {seconds:.1f} |")
         refine = str(p["refine_factor"]) if p["refine_factor"] else "-"
         appliance_recall(api, queries, truth, nprobes=max(NPROBES))  # warms the executors' caches
-        for nprobes in sorted({*NPROBES, p["nprobes"]}):
-            default = nprobes == p["nprobes"]
-            batched = appliance_recall(api, queries, truth, nprobes=nprobes) if default else None
-            one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], nprobes=nprobes)), n)
-            many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], nprobes=nprobes)),
+        # graph codecs: one graph per partition (debian-minilm: one), searched with the breadth ef instead
+        graph = codec.startswith("hnsw")
+        knobs = [{"ef": ef} for ef in (0, *GRAPH_EF)] if graph else [
+            {"nprobes": nprobes} for nprobes in sorted({*NPROBES, p["nprobes"]})]
+        for knob_params in knobs:
+            default = knob_params == {"ef": 0} if graph else knob_params["nprobes"] == p["nprobes"]
+            params = {k: v for k, v in knob_params.items() if v}  # ef 0: the executors' default, max(2k, 40)
+            batched = appliance_recall(api, queries, truth, **params) if default else None
+            one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], **params)), n)
+            many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], **params)),
                            len(queries) - n, CLIENTS, meter)
-            knob = f"nprobes={nprobes}" + (" (default)" if default else "")
+            name, value = next(iter(knob_params.items()))
+            knob = (f"{name}={value or 'max(2k, 40)'}" if graph else f"{name}={value}") + (
+                " (default)" if default else "")
             rows.append(Row("appliance", f"IVF{p['nlist']} {codec}", knob, refine, both(one, many, truth), one, many,
                             batched))
             print(rows[-1].markdown(), flush=True)
