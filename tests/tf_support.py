@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from proc_support import descendants  # noqa: F401 - the tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM_DIR = REPO / "terraform"
 
@@ -159,21 +161,6 @@ def terraform_roots() -> list[str]:
 
 def needs_aws(reldir: str) -> bool:
     return "hashicorp/aws" in "".join(p.read_text() for p in (TERRAFORM_DIR / reldir).glob("*.tf"))
-
-
-def descendants(pid: int) -> list[int]:
-    """pid's children, grandchildren, ... (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        with contextlib.suppress(OSError, ValueError):
-            ppid = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("PPid:"))
-            parents.setdefault(ppid, []).append(int(status.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def alive(pids: list[int]) -> list[int]:
