@@ -124,7 +124,9 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
         recall = probe.tune(centroids, p.target_recall)
         recall["min_nprobes"] = 0 if params.nprobes else recall["nprobes"]
         if not params.nprobes:
-            p = dataclasses.replace(p, nprobes=recall["nprobes"])
+            # the measurement only ever raises the size rule's default (nlist / 6): the sample is the table's own
+            # rows, and queries from elsewhere (another distribution than the rows) may need more partitions
+            p = dataclasses.replace(p, nprobes=max(p.nprobes, recall["nprobes"]))
     manifest = IndexManifest(
         table=name, index_version=indexes.next_version(name), metric=metric, dimension=snap.dimension,
         codec=p.codec, params=p.to_json(), table_version=snap.version, row_id_watermark=watermark,
