@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance.index.params import CODECS, TARGET_RECALL_BOUNDS, IndexParams
+from appliance.query.bodies import SEARCH_PARAMS
+from appliance.storage.schema import METRICS
+
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ARROW_FILE = "application/vnd.apache.arrow.file"
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -74,15 +78,26 @@ LANCE_QUERY = {
         "order_by": {"type": "array", "items": {"type": "object"}},
     },
 }
+# Derived from the declarations the parsers check (bodies.SEARCH_PARAMS, IndexParams), so a field the
+# server accepts cannot be missing here.
+_SCHEMA_OF_TYPE = {int: INT, str: STR, bool: BOOL, list: {"type": "array", "items": STR}}
+_SEARCH_SCHEMAS = {name: _SCHEMA_OF_TYPE[kind] for name, kind in SEARCH_PARAMS.items()}
+_SEARCH_SCHEMAS["metric"] = {"enum": list(METRICS)}
 NATIVE_SEARCH = {
     "type": "object",
-    "properties": {
-        "vector": VECTOR, "vectors": {"type": "array", "items": VECTOR}, "k": INT, "metric": STR, "filter": STR,
-        "columns": {"type": "array", "items": STR}, "nprobes": INT, "refine_factor": INT, "prefilter": BOOL,
-        "bypass_vector_index": BOOL, "explain": BOOL, "timeout_ms": INT, "batch": BOOL,
-    },
+    "properties": {"vector": VECTOR, "vectors": {"type": "array", "items": VECTOR}, **_SEARCH_SCHEMAS},
     # strict: an unknown field is a 400 naming it (appliance/query/bodies.py check_fields). A search whose metric
     # differs from the index's answers with `warnings` and the x-appliance-warning header (it scans exactly).
+    "additionalProperties": False,
+}
+INDEX_BODY = {
+    "type": "object",
+    "properties": {
+        **{name: INT for name in IndexParams.__dataclass_fields__},
+        "codec": {"enum": list(CODECS)}, "target_recall": {"type": "number", "minimum": TARGET_RECALL_BOUNDS[0],
+                                                           "maximum": TARGET_RECALL_BOUNDS[1]},
+        "metric": {"enum": list(METRICS)}, "background": BOOL,
+    },
     "additionalProperties": False,
 }
 
@@ -92,9 +107,7 @@ BINARY_SEARCH_PARAMS = [
     {"name": "x-vector-dimension", "in": "header", "required": False, "schema": INT,
      "description": "values per query vector of an application/octet-stream search body (required with it)"},
     *(_q(name, schema, "a field of the JSON search body; only with a binary body")
-      for name, schema in (("k", INT), ("metric", STR), ("filter", STR), ("nprobes", INT), ("refine_factor", INT),
-                           ("prefilter", BOOL), ("bypass_vector_index", BOOL), ("explain", BOOL),
-                           ("timeout_ms", INT))),
+      for name, schema in _SEARCH_SCHEMAS.items() if name not in ("columns", "batch")),
     _q("columns", STR, "comma-separated column names; only with a binary body"),
     _q("batch", BOOL, "answer a list per query even for one vector; only with a binary body"),
 ]
@@ -157,10 +170,8 @@ def _paths() -> dict[str, dict[str, Any]]:
                                                       body=_json(NATIVE_SEARCH)["content"])},
         "/api/v1/tables/{name}/index": {
             "get": _op("The published IVF index and its coverage", tag="native", params=t),
-            "post": _op("Build and publish an IVF index", tag="native", params=t, status="201",
-                        body=_json({"type": "object", "properties": {
-                            "codec": {"enum": ["flat", "fp16", "sq8", "pq"]}, "nlist": INT, "nprobes": INT,
-                            "pq_m": INT, "refine_factor": INT, "seed": INT, "metric": STR}})["content"]),
+            "post": _op("Build and publish an index (IVF, or IVF with a graph per partition)", tag="native",
+                        params=t, status="201", body=_json(INDEX_BODY)["content"]),
         },
         "/api/v1/tables/{name}/optimize": {"post": _op("Ask the indexers to optimize the table now", tag="native",
                                                        params=t)},
