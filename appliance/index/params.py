@@ -94,6 +94,17 @@ class IndexParams:
             raise InvalidInput(f"codec must be one of {', '.join(CODECS)}, got {params.codec!r}")
         return params
 
+    # The parameters chosen from a table's size (0 = "choose for this size"): a rebuild chooses them anew.
+    SIZED = ("nlist", "nprobes", "sample_rows")
+
+    @classmethod
+    def for_rebuild(cls, built: dict[str, Any]) -> IndexParams:
+        """The parameters a rebuild uses, from those an index was built with (its manifest's params): every
+        choice kept (codec, graph size, recall target, PQ shape, seed...), the sizes chosen anew for the
+        table's new size."""
+        return cls(**{name: value for name, value in built.items()
+                      if name in cls.__dataclass_fields__ and name not in cls.SIZED})
+
     def resolved(self, rows: int, dimension: int) -> IndexParams:
         """Fill every 0 with the default for a table of `rows` rows."""
         if self.codec in GRAPH_CODECS:  # few large partitions: a graph searches a partition in ~log(rows)

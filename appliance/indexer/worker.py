@@ -141,7 +141,4 @@ class TableWorker:
             return IndexParams.from_json(dict(chosen.get("params") or {})), chosen.get("metric"), None
         if base is None:
             return IndexParams(codec=self.policy.codec), None, None
-        p = base.params
-        return IndexParams(codec=base.codec, pq_m=p.get("pq_m", 0), refine_factor=p.get("refine_factor", 0),
-                           kmeans_iters=p.get("kmeans_iters", 20), seed=p.get("seed", 0),
-                           batch_rows=p.get("batch_rows", 65_536)), base.metric, None
+        return IndexParams.for_rebuild({**base.params, "codec": base.codec}), base.metric, None

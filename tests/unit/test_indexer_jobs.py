@@ -143,3 +143,21 @@ def test_cleanup_keeps_what_is_current_and_removes_what_is_old(root) -> None:
         indexes.read_object(ref)  # every object the published version names is still there
     assert stray.key not in indexes.object_times("t")
     assert tables.snapshot("t").dataset.count_rows() == 1220
+
+
+def test_a_rebuild_keeps_the_built_indexs_choices_and_sizes_the_rest_anew(root) -> None:
+    """An index built by a path that records no explicit choice (an older release, a direct build): the
+    indexer's rebuild keeps its codec, graph size and recall target, and chooses nlist for the new size."""
+    from appliance.index.builder import build_full
+    from appliance.index.params import IndexParams
+
+    tables = table_with(root, 1200)
+    indexes = IndexStore(root)
+    build_full(tables, indexes, "t", IndexParams(codec="hnsw_flat", hnsw_m=8, target_recall=0.9, nlist=3))
+    tables.append("t", rows(1300, 1200))
+    report = TableWorker(root, POLICY, grace=3600).handle(ev(), held)
+    assert report["work"] == "full"
+    rebuilt = indexes.current("t")
+    assert rebuilt.codec == "hnsw_flat"
+    assert rebuilt.params["hnsw_m"] == 8 and rebuilt.params["target_recall"] == 0.9
+    assert rebuilt.nlist == 1  # chosen for 2,500 rows, not the 3 the first build was given
