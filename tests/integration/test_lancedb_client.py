@@ -455,3 +455,36 @@ def test_readme_python_example_runs(fleet) -> None:
     exec(compile(code, "README.md", "exec"), {"KEY": fleet.api_key})  # noqa: S102 - our own README
     db = lancedb.connect("db://appliance", api_key=fleet.api_key, host_override=fleet.url)
     assert "docs" not in db.list_tables().tables  # the example ends by dropping its table
+
+
+def test_table_metric_from_schema_metadata(db, fleet) -> None:
+    """A table created through the client takes its metric from the schema's `appliance.metric` metadata: it
+    is stored with the table, searches without `distance_type` use it, and `create_index()` (which sends
+    the client's default l2) builds the index in it, so those searches use the index."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(64, DIM)).astype(np.float32) + 0.5
+    schema = pa.schema([pa.field("vector", pa.list_(pa.float32(), DIM)), pa.field("id", pa.int64())],
+                       metadata={"appliance.metric": "cosine"})
+    table = db.create_table("cosine_items", data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base)],
+                            schema=schema)
+    native = requests.get(f"{fleet.url}/api/v1/tables/cosine_items", headers={"x-api-key": fleet.api_key})
+    assert native.json()["metric"] == "cosine"
+    q = rng.normal(size=DIM).astype(np.float32)
+    hits = table.search(q.tolist()).limit(5).to_list()
+    assert [h["id"] for h in hits] == exact_ids(base, q, "cosine", 5)
+    cos = 1 - base[hits[0]["id"]] @ q / (np.linalg.norm(base[hits[0]["id"]]) * np.linalg.norm(q))
+    assert hits[0]["_distance"] == pytest.approx(cos, abs=1e-4)
+    table.create_index(vector_column_name="vector", index_type="IVF_FLAT", num_partitions=2)
+    assert table.index_stats("vector_idx").distance_type == "cosine"
+    plan = requests.post(f"{fleet.url}/api/v1/tables/cosine_items/explain", headers={"x-api-key": fleet.api_key},
+                         json={"vector": q.tolist(), "k": 5}).json()
+    assert plan["strategy"] == "ivf", plan
+    # an explicit other metric is still honoured per query
+    dot = table.search(q.tolist()).distance_type("dot").limit(5).to_list()
+    assert [h["id"] for h in dot] == exact_ids(base, q, "dot", 5)
+    # an empty table from a schema alone keeps it too; a metric the appliance has not is a 400 naming the key
+    db.create_table("dot_empty", schema=schema.with_metadata({"appliance.metric": "dot"}))
+    assert requests.get(f"{fleet.url}/api/v1/tables/dot_empty",
+                        headers={"x-api-key": fleet.api_key}).json()["metric"] == "dot"
+    with pytest.raises(ValueError, match="appliance.metric"):
+        db.create_table("bad_metric", schema=schema.with_metadata({"appliance.metric": "hamming"}))

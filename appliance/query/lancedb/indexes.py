@@ -89,6 +89,10 @@ def _create_vector_index(service: QueryService, name: str, column: str, index_ty
     metric = (optional_str(doc, "metric_type") or optional_str(doc, "distance_type") or "l2").lower()
     if metric not in ("l2", "cosine", "dot"):
         raise InvalidInput(f"metric_type must be l2, cosine or dot, got {metric!r}")
+    if metric == "l2":
+        # The client sends l2 whenever no metric was given (its default), so on a table created with another
+        # metric l2 means "the table's": an l2 index there would serve none of the table's default searches.
+        metric = service.snapshot(name).metric
     params: dict[str, Any] = {"codec": VECTOR_TYPES[index_type]}
     rows = service.count_rows(name)
     if params["codec"] == "pq" and rows < PQ_MIN_ROWS:  # as LanceDB: PQ codebooks need 256 training rows

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from flask import Blueprint, Response, request
 
-from appliance.errors import InvalidInput, NotFound
+from appliance.errors import InvalidInput, NotFound, TableNotFound
 from appliance.query.lancedb.schema_json import schema_to_lance_json
 from appliance.query.lancedb.wire import (
     arrow_body,
@@ -22,7 +22,7 @@ from appliance.query.lancedb.wire import (
     query_flag,
 )
 from appliance.query.service import QueryService
-from appliance.storage.schema import VECTOR_COLUMN
+from appliance.storage.schema import METRIC_KEY, METRICS, VECTOR_COLUMN
 from appliance.storage.tables import check_filter_text, raise_if_rejected
 from appliance.web import json_response
 
@@ -48,7 +48,8 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
         mode = request.args.get("mode", "create")
         data = arrow_body(limits.max_batch_rows)
         data = _fixed_size_vectors(data)
-        info = service.create_table_from_arrow(name, data.schema, data, mode)
+        metric = table_metric(data.schema) or _replaced_metric(service, name, mode)
+        info = service.create_table_from_arrow(name, data.schema, data, mode, metric)
         return json_response({"version": info.version})
 
     @bp.post("/table/<name>/describe/")
@@ -139,6 +140,29 @@ def _page(names: list[str]) -> dict[str, Any]:
     page = rest[:limit] if limit else rest
     more = bool(limit) and len(rest) > limit
     return {"tables": page, "page_token": page[-1] if more and page else None}
+
+
+def table_metric(schema: pa.Schema) -> str | None:
+    """The metric a client asks a new table to have, in its Arrow schema's metadata (`appliance.metric`:
+    l2, cosine or dot; the lancedb client has no other way to send one); None when absent."""
+    raw = (schema.metadata or {}).get(METRIC_KEY)
+    if raw is None:
+        return None
+    metric = raw.decode(errors="replace").strip().lower()
+    if metric not in METRICS:
+        raise InvalidInput(f"schema metadata {METRIC_KEY.decode()} must be one of {', '.join(METRICS)}, "
+                           f"got {raw.decode(errors='replace')!r}")
+    return metric
+
+
+def _replaced_metric(service: QueryService, name: str, mode: str) -> str:
+    """Without a metric in the schema: a table replaced (mode=overwrite) keeps its own, a new one is l2."""
+    if mode == "overwrite":
+        try:
+            return service.snapshot(name).metric
+        except TableNotFound:
+            pass
+    return "l2"
 
 
 def _fixed_size_vectors(data: pa.Table) -> pa.Table:
