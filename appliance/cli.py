@@ -156,6 +156,7 @@ def ready_banner(url: str, api_key: str) -> str:
         f"  appliance {__version__} is ready",
         f"  URL:     {url}",
         f"  API key: {api_key}",
+        f"  Console: {url}/  (sign in with the API key; Swagger UI at {url}/docs)",
         "",
         "  Try it (create a table, insert two rows, search):",
         f"    curl -s -X POST {url}/api/v1/tables {h} "

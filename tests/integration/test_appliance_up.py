@@ -63,6 +63,7 @@ def test_up_prints_working_curl_and_stops_on_ctrl_c(tmp_path) -> None:
         banner = read_until(proc, "Ctrl-C stops the fleet", timeout=60)
         key = (tmp_path / "data" / "_appliance" / "api_key").read_text().strip()
         assert f"API key: {key}" in banner and f"http://127.0.0.1:{port}" in banner
+        assert f"Console: http://127.0.0.1:{port}/ " in banner and f"http://127.0.0.1:{port}/docs" in banner
         curls = [line.strip() for line in banner.splitlines() if line.strip().startswith("curl ")]
         assert len(curls) == 3
         outputs = [subprocess.run(["bash", "-c", c], capture_output=True, text=True, check=True).stdout
