@@ -19,7 +19,11 @@ Secrets (API key, internal token) are not written: keep them in a vault file pas
 
 `--local ROOT` writes an inventory of nodes on this machine instead (the `local` Terraform environment, and
 tests): ansible_connection=local, the "process" service manager, and each node in its own folder
-ROOT/<name>, since they share one machine.
+ROOT/<name>, since they share one machine. terraform/environments/local outputs `local_root` and
+`local_python`, which stand for `--local` and `--python` (the options win):
+
+    terraform -chdir=terraform/environments/local output -json > tf-outputs.json
+    ansible/inventory/terraform_inventory.py tf-outputs.json > hosts.yml
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ FLEETS = {"query": ("query_nodes", 8080), "executor": ("executor_nodes", 8181), 
 def inventory(outputs: dict[str, Any], local_root: Path | None = None, python: str | None = None,
               list_group: Callable[[str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     values = {name: (o["value"] if isinstance(o, dict) and "value" in o else o) for name, o in outputs.items()}
+    if local_root is None and values.get("local_root"):
+        local_root = Path(values["local_root"])
+    python = python or (values.get("local_python") if local_root is not None else None)
     groups = values.get("autoscaling_group_names") or {}
     children: dict[str, Any] = {}
     for group, (output, default_port) in FLEETS.items():

@@ -8,9 +8,11 @@ machine's filesystem mirror (tests/tf_support.py); without a mirror the AWS part
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -103,19 +105,45 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_local_apply_serves_then_destroy_stops_everything(tf: Terraform, tree: Path, tmp_path: Path) -> None:
+def _long_clone(tmp_path: Path) -> tuple[Path, Path]:
+    """terraform/ and an `appliance` command under a folder whose path is over 120 characters, as in a
+    fresh clone in a deep temporary folder: the fleet's command line is then longer than 80 columns."""
+    root = tmp_path / ("clone-of-the-vector-appliance-in-a-deep-folder-" + "x" * 80)
+    assert len(str(root)) > 120
+    tree = copy_tree(root / "terraform")
+    (root / "bin").mkdir()
+    bin_ = shutil.which("appliance", path=os.path.dirname(sys.executable))
+    assert bin_, "no appliance command next to this Python"
+    (root / "bin" / "appliance").symlink_to(bin_)  # run through the long path (its argv names the link)
+    return tree, root / "bin" / "appliance"
+
+
+def _wait_gone(pids: list[int], timeout: float = 120.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive(pids)
+
+
+def test_local_apply_serves_then_destroy_stops_everything(tf: Terraform, tmp_path: Path) -> None:
+    """From a long path, with COLUMNS=80 (ps -o args= cut the command line there and destroy left the
+    fleet running); a plan after the fleet died replaces it, and destroy names the tables it leaves."""
+    tree, bin_ = _long_clone(tmp_path)
     workdir = tree / "environments" / "local"
     port = free_port_block(3)
-    bin_ = shutil.which("appliance", path=os.path.dirname(sys.executable)) or "appliance"
+    state_dir = workdir / ".fleet"
     variables = [f"-var=appliance_bin={bin_}", f"-var=port={port}", "-var=executors=2",
-                 f"-var=state_dir={tmp_path / 'fleet'}", '-var=environment={APPLIANCE_LOG_LEVEL="warning"}']
+                 f"-var=state_dir={state_dir}", '-var=environment={APPLIANCE_LOG_LEVEL="warning"}']
+    narrow = {"COLUMNS": "80"}
     tf.init(workdir)
     started = time.monotonic()
-    tf.run(workdir, "apply", "-auto-approve", "-no-color", *variables).check()
+    tf.run(workdir, "apply", "-auto-approve", "-no-color", *variables, extra_env=narrow).check()
+    fleet_pids: list[int] = []
     try:
         out = tf.outputs(workdir)
         assert out["url"] == f"http://127.0.0.1:{port}"
         supervisor = int(Path(out["pidfile"]).read_text())
+        assert len(Path(f"/proc/{supervisor}/cmdline").read_bytes()) > 120
         fleet_pids = [supervisor, *descendants(supervisor)]
         assert len(fleet_pids) >= 5  # supervisor + query node + 2 executors (gunicorn masters and workers)
 
@@ -129,14 +157,94 @@ def test_local_apply_serves_then_destroy_stops_everything(tf: Terraform, tree: P
         # A second plan is empty: the generated API key and the fleet are stable.
         plan = tf.run(workdir, "plan", "-detailed-exitcode", "-no-color", *variables)
         assert plan.returncode == 0, plan.stdout[-3000:]
+
+        # The fleet dies (every process killed, as a crash or a reboot would): the plan replaces it ...
+        for pid in fleet_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert _wait_gone(fleet_pids) == []
+        plan = tf.run(workdir, "plan", "-detailed-exitcode", "-no-color", *variables)
+        assert plan.returncode == 2, plan.stdout[-3000:] + plan.stderr[-3000:]
+        assert "terraform_data.fleet[0] will be replaced due to changes in replace_triggered_by" in plan.stdout
+        assert "terraform_data.restarts[0] will be updated in-place" in plan.stdout
+        assert "~ input  = 0 -> 1" in plan.stdout, plan.stdout
+
+        # ... the apply brings it back, with the tables it had, and the next plan is empty again.
+        tf.run(workdir, "apply", "-auto-approve", "-no-color", *variables, extra_env=narrow).check()
+        supervisor = int(Path(out["pidfile"]).read_text())
+        fleet_pids = [supervisor, *descendants(supervisor)]
+        assert len(fleet_pids) >= 5
+        assert api.search("tf", [0.9, 0.1, 0], k=1)[0]["title"] == "east"
+        plan = tf.run(workdir, "plan", "-detailed-exitcode", "-no-color", *variables)
+        assert plan.returncode == 0, plan.stdout[-3000:]
     finally:
-        tf.run(workdir, "destroy", "-auto-approve", "-no-color", *variables).check()
+        destroy = tf.run(workdir, "destroy", "-auto-approve", "-no-color", *variables, extra_env=narrow).check()
     elapsed = time.monotonic() - started
     assert not Path(out["pidfile"]).exists()
-    assert alive(fleet_pids) == [], f"processes left after destroy: {alive(fleet_pids)}"
+    assert _wait_gone(fleet_pids, 30) == [], f"processes left after destroy: {alive(fleet_pids)}"
     assert not _port_open(port)
     assert tf.run(workdir, "state", "list").stdout.strip() == ""
-    print(f"local apply + search + destroy: {elapsed:.1f}s")
+    # Destroy says what it leaves: the tables.
+    assert f"left in place: the tables in {state_dir / 'data'}" in destroy.stdout, destroy.stdout[-2000:]
+    assert (state_dir / "data").is_dir()
+    print(f"local apply + search + death + apply + destroy: {elapsed:.1f}s")
+
+
+def test_local_outputs_make_the_ansible_inventory(tf: Terraform, tmp_path: Path) -> None:
+    """managed_by = "ansible": apply starts nothing; `terraform output -json` is all the inventory script
+    needs for nodes on this machine, the playbooks' secrets come from the ansible_vars output, and destroy
+    stops what Ansible started (each node's bin/appliance-ctl) and names what it leaves."""
+    tree = copy_tree(tmp_path / "terraform")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)  # a checkout with its virtualenv
+    workdir = tree / "environments" / "local"
+    port = free_port_block(4)
+    variables = ["-var=managed_by=ansible", f"-var=port={port}", "-var=executors=3"]
+    tf.init(workdir)
+    tf.run(workdir, "apply", "-auto-approve", "-no-color", *variables).check()
+    try:
+        assert not _port_open(port)  # nothing started: Ansible's site.yml does that
+        raw = tf.run(workdir, "output", "-json", "-no-color").check().stdout
+        (tmp_path / "tf-outputs.json").write_text(raw)
+        script = REPO / "ansible" / "inventory" / "terraform_inventory.py"
+        hosts = subprocess.run([sys.executable, str(script), str(tmp_path / "tf-outputs.json")], check=True,
+                               capture_output=True, text=True).stdout
+        secrets = tf.run(workdir, "output", "-json", "-no-color", "ansible_vars").check().json()
+        (workdir / ".fleet" / "nodes" / "query-0" / "bin").mkdir(parents=True)
+    finally:
+        ctl = workdir / ".fleet" / "nodes" / "query-0" / "bin" / "appliance-ctl"
+        if ctl.parent.is_dir():  # stands for the control script site.yml installs: records that it was called
+            ctl.write_text(f"#!/bin/sh\necho \"$@\" >> '{tmp_path / 'ctl-calls'}'\n")
+            ctl.chmod(0o755)
+        destroy = tf.run(workdir, "destroy", "-auto-approve", "-no-color", *variables).check()
+    assert (tmp_path / "ctl-calls").read_text() == "stop\n"
+    assert f"the tables in {workdir / '.fleet' / 'data'}" in destroy.stdout, destroy.stdout[-2000:]
+
+    import yaml
+
+    doc = yaml.safe_load(hosts)["all"]
+    nodes = workdir / ".fleet" / "nodes"
+    assert list(doc["children"]["query"]["hosts"]) == ["query-0"]
+    assert list(doc["children"]["executor"]["hosts"]) == ["executor-0", "executor-1", "executor-2"]
+    for i, name in enumerate(["query-0", "executor-0", "executor-1", "executor-2"]):
+        host = {**doc["children"]["query"]["hosts"], **doc["children"]["executor"]["hosts"]}[name]
+        assert host == {"ansible_host": "127.0.0.1", "common_port": port + i, "common_root": str(nodes / name)}
+    venv_python = str(tmp_path / ".venv" / "bin" / "python")
+    assert doc["vars"] == {"common_data": str(workdir / ".fleet" / "data"), "ansible_connection": "local",
+                           "common_service_manager": "process", "common_listen_host": "127.0.0.1",
+                           "ansible_python_interpreter": venv_python, "common_python": venv_python}
+    outputs = json.loads(raw)
+    assert secrets["common_api_key"] == outputs["api_key"]["value"]
+    assert secrets["common_internal_token"].startswith("it-")
+    assert Path(secrets["common_shared_site_packages"], "appliance").exists() or \
+        any(Path(secrets["common_shared_site_packages"]).glob("__editable__*vector_appliance*.pth"))
+    assert secrets["common_pip_extra_args"] == "--no-deps --no-index --ignore-installed"
+    bin_ = Path(sys.executable).parent
+    if (bin_ / "ansible-inventory").exists():  # Ansible reads it as meant
+        (tmp_path / "hosts.yml").write_text(hosts)
+        listed = subprocess.run([str(bin_ / "ansible-inventory"), "-i", str(tmp_path / "hosts.yml"), "--list"],
+                                cwd=tmp_path, env={**os.environ, "ANSIBLE_HOME": str(tmp_path / "ah")},
+                                check=True, capture_output=True, text=True)
+        assert json.loads(listed.stdout)["executor"]["hosts"] == ["executor-0", "executor-1", "executor-2"]
 
 
 # ---- environments/aws against moto --------------------------------------------------------------------------------

@@ -93,3 +93,14 @@ variable "startup_timeout_seconds" {
     error_message = "startup_timeout_seconds must be between 5 and 3600."
   }
 }
+
+variable "managed_by" {
+  description = "What runs the nodes: \"terraform\" (apply starts `appliance up`, destroy stops it) or \"ansible\" (apply starts nothing; the outputs describe the nodes for ansible/inventory/terraform_inventory.py, ansible/site.yml starts one process per node under nodes_root, and destroy stops them)."
+  type        = string
+  default     = "terraform"
+
+  validation {
+    condition     = contains(["terraform", "ansible"], var.managed_by)
+    error_message = "managed_by must be \"terraform\" or \"ansible\"."
+  }
+}

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Start or stop a local appliance fleet for terraform/environments/local.
 #   fleet.sh start   FLEET_STATE_DIR, FLEET_APPLIANCE_BIN, FLEET_URL, FLEET_TIMEOUT and APPLIANCE_* set
-#   fleet.sh stop    FLEET_PIDFILE set
+#                    (FLEET_RESTARTS: the restart count of main.tf, kept in FLEET_STATE_DIR/restarts)
+#   fleet.sh stop    FLEET_PIDFILE set (FLEET_DATA: the storage root, named as what stays)
 # `appliance up` runs detached (its own session, output to a log), so Terraform does not wait on it.
 set -eu
 
@@ -14,7 +15,14 @@ probe() { # 0 when $1 answers 200
 }
 
 is_fleet() { # 0 when pid $1 is alive and is an appliance process (not a recycled pid)
-  kill -0 "$1" 2>/dev/null && ps -o args= -p "$1" 2>/dev/null | grep -q appliance
+  kill -0 "$1" 2>/dev/null || return 1
+  # The whole command line: `ps -o args=` cuts it at $COLUMNS, and from a long path "appliance" falls
+  # past the cut (the stop was then skipped). /proc/PID/cmdline is whole; elsewhere, ps -ww is unlimited.
+  if [ -r "/proc/$1/cmdline" ]; then
+    tr '\000' ' ' <"/proc/$1/cmdline" | grep -q appliance
+  else
+    ps -ww -o args= -p "$1" 2>/dev/null | grep -q appliance
+  fi
 }
 
 start() {
@@ -37,6 +45,7 @@ start() {
   fi
   pid=$!
   echo "$pid" >"$pidfile"
+  echo "${FLEET_RESTARTS:-0}" >"$FLEET_STATE_DIR/restarts"
   waited=0
   while [ "$waited" -lt "$((FLEET_TIMEOUT * 2))" ]; do
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -78,8 +87,11 @@ stop() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$(dirname "$pidfile")/restarts"
   echo "fleet.sh: fleet stopped (pid $pid)"
+  if [ -n "${FLEET_DATA:-}" ]; then
+    echo "fleet.sh: left in place: the tables in $FLEET_DATA (and the log); delete that folder to start afresh"
+  fi
 }
 
 case "${1:-}" in
