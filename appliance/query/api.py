@@ -30,7 +30,6 @@ from appliance.query.bodies import (
     search_fields,
 )
 from appliance.query.service import QueryService
-from appliance.storage.schema import rows_to_table
 from appliance.storage.tables import check_filter_text
 from appliance.web import json_response
 
@@ -72,13 +71,14 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
                 raise InvalidInput("body must be {\"rows\": [...]} or an Arrow IPC stream")
             if len(rows) > max_batch_rows:
                 raise PayloadTooLarge(f"at most {max_batch_rows} rows per request, got {len(rows)}")
-            data = rows_to_table(rows, service.describe_schema(name))
-        if data.num_rows > max_batch_rows:
-            raise PayloadTooLarge(f"at most {max_batch_rows} rows per request, got {data.num_rows}")
-        if data.num_rows == 0:
+            data = rows  # checked and conformed once, by the store, as Arrow inserts are
+        inserted = len(data) if isinstance(data, list) else data.num_rows
+        if inserted > max_batch_rows:
+            raise PayloadTooLarge(f"at most {max_batch_rows} rows per request, got {inserted}")
+        if inserted == 0:
             raise InvalidInput("no rows to insert")
         version = service.insert(name, data)
-        return json_response({"table": name, "version": version, "inserted": data.num_rows})
+        return json_response({"table": name, "version": version, "inserted": inserted})
 
     @api.post("/tables/<name>/delete")
     def delete(name: str) -> Response:

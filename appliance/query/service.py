@@ -133,9 +133,6 @@ class QueryService:
     def describe(self, name: str) -> TableInfo:
         return self.store.describe(name)
 
-    def describe_schema(self, name: str) -> pa.Schema:
-        return self.store.snapshot(name).dataset.schema
-
     def drop(self, name: str) -> None:
         try:
             self.store.drop(name)
@@ -144,7 +141,7 @@ class QueryService:
         self.catalog.indexes.drop(name)
         self.catalog.forget(name)
 
-    def insert(self, name: str, data: pa.Table) -> int:
+    def insert(self, name: str, data: pa.Table | list[Any]) -> int:
         """Commit rows and return the committed version; the caller acknowledges only after this returns.
         The rows are checked against the table's schema first, then committed together with the table's
         other concurrent inserts, in one version (group commit, commits.py)."""

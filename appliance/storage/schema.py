@@ -6,7 +6,6 @@ dimension or a NaN, because one such row silently poisons every distance compute
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,30 +90,29 @@ def schema_to_json(schema: pa.Schema) -> list[dict[str, Any]]:
 
 
 def rows_to_table(rows: Sequence[Any], schema: pa.Schema) -> pa.Table:
-    """JSON rows (objects) -> an Arrow table of the table's schema, with errors that name the row."""
+    """JSON rows (objects) -> an Arrow table of the table's columns, with errors that name the row. Its vectors
+    are lists of float64 here: `conform` (called once, by the store, as for Arrow inserts) checks their
+    lengths and values with Arrow compute and casts them to the table's type."""
     if not isinstance(rows, list) or not rows:
         raise InvalidInput("rows must be a non-empty list of objects")
-    dimension = dimension_of(schema)
     known = set(schema.names)
-    for i, row in enumerate(rows):
+    numbers = {float, int}
+    for i, row in enumerate(rows):  # per row, not per value: a value's type is checked by set(map(type, ...))
         if not isinstance(row, dict):
             raise InvalidInput(f"row {i} is not an object")
-        extra = set(row) - known
-        if extra:
-            raise InvalidInput(f"row {i}: unknown column(s) {', '.join(sorted(map(str, extra)))}")
+        if not known.issuperset(row):
+            raise InvalidInput(f"row {i}: unknown column(s) {', '.join(sorted(map(str, set(row) - known)))}")
         vector = row.get(VECTOR_COLUMN)
         if not isinstance(vector, list):
-            raise InvalidInput(f"row {i}: '{VECTOR_COLUMN}' must be a list of {dimension} numbers")
-        if len(vector) != dimension:
-            raise InvalidInput(f"row {i}: vector has {len(vector)} values, the table expects {dimension}")
-        for x in vector:
-            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-                raise InvalidInput(f"row {i}: vector values must be finite numbers, got {x!r}")
+            raise InvalidInput(f"row {i}: '{VECTOR_COLUMN}' must be a list of {dimension_of(schema)} numbers")
+        if not numbers.issuperset(map(type, vector)):  # Arrow would read true as 1.0, "1" never
+            bad = next(x for x in vector if type(x) not in numbers)
+            raise InvalidInput(f"row {i}: vector values must be finite numbers, got {bad!r}")
+    loose = schema.set(schema.get_field_index(VECTOR_COLUMN), pa.field(VECTOR_COLUMN, pa.list_(pa.float64())))
     try:
-        table = pa.Table.from_pylist(rows, schema=schema)
+        return pa.Table.from_pylist(rows, schema=loose)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
         raise InvalidInput("rows do not match the table schema", str(exc)) from exc
-    return conform(table, schema)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -36,6 +36,7 @@ from appliance.storage.schema import (
     dimension_of,
     metric_of,
     payload_columns,
+    rows_to_table,
     schema_to_json,
     vectors_to_numpy,
 )
@@ -293,10 +294,13 @@ class TableStore:
         """Commit rows to the table; returns the committed version (the acknowledgement's version)."""
         return self.append_parts(name, [self.conform_rows(name, data)])
 
-    def conform_rows(self, name: str, data: pa.Table) -> pa.Table:
-        """`data` conformed to the table's latest schema (vectors float32, columns in order); InvalidInput
-        naming the problem when it cannot be. Writes are checked this way before they join a group commit."""
-        return conform(data, self.snapshot(name).dataset.schema)
+    def conform_rows(self, name: str, data: pa.Table | list[Any]) -> pa.Table:
+        """`data` (Arrow, or JSON rows) conformed to the table's schema (vectors float32, columns in order);
+        InvalidInput naming the problem when it cannot be. Writes are checked this way, once, before they join
+        a group commit; against the schema a search on this node last saw (no storage call when warm), as
+        `append_parts` conforms again to the schema it commits on if that changed since."""
+        schema = self.snapshot(name, cached=True).dataset.schema
+        return conform(rows_to_table(data, schema) if isinstance(data, list) else data, schema)
 
     def append_parts(self, name: str, parts: list[pa.Table]) -> int:
         """Commit rows already conformed (conform_rows) as ONE append, one version; returns it. A part

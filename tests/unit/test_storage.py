@@ -83,12 +83,17 @@ def test_bad_rows_are_rejected_before_commit(store: TableStore) -> None:
     schema = store.snapshot("t").dataset.schema
     for bad, needle in [
         ([{"vector": [1, 2]}], "expects 3"),
-        ([{"vector": [1, 2, float("nan")]}], "finite"),
+        ([{"vector": [1, 2, float("nan")]}], "NaN"),
+        ([{"vector": [1, True, 3]}], "finite numbers, got True"),
+        ([{"vector": [1, "2", 3]}], "finite numbers, got '2'"),
+        ([{"vector": [1, None, 3]}], "finite numbers, got None"),
         ([{"vector": "abc"}], "list"),
         ([{"vector": [1, 2, 3], "other": 1}], "unknown column"),
+        ([{"vector": [1, 2, 3], "n": "x"}], "do not match"),
     ]:
         with pytest.raises(InvalidInput, match=needle):
-            rows_to_table(bad, schema)
+            store.conform_rows("t", bad)  # JSON rows are checked and conformed once, as Arrow inserts are
+    assert store.conform_rows("t", [{"vector": [1, 2.5, 3]}]).schema.equals(schema)
     nan = pa.table({"vector": pa.array([[1.0, float("nan"), 3.0]], vector_type(3))})
     with pytest.raises(InvalidInput, match="NaN"):
         store.append("t", nan)
