@@ -79,7 +79,9 @@ class HashRing:
         if known is None:
             hashed = _hash64(key)
             base, mark, replica = key.rpartition(REPLICA_MARK)
-            if mark and replica.isdigit() and self._nodes:  # replica r: the base key's order, turned by r
+            # replica r (ASCII digits: int() refuses some other isdigit() characters, such as '¹'): the base
+            # key's order, turned by r
+            if mark and replica.isascii() and replica.isdigit() and self._nodes:
                 nodes = self._order(base)[1]
                 shift = int(replica) % len(nodes)
                 order = [*nodes[shift:], *nodes[:shift]]
