@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 
 import lancedb
 import numpy as np
@@ -444,17 +443,6 @@ def test_raw_protocol_details(fleet, items) -> None:
 def test_fleet_healthy_after_errors(fleet) -> None:
     assert all(node.alive for node in fleet.nodes)
     assert requests.get(fleet.url + "/readyz").status_code == 200
-
-
-def test_readme_python_example_runs(fleet) -> None:
-    """The README's "Use it from Python" block, run as written against the fleet, so the docs cannot rot."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## Use it from Python", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    code = code.replace('host_override="http://127.0.0.1:8080"', f'host_override="{fleet.url}"')
-    exec(compile(code, "README.md", "exec"), {"KEY": fleet.api_key})  # noqa: S102 - our own README
-    db = lancedb.connect("db://appliance", api_key=fleet.api_key, host_override=fleet.url)
-    assert "docs" not in db.list_tables().tables  # the example ends by dropping its table
 
 
 def test_table_metric_from_schema_metadata(db, fleet) -> None:
