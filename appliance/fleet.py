@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -32,6 +33,9 @@ from appliance.storage import BlobStore
 QUERY_APP = "appliance.query.app:create_app()"
 EXECUTOR_APP = "appliance.executor.app:create_app()"
 _PR_SET_PDEATHSIG = 1
+# lance warns "lance is not fork-safe" at every fork once imported (an at-fork hook). The launcher forks only
+# to exec a node or an indexer at once (Popen with a preexec_fn), so the child inherits no lance state: noise.
+warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
 
 
 def gunicorn_node_args() -> list[str]:
@@ -40,7 +44,10 @@ def gunicorn_node_args() -> list[str]:
     /dev/shm (memory) rather than the temp folder on disk: gunicorn touches it every second or so per
     worker, and on disk that `os.utime` was 18% of an executor's CPU samples (about 12% of a node's CPU
     saved); where /dev/shm is absent, the temp folder as before."""
-    return ["-c", "python:appliance.gunicorn_hooks", "--worker-tmp-dir", shm_dir()]
+    # --no-control-socket: gunicorn 27's masters all default to one control socket path
+    # ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl), each node announcing it and taking it from the
+    # last; nothing here uses it (signals drive the nodes), so none.
+    return ["-c", "python:appliance.gunicorn_hooks", "--worker-tmp-dir", shm_dir(), "--no-control-socket"]
 
 
 @dataclass

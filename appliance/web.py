@@ -202,6 +202,10 @@ def configure_logging(level: str) -> None:
     if root.handlers:  # configured already (a second app in this process, or a test's capture)
         return
     root.setLevel(level.upper())
+    # faiss's loader logs at INFO each CPU variant it tries ("Could not load library with AVX2 support due to:
+    # ModuleNotFoundError..."): harmless (the wheel ships one build and falls back to it), yet it reads as an
+    # error in every node's and indexer's log. Its warnings and errors still show.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(logging.Formatter("%(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

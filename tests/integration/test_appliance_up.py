@@ -84,3 +84,69 @@ def test_up_prints_working_curl_and_stops_on_ctrl_c(tmp_path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# Harmless lines that read as errors, filtered where they arise (appliance/web.py: faiss's loader;
+# appliance/fleet.py: lance's fork warning, and gunicorn's control socket, turned off).
+NOISE = {
+    "faiss's loader": r"faiss with \w+ support|Could not load library with",
+    "lance's fork warning": r"lance is not fork-safe",
+    "gunicorn's control socket": r"Control socket listening at",
+}
+
+
+def test_up_starts_quietly(tmp_path) -> None:
+    """At the default log level, through start-up, a search and the indexer's first build (which loads
+    faiss), stderr has none of the known harmless warnings, and no gunicorn control socket is made."""
+    import re
+
+    import numpy as np
+    import requests
+
+    port = free_port_block(3)
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = {**os.environ, "APPLIANCE_PORT": str(port), "APPLIANCE_EXECUTOR_BASE_PORT": str(port + 1),
+           "APPLIANCE_DATA": str(tmp_path / "data"), "APPLIANCE_LOG_LEVEL": "info",
+           "APPLIANCE_API_KEY": "sk-quiet-start-test", "APPLIANCE_INDEXER_MIN_ROWS": "256",
+           "XDG_RUNTIME_DIR": str(xdg), "HOME": str(tmp_path / "home")}
+    stderr = (tmp_path / "stderr.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)
+    try:
+        read_until(proc, "Ctrl-C stops the fleet", timeout=120)
+        session = requests.Session()
+        session.headers["x-api-key"] = "sk-quiet-start-test"
+        url = f"http://127.0.0.1:{port}/api/v1/tables"
+        assert session.post(url, json={"name": "quiet", "dimension": 8, "metric": "l2"}).status_code == 201
+        vectors = np.random.default_rng(3).normal(size=(400, 8)).round(4)
+        resp = session.post(f"{url}/quiet/rows", json={"rows": [{"vector": v.tolist()} for v in vectors]})
+        assert resp.status_code == 200, resp.text
+        deadline = time.monotonic() + 240
+        while session.get(f"{url}/quiet/index").json().get("index") is None:
+            assert time.monotonic() < deadline, "the indexer built no index in 240 s"
+            time.sleep(0.5)
+        assert session.post(f"{url}/quiet/search", json={"vector": vectors[0].tolist(), "k": 1}).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stderr.close()
+    log = (tmp_path / "stderr.log").read_text()
+    assert "indexer" in log  # the indexer ran, with its log here
+    found = {what: [line for line in log.splitlines() if re.search(pattern, line)] for what, pattern in NOISE.items()}
+    assert {what: lines for what, lines in found.items() if lines} == {}
+    assert not list(xdg.iterdir()) and not (tmp_path / "home" / ".gunicorn").exists()
+
+
+def test_faiss_loader_lines_stay_out_of_the_log() -> None:
+    """Where faiss is first imported after a process set up its log (today the nodes import it before),
+    its loader's INFO lines are still kept out, and the appliance's own INFO lines are not."""
+    import re
+
+    code = ("import logging, sys; from appliance.web import configure_logging; assert 'faiss' not in sys.modules; "
+            "configure_logging('info'); import faiss; logging.getLogger('appliance').info('kept')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "kept" in done.stderr
+    assert not re.search(NOISE["faiss's loader"], done.stderr), done.stderr
