@@ -1,4 +1,6 @@
-"""Search requests and the plans compiled from them, and how a plan's tasks are grouped for routing.
+"""The planner: a pure function of (validated request, snapshot statistics, index) -> plan, and how a plan's
+tasks are grouped for routing. It reads nothing from storage: what it knows of the table comes from
+`stats.SnapshotStats`, gathered once per version, and the filter's selectivity is an estimate passed in.
 
 Routing works on *groups*, not single tasks: a table's IVF partitions are cut into groups of consecutive
 partitions whose index objects add up to at most `partition_group_bytes`, and its fragments likewise, and
@@ -21,31 +23,13 @@ import xxhash
 import kernels
 from appliance import limits
 from appliance.config import Settings
-from appliance.errors import InvalidInput
 from appliance.index.catalog import LoadedIndex
 from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
 from appliance.index.partition import default_ef
+from appliance.planner.stats import SnapshotStats
+from appliance.query.request import SearchRequest
 from appliance.routing.ring import replica_key
-from appliance.storage.schema import METRICS
-from appliance.storage.tables import TableSnapshot
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """A validated search: queries are float32 [nq, dimension] and finite."""
-
-    queries: np.ndarray
-    k: int
-    metric: str | None = None
-    filter: str | None = None
-    columns: list[str] | None = None
-    nprobes: int | None = None  # IVF partitions to probe; None = the index's default
-    refine_factor: int | None = None  # re-rank the top k x refine_factor with exact vectors
-    ef: int | None = None  # graph codecs: search breadth per partition; None = partition.default_ef(fetch k)
-    prefilter: bool = True  # evaluate the filter before the search (exact), else over-fetch and filter after
-    bypass_index: bool = False  # exact flat scan even when an index exists
-
 
 FRAGMENT = "fragment"
 PARTITION = "partition"
@@ -281,14 +265,11 @@ def partition_groups(manifest: IndexManifest, budget: int) -> tuple[list[int], l
     return known
 
 
-def fragment_groups(snapshot: TableSnapshot, budget: int) -> dict[int, tuple[int, int]]:
-    """(group, bytes of its vectors) of every fragment of the pinned version, grouped in fragment id order;
-    the row counts come from the version's manifest, already in memory."""
-    rows = sorted((f.fragment_id, f.metadata.physical_rows) for f in snapshot.dataset.get_fragments())
-    per_row = snapshot.dimension * 4
-    sizes = [n * per_row for _, n in rows]
-    return {fid: (group, size) for (fid, _), group, size in zip(rows, group_numbers(sizes, budget), sizes,
-                                                                  strict=True)}
+def fragment_groups(stats: SnapshotStats, budget: int) -> dict[int, tuple[int, int]]:
+    """(group, bytes of its vectors) of every fragment of the pinned version, grouped in fragment id order."""
+    sizes = [f.rows * stats.vector_bytes for f in stats.fragments]
+    return {f.fragment_id: (group, size) for f, group, size in zip(stats.fragments, group_numbers(sizes, budget),
+                                                                     sizes, strict=True)}
 
 
 def route(planned: list[tuple[str, int]], routing: Routing, replica: int = 0
@@ -313,65 +294,57 @@ def route(planned: list[tuple[str, int]], routing: Routing, replica: int = 0
 
 
 def plan_search(
-    snapshot: TableSnapshot,
     request: SearchRequest,
+    stats: SnapshotStats,
     index: LoadedIndex | None = None,
     selectivity: float | None = None,
     prefilter_threshold: float = 0.05,
     routing: Routing | None = None,
 ) -> SearchPlan:
-    """Compile a search against a pinned table version (and the index, if any).
+    """Compile a validated search (query/request.validate) against a pinned version's statistics and the
+    table's index, if any. No I/O: the same inputs give the same plan.
 
     Exact plans flat-scan every fragment with the filter pushed down. IVF plans probe the centroids here,
     make one task per probed partition plus one flat task per fragment holding rows the index lacks (read-
     your-writes), and filter after the search unless the filter is selective enough (`selectivity` <=
     `prefilter_threshold`) that an exact prefiltered scan is cheaper and better. Tasks are keyed by their
     routing group, or all by one key when the work is under `routing.fanout_min_bytes` (see the module).
+    Each query finds `request.limit` (k + offset) results.
     """
     routing = routing or Routing()
-    if request.queries.shape[1] != snapshot.dimension:
-        raise InvalidInput(
-            f"query vector has dimension {request.queries.shape[1]}, "
-            f"table '{snapshot.name}' has dimension {snapshot.dimension}"
-        )
-    metric = request.metric or snapshot.metric
-    if metric not in METRICS:
-        raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if request.filter is not None:
-        snapshot.validate_filter(request.filter)
+    metric = request.metric or stats.metric
     selective = request.filter is not None and request.prefilter and (
         selectivity is not None and selectivity <= prefilter_threshold)
     if index is None or request.bypass_index or index.manifest.metric != metric or selective:
-        return _exact_plan(snapshot, request, metric, selectivity, routing)
-    return _ivf_plan(snapshot, request, metric, index, selectivity, routing)
+        return _exact_plan(stats, request, metric, selectivity, routing)
+    return _ivf_plan(stats, request, metric, index, selectivity, routing)
 
 
-def _fragment_work(snapshot: TableSnapshot, groups: dict[int, tuple[int, int]], nq: int,
+def _fragment_work(stats: SnapshotStats, groups: dict[int, tuple[int, int]], nq: int,
                    rows: dict[int, int] | None = None) -> list[tuple[int, str, int]]:
     """(fragment id, its group's key, bytes x queries) of each fragment in `rows` (fragment id -> rows it
     scans; None: every fragment, whole)."""
-    per_row = snapshot.dimension * 4
+    per_row = stats.vector_bytes
     chosen = {fid: size // per_row for fid, (_, size) in groups.items()} if rows is None else rows
-    return [(fid, fragment_group_key(snapshot.name, groups[fid][0]), n * per_row * nq)
+    return [(fid, fragment_group_key(stats.table, groups[fid][0]), n * per_row * nq)
             for fid, n in sorted(chosen.items())]
 
 
-def _fragment_tasks(snapshot: TableSnapshot, fragments: list[tuple[int, str, int]], keys: list[str],
+def _fragment_tasks(stats: SnapshotStats, fragments: list[tuple[int, str, int]], keys: list[str],
                     min_row_id: int = 0) -> list[Task]:
-    return [Task(FRAGMENT, key, snapshot.name, snapshot.version, fragment_id=fid, min_row_id=min_row_id)
+    return [Task(FRAGMENT, key, stats.table, stats.version, fragment_id=fid, min_row_id=min_row_id)
             for (fid, _, _), key in zip(fragments, keys, strict=True)]
 
 
-def _exact_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str,
+def _exact_plan(stats: SnapshotStats, request: SearchRequest, metric: str,
                 selectivity: float | None, routing: Routing) -> SearchPlan:
-    fragments = _fragment_work(snapshot, fragment_groups(snapshot, routing.partition_group_bytes),
-                               len(request.queries))
+    fragments = _fragment_work(stats, fragment_groups(stats, routing.partition_group_bytes), len(request.queries))
     replica = routing.replica(request.queries)
     keys, touched, work, fanout = route([(key, work) for _, key, work in fragments], routing, replica)
     return SearchPlan(
-        table=snapshot.name, version=snapshot.version, metric=metric, k=request.k, filter=request.filter,
-        strategy="exact-prefilter" if request.filter else "exact", tasks=_fragment_tasks(snapshot, fragments, keys),
-        fetch_k=request.k, selectivity=selectivity, groups=touched, work_bytes=work, fanout=fanout,
+        table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
+        strategy="exact-prefilter" if request.filter else "exact", tasks=_fragment_tasks(stats, fragments, keys),
+        fetch_k=request.limit, selectivity=selectivity, groups=touched, work_bytes=work, fanout=fanout,
         replica=replica,
     )
 
@@ -389,7 +362,7 @@ def _probing_queries(probed: np.ndarray) -> dict[int, tuple[int, ...] | None]:
             for i, p in enumerate(partitions)}
 
 
-def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, index: LoadedIndex,
+def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: LoadedIndex,
               selectivity: float | None, routing: Routing) -> SearchPlan:
     manifest = index.manifest
     nq = len(request.queries)
@@ -400,32 +373,32 @@ def _ivf_plan(snapshot: TableSnapshot, request: SearchRequest, metric: str, inde
     probing = _probing_queries(probed)
     partitions = sorted(probing)
     group_of, sizes = partition_groups(manifest, routing.partition_group_bytes)
-    planned = [(partition_group_key(snapshot.name, manifest.index_version, group_of[p]),
+    planned = [(partition_group_key(stats.table, manifest.index_version, group_of[p]),
                 sizes[p] * (nq if probing[p] is None else len(probing[p]))) for p in partitions]
     watermark = manifest.row_id_watermark
-    # rows at or past the watermark, which the index lacks: ids ascend within a fragment, so at most this many
-    unindexed = {fid: hi - max(lo, watermark) + 1 for fid, (lo, hi) in snapshot.fragment_row_ranges().items()
-                 if hi >= watermark}
-    fragments = _fragment_work(snapshot, fragment_groups(snapshot, routing.partition_group_bytes), nq,
+    unindexed = stats.rows_from(watermark)  # rows the index lacks, at most, per fragment
+    fragments = _fragment_work(stats, fragment_groups(stats, routing.partition_group_bytes), nq,
                                unindexed) if unindexed else []
     replica = routing.replica(request.queries)
     keys, touched, work, fanout = route(planned + [(key, work) for _, key, work in fragments], routing, replica)
     graph = manifest.codec in GRAPH_CODECS  # tasks carry a client's ef; executors default it from their k
-    tasks = [Task(PARTITION, key, snapshot.name, snapshot.version, index_version=manifest.index_version,
+    tasks = [Task(PARTITION, key, stats.table, stats.version, index_version=manifest.index_version,
                   partition=p, queries=probing[p], ef=(request.ef or 0) if graph else 0)
              for p, key in zip(partitions, keys, strict=False)]
-    tasks += _fragment_tasks(snapshot, fragments, keys[len(partitions):], min_row_id=watermark)
+    tasks += _fragment_tasks(stats, fragments, keys[len(partitions):], min_row_id=watermark)
     refine = request.refine_factor if request.refine_factor is not None else int(manifest.params["refine_factor"])
     postfilter = request.filter is not None
-    verify = snapshot.live_rows_below(watermark) < manifest.rows
-    fetch_k = request.k * max(1, refine)
+    # the index may hold rows deleted since its build when fewer live rows remain below the watermark than
+    # it indexed; the rows past the watermark are counted at their bound, so a doubt means checking
+    verify = stats.live_rows - sum(unindexed.values()) < manifest.rows
+    fetch_k = request.limit * max(1, refine)
     if postfilter:
         # over-fetch in proportion to how few rows pass the filter; the service widens further if short
         fetch_k *= int(min(20, max(2, np.ceil(1 / max(selectivity or 0.5, 1e-3)))))
     elif verify:
-        fetch_k += max(request.k, fetch_k // 4)
+        fetch_k += max(request.limit, fetch_k // 4)
     return SearchPlan(
-        table=snapshot.name, version=snapshot.version, metric=metric, k=request.k, filter=request.filter,
+        table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
         strategy="ivf-postfilter" if postfilter else "ivf", tasks=tasks, fetch_k=fetch_k,
         index_version=manifest.index_version, nprobes=nprobes, ef=(request.ef or default_ef(fetch_k)) if graph else 0,
         partitions=partitions, refine_factor=refine,

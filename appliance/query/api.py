@@ -13,7 +13,7 @@ from flask import Blueprint, Response, g, request
 from appliance.deadline import requested
 from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.index.params import IndexParams
-from appliance.planner.plan import SearchPlan, SearchRequest
+from appliance.planner.plan import SearchPlan
 from appliance.query.bodies import (
     ARROW_STREAM,
     BINARY_SEARCH_TYPES,
@@ -29,6 +29,7 @@ from appliance.query.bodies import (
     parse_search,
     search_fields,
 )
+from appliance.query.request import SearchRequest
 from appliance.query.service import QueryService
 from appliance.storage.tables import check_filter_text
 from appliance.web import json_response
@@ -109,21 +110,21 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
     def explain(name: str) -> Response:
         doc = parse_json_body(request.get_data())
         check_fields(doc, search_fields(), "an explain body")
-        search_request, _ = parse_search(doc, max_k, max_queries)
-        return json_response(service.explain(name, search_request).explain())
+        search_request, _ = parse_search(name, doc, max_k, max_queries)
+        return json_response(service.explain(search_request).explain())
 
     @api.post("/tables/<name>/search")
     def search(name: str) -> Response:
         if request.mimetype in BINARY_SEARCH_TYPES:  # query vectors as float32 or Arrow, the rest in the URL
             queries, doc = parse_binary_search(request.mimetype, request.get_data(), request.headers,
                                                request.args, max_queries)
-            search_request, batch = parse_search(doc, max_k, max_queries, queries)
+            search_request, batch = parse_search(name, doc, max_k, max_queries, queries)
         else:
             doc = parse_json_body(request.get_data())
             check_fields(doc, search_fields(), "a search body")
-            search_request, batch = parse_search(doc, max_k, max_queries)
+            search_request, batch = parse_search(name, doc, max_k, max_queries)
         deadline = requested(service.dispatcher.search_timeout, request.environ, request.headers, doc)
-        result = service.search(name, search_request, g.request_id, deadline)
+        result = service.search(search_request, g.request_id, deadline)
         warnings = metric_warnings(service, name, search_request, result.plan)
         if ARROW_STREAM in request.headers.get("accept", ""):
             sink = pa.BufferOutputStream()

@@ -16,8 +16,7 @@ import pyarrow.compute as pc
 from appliance import limits
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.index.params import IndexParams, check_metric
-from appliance.planner.plan import SearchRequest
-from appliance.storage.tables import check_filter_text
+from appliance.query.request import SearchRequest, search_request
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 OCTET_STREAM = "application/octet-stream"
@@ -141,10 +140,11 @@ def parse_index_request(doc: dict[str, Any]) -> tuple[bool, str | None, dict[str
     return background, metric, doc
 
 
-def parse_search(doc: dict[str, Any], max_k: int, max_queries: int,
+def parse_search(table: str, doc: dict[str, Any], max_k: int, max_queries: int,
                  queries: np.ndarray | None = None) -> tuple[SearchRequest, bool]:
-    """A search body -> (request, whether the client sent a batch of vectors). `queries` are the query
-    vectors of a binary body (parse_binary_search), whose other fields come in `doc`."""
+    """A native search (or explain) body -> (request, whether the client sent a batch of vectors). Decodes
+    the fields' types; request.search_request checks them. `queries` are the query vectors of a binary
+    body (parse_binary_search), whose other fields come in `doc`."""
     if queries is not None:
         batch = parse_bool(doc, "batch", False) or len(queries) > 1
     else:
@@ -157,27 +157,15 @@ def parse_search(doc: dict[str, Any], max_k: int, max_queries: int,
         queries = parse_vectors(raw if batch else [raw], "vectors" if batch else "vector")
     if len(queries) > max_queries:
         raise LimitExceeded(f"at most {max_queries} query vectors per request, got {len(queries)}")
-    k = parse_int(doc, "k", 10, 1, max_k)
-    metric = doc.get("metric")
-    if metric is not None and not isinstance(metric, str):
-        raise InvalidInput("metric must be a string")
-    predicate = doc.get("filter")
-    if predicate is not None:
-        check_filter_text(predicate)
-    columns = doc.get("columns")
-    if columns is not None and (
-        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
-    ):
-        raise InvalidInput("columns must be a list of column names")
-    nprobes = parse_int(doc, "nprobes", 0, 0, limits.MAX_NPROBES) or None
-    ef = parse_int(doc, "ef", 0, 0, limits.MAX_EF) or None  # graph codecs' search breadth
     refine = doc.get("refine_factor")
-    refine_factor = None if refine is None else parse_int(doc, "refine_factor", 0, 0, limits.MAX_REFINE_FACTOR)
-    limits.check_candidates(k, refine_factor, len(queries))
-    prefilter = parse_bool(doc, "prefilter", True)
-    bypass = parse_bool(doc, "bypass_vector_index", False)
-    return SearchRequest(queries=queries, k=k, metric=metric, filter=predicate, columns=columns, nprobes=nprobes,
-                         refine_factor=refine_factor, prefilter=prefilter, bypass_index=bypass, ef=ef), batch
+    return search_request(
+        table, queries, parse_int(doc, "k", 10, 1, max_k), max_k, metric=doc.get("metric"),
+        filter=doc.get("filter"), columns=doc.get("columns"),
+        nprobes=parse_int(doc, "nprobes", 0, 0, limits.MAX_NPROBES) or None,
+        refine_factor=None if refine is None else parse_int(doc, "refine_factor", 0, 0, limits.MAX_REFINE_FACTOR),
+        ef=parse_int(doc, "ef", 0, 0, limits.MAX_EF) or None,  # graph codecs' search breadth
+        prefilter=parse_bool(doc, "prefilter", True), bypass_index=parse_bool(doc, "bypass_vector_index", False),
+    ), batch
 
 
 def parse_bool(doc: dict[str, Any], name: str, default: bool) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 
 import kernels
-from appliance.planner.plan import SearchRequest
+from appliance.query.request import SearchRequest
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 8

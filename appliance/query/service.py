@@ -13,7 +13,7 @@ import pyarrow as pa
 import kernels
 from appliance import limits
 from appliance.deadline import Deadline
-from appliance.errors import InvalidInput, Unavailable
+from appliance.errors import Unavailable
 from appliance.events.event import APPENDED, DELETED, INDEX_REQUESTED, OPTIMIZE, OPTIMIZE_REQUESTED, REBUILD
 from appliance.events.publisher import Publisher
 from appliance.events.status import IndexerStatus
@@ -21,13 +21,15 @@ from appliance.index.builder import Progress, build_full
 from appliance.index.catalog import IndexCatalog
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
-from appliance.planner.plan import Routing, SearchPlan, SearchRequest, plan_search
+from appliance.planner.plan import Routing, SearchPlan, plan_search
+from appliance.planner.stats import SnapshotStats, estimate_selectivity, snapshot_stats
 from appliance.query.coalesce import Coalescer
 from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher
 from appliance.query.finish import finish_candidates
 from appliance.query.payload import PayloadCache
 from appliance.query.recall import RecallMonitor
+from appliance.query.request import SearchRequest, validate
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
 
 WIDEN_ATTEMPTS = 3
@@ -90,20 +92,6 @@ class SearchResult:
         return parts
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """What searches batched together agree on: everything but their query vectors."""
-
-    name: str
-    version: int | None
-    columns: tuple[str, ...] | None
-    include_vector: bool
-    dimension: int
-    options: tuple[Any, ...]  # the request's fields below
-
-    OPTIONS = ("k", "metric", "filter", "nprobes", "ef", "refine_factor", "prefilter", "bypass_index")
-
-
 class QueryService:
     def __init__(self, store: TableStore, dispatcher: Dispatcher, catalog: IndexCatalog,
                  prefilter_threshold: float = 0.05, batch_rows: int = 0, batches_inflight: int = 1,
@@ -162,24 +150,18 @@ class QueryService:
             self._announce(name, DELETED, version)
         return version, deleted
 
-    def search(self, name: str, request: SearchRequest, request_id: str = "",
-               deadline: Deadline | None = None) -> SearchResult:
-        """Pin the latest version, run the plan on the executors, then fetch payload from that version.
-        `request.columns` None returns the payload columns (every column but the vector). `deadline`
-        (default: the dispatcher's search_timeout) stops the plan's work everywhere when it passes."""
-        return self._search(name, request, request_id, None, request.columns, include_vector=False,
-                            deadline=deadline)
-
-    def _search(self, name: str, request: SearchRequest, request_id: str, version: int | None,
-                columns: list[str] | None, include_vector: bool, deadline: Deadline | None = None) -> SearchResult:
-        """Run now, or with the concurrent searches of the same shape when batching is on (coalesce.py)."""
+    def search(self, request: SearchRequest, request_id: str = "", deadline: Deadline | None = None
+               ) -> SearchResult:
+        """The one search entry point (both fronts): pin the version (latest unless the request names one),
+        validate the request against it once, plan, run the plan on the executors, then fetch the payload
+        columns from that version. Concurrent searches of one shape run as one batch when batching is on
+        (coalesce.py). `deadline` (default: the dispatcher's search_timeout) stops the plan's work
+        everywhere when it passes."""
         if self.coalescer is None:
-            return self._search_now(name, request, request_id, version, columns, include_vector, deadline)
-        shape = _Shape(name, version, None if columns is None else tuple(columns), include_vector,
-                       request.queries.shape[1], tuple(getattr(request, f) for f in _Shape.OPTIONS))
-        return self.coalescer.submit(shape, (request, request_id, deadline), rows=len(request.queries))
+            return self._search_now(request, request_id, deadline)
+        return self.coalescer.submit(request.shape(), (request, request_id, deadline), rows=len(request.queries))
 
-    def _search_batch(self, shape: _Shape, members: list[tuple[SearchRequest, str, Deadline | None]]
+    def _search_batch(self, _shape: object, members: list[tuple[SearchRequest, str, Deadline | None]]
                       ) -> list[SearchResult]:
         """One search for the stacked queries of `members`, split back into one result per member; it runs
         until the latest member's deadline, and stops early only when every member's client is gone."""
@@ -187,27 +169,18 @@ class QueryService:
         if len(members) > 1:
             request = dataclasses.replace(request, queries=np.concatenate([m.queries for m, _, _ in members]))
         deadlines = [d or Deadline.after(self.dispatcher.search_timeout) for _, _, d in members]
-        columns = None if shape.columns is None else list(shape.columns)
-        result = self._search_now(shape.name, request, request_id, shape.version, columns, shape.include_vector,
-                                  Deadline.latest(deadlines))
+        result = self._search_now(request, request_id, Deadline.latest(deadlines))
         return result.split([len(m.queries) for m, _, _ in members]) if len(members) > 1 else [result]
 
-    def _search_now(self, name: str, request: SearchRequest, request_id: str, version: int | None,
-                    columns: list[str] | None, include_vector: bool, deadline: Deadline | None = None
+    def _search_now(self, request: SearchRequest, request_id: str, deadline: Deadline | None = None
                     ) -> SearchResult:
-        snapshot = self.store.snapshot(name, version, cached=True)  # no storage call while warm (tables.py)
-        if version is not None and version != snapshot.dataset.latest_version:
-            request = dataclasses.replace(request, bypass_index=True)  # the index only describes the latest
-        if columns is None:
-            columns = list(snapshot.dataset.schema.names) if include_vector else snapshot.payload_columns
-        unknown = [c for c in columns if c not in snapshot.dataset.schema.names]
-        if unknown:
-            raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
-        plan, ids, dists = self._execute(snapshot, request, request_id, deadline)
+        snapshot, stats, request = self._bind(request)
+        plan, ids, dists = self._execute(snapshot, stats, request, request_id, deadline)
         if self.recall_monitor is not None and plan.uses_index:  # only queues a sample (query/recall.py)
-            self.recall_monitor.offer(name, request, ids)
+            self.recall_monitor.offer(request.table, request, ids)
         found = ids != kernels.NO_ID
         row_ids = ids[found]
+        columns = list(request.columns or ())
         payload = self.payload.take(snapshot, np.unique(row_ids), columns)
         hits = [payload[r] for r in row_ids.tolist()]
         return SearchResult(snapshot.name, snapshot.version, plan, np.nonzero(found)[0].astype(np.int32),
@@ -217,15 +190,26 @@ class QueryService:
     routing = Routing()  # how plans group tasks for routing; app.py sets it from the settings
     recall_monitor: RecallMonitor | None = None  # app.py sets it from the settings
 
+    def _bind(self, request: SearchRequest) -> tuple[TableSnapshot, SnapshotStats, SearchRequest]:
+        """Pin the request's version (a warm latest one makes no storage call, tables.py), take its
+        statistics (gathered once per version) and validate the request against them: the only check of
+        a request against its table."""
+        snapshot = self.store.snapshot(request.table, request.version, cached=True)
+        latest = request.version is None or request.version == snapshot.dataset.latest_version
+        stats = snapshot_stats(snapshot)
+        return snapshot, stats, validate(request, snapshot, stats, latest)
+
     def exact_ids(self, name: str, request: SearchRequest) -> np.ndarray:
         """The ids [nq, k] of a search run exactly (the recall monitor's reference answer)."""
-        request = dataclasses.replace(request, bypass_index=True)
-        return self._execute(self.store.snapshot(name, cached=True), request, "recall-monitor")[1]
+        request = dataclasses.replace(request, table=name, version=None, bypass_index=True)
+        snapshot, stats, request = self._bind(request)
+        return self._execute(snapshot, stats, request, "recall-monitor")[1]
 
-    def explain(self, name: str, request: SearchRequest) -> SearchPlan:
-        """The plan of a search, with the executors its routing keys go to now (None when none is live)."""
-        snapshot = self.store.snapshot(name)
-        plan = self._plan(snapshot, request)
+    def explain(self, request: SearchRequest) -> SearchPlan:
+        """The plan a search of `request` runs now (the same binding and planning as `search`), with the
+        executors its routing keys go to now (None when none is live)."""
+        snapshot, stats, request = self._bind(request)
+        plan = self._plan(snapshot, stats, request)
         try:
             assignment = self.dispatcher.assignment(plan)
         except Unavailable:
@@ -233,24 +217,24 @@ class QueryService:
         return dataclasses.replace(plan, assignment={
             node: sorted({t.key for t in tasks}) for node, tasks in sorted(assignment.items())})
 
-    def _plan(self, snapshot: TableSnapshot, request: SearchRequest) -> SearchPlan:
-        index = None if request.bypass_index else self.catalog.current(snapshot.name)
+    def _plan(self, snapshot: TableSnapshot, stats: SnapshotStats, request: SearchRequest) -> SearchPlan:
+        """The inputs of the (pure) planner: the table's current index and, for a filtered search that may
+        use it, the filter's estimated selectivity."""
+        index = None if request.bypass_index else self.catalog.current(stats.table)
         selectivity = None
         if index is not None and request.filter is not None:
-            snapshot.validate_filter(request.filter)
-            rows = max(1, snapshot.dataset.count_rows())
-            selectivity = len(snapshot.matching_row_ids(request.filter)) / rows
-        plan = plan_search(snapshot, request, index, selectivity, self.prefilter_threshold, self.routing)
+            selectivity = estimate_selectivity(snapshot, stats, request.filter)
+        plan = plan_search(request, stats, index, selectivity, self.prefilter_threshold, self.routing)
         if plan.uses_index:  # the index's own refine_factor counts when the request names none (per query
-            limits.check_candidates(request.k, plan.refine_factor)  # vector: batching stacks requests' queries)
+            limits.check_candidates(plan.k, plan.refine_factor)  # vector: batching stacks requests' queries)
         return plan
 
-    def _execute(self, snapshot: TableSnapshot, request: SearchRequest, request_id: str,
+    def _execute(self, snapshot: TableSnapshot, stats: SnapshotStats, request: SearchRequest, request_id: str,
                  deadline: Deadline | None = None) -> tuple[SearchPlan, np.ndarray, np.ndarray]:
         """Run the plan; an IVF plan whose finished candidates come up short is re-run wider, and finally
         exactly, so deletions and post-filters never cost results that exist. One deadline covers them all."""
         deadline = deadline or Deadline.after(self.dispatcher.search_timeout)
-        plan = self._plan(snapshot, request)
+        plan = self._plan(snapshot, stats, request)
         for _ in range(WIDEN_ATTEMPTS):
             ids, dists = self.dispatcher.search(plan, request.queries, request_id, deadline)
             if not plan.uses_index:
@@ -259,7 +243,7 @@ class QueryService:
             if not short:
                 return plan, ids, dists
             plan = dataclasses.replace(plan, fetch_k=plan.fetch_k * 4)
-        plan = self._plan(snapshot, dataclasses.replace(request, bypass_index=True))
+        plan = self._plan(snapshot, stats, dataclasses.replace(request, bypass_index=True))
         ids, dists = self.dispatcher.search(plan, request.queries, request_id, deadline)
         return plan, ids, dists
 
@@ -368,13 +352,6 @@ class QueryService:
             return new_version
 
         return self.commits.run(name, restore)
-
-    def search_at(self, name: str, request: SearchRequest, request_id: str = "",
-                  version: int | None = None, columns: list[str] | None = None,
-                  deadline: Deadline | None = None) -> SearchResult:
-        """`search` at a chosen version (latest when None), returning `columns` (every column, the vector
-        included, when None). An old version is searched exactly: the index only describes the latest."""
-        return self._search(name, request, request_id, version, columns, include_vector=True, deadline=deadline)
 
     def snapshot(self, name: str, version: int | None = None) -> TableSnapshot:
         return self.store.snapshot(name, version)

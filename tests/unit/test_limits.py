@@ -64,12 +64,12 @@ def search(**fields) -> dict:
 ])
 def test_search_bounds_at_the_native_edge(doc: dict, named: str) -> None:
     with pytest.raises(LimitExceeded, match=named) as caught:
-        parse_search(doc, max_k=10_000, max_queries=1_000)
+        parse_search("t", doc, max_k=10_000, max_queries=1_000)
     assert caught.value.to_json()["code"] == "limit_exceeded"
 
 
 def test_search_within_bounds_passes() -> None:
-    request, _ = parse_search(search(k=1_000, refine_factor=100, nprobes=64), max_k=10_000, max_queries=1_000)
+    request, _ = parse_search("t", search(k=1_000, refine_factor=100, nprobes=64), max_k=10_000, max_queries=1_000)
     assert (request.k, request.refine_factor, request.nprobes) == (1_000, 100, 64)
 
 
@@ -82,7 +82,7 @@ def test_search_within_bounds_passes() -> None:
 ])
 def test_search_bounds_at_the_lancedb_edge(doc: dict) -> None:
     with pytest.raises(LimitExceeded):
-        parse_query(doc, max_k=10_000, max_queries=1_000)
+        parse_query("t", doc, max_k=10_000, max_queries=1_000)
 
 
 @pytest.mark.parametrize(("doc", "named"), [

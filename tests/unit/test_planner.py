@@ -21,10 +21,10 @@ from appliance.planner.plan import (
     group_numbers,
     plan_search,
 )
+from appliance.planner.stats import snapshot_stats as stats
 from appliance.query.dispatch import Dispatcher
 from appliance.query.service import QueryService
 from appliance.routing import HashRing
-from appliance.routing.membership import Membership
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table
 
@@ -65,7 +65,7 @@ def index(sizes: list[int], watermark: int = 4 * ROWS_PER_FRAGMENT, version: int
 def request(*firsts: float, **options) -> SearchRequest:
     queries = np.zeros((len(firsts), DIM), np.float32)
     queries[:, 0] = firsts
-    return SearchRequest(queries=queries, k=5, **options)
+    return SearchRequest(queries=queries, k=5, table="t", **options)
 
 
 ALWAYS = Routing(partition_group_bytes=100, fanout_min_bytes=0)
@@ -88,10 +88,10 @@ def test_groups_are_consecutive_within_the_budget_and_full(sizes: list[int], bud
 
 def test_a_small_table_is_one_routing_key(store: TableStore) -> None:
     snapshot = store.snapshot("t")
-    exact = plan_search(snapshot, request(3.0))
+    exact = plan_search(request(3.0), stats(snapshot))
     assert [t.kind for t in exact.tasks] == [FRAGMENT] * 4
     assert {t.key for t in exact.tasks} == {"t/fragments/group/0"}
-    ivf = plan_search(snapshot, request(3.0), index([1000] * 8))
+    ivf = plan_search(request(3.0), stats(snapshot), index([1000] * 8))
     assert [t.kind for t in ivf.tasks] == [PARTITION] * 8
     assert {t.key for t in ivf.tasks} == {"t/index/v3/group/0"}
     assert (ivf.fanout, ivf.executors, len(ivf.groups)) == (False, 1, 1)
@@ -100,7 +100,7 @@ def test_a_small_table_is_one_routing_key(store: TableStore) -> None:
 
 def test_a_big_index_is_cut_into_groups_of_at_most_the_budget(store: TableStore) -> None:
     sizes = [40, 40, 40, 100, 250, 30, 30, 10, 10]
-    plan = plan_search(store.snapshot("t"), request(4.0), index(sizes), routing=ALWAYS)
+    plan = plan_search(request(4.0), stats(store.snapshot("t")), index(sizes), routing=ALWAYS)
     key_of = {t.partition: t.key for t in plan.tasks}
     assert [key_of[p].rsplit("/", 1)[1] for p in range(len(sizes))] == ["0", "0", "1", "2", "3", "4", "4", "4", "4"]
     assert plan.fanout and plan.executors == 5
@@ -115,7 +115,7 @@ def test_fanout_only_from_the_threshold_on(store: TableStore) -> None:
     sizes = [60, 60, 60, 60]
     work = 2 * sum(sizes)  # two queries probing every partition
     for threshold, fans_out in ((work, True), (work + 1, False)):
-        plan = plan_search(store.snapshot("t"), request(0.0, 3.0), index(sizes),
+        plan = plan_search(request(0.0, 3.0), stats(store.snapshot("t")), index(sizes),
                            routing=Routing(partition_group_bytes=120, fanout_min_bytes=threshold))
         assert plan.work_bytes == work and len(plan.groups) == 2
         assert plan.fanout is fans_out
@@ -127,7 +127,7 @@ def test_fanout_only_from_the_threshold_on(store: TableStore) -> None:
 
 
 def test_one_hop_goes_to_the_group_with_most_of_the_work(store: TableStore) -> None:
-    plan = plan_search(store.snapshot("t"), request(3.0, nprobes=3), index([10, 10, 10, 90]),
+    plan = plan_search(request(3.0, nprobes=3), stats(store.snapshot("t")), index([10, 10, 10, 90]),
                        routing=Routing(partition_group_bytes=50, fanout_min_bytes=10**9))
     assert sorted(t.partition for t in plan.tasks) == [1, 2, 3]  # the 3 partitions nearest to 3.0
     assert plan.groups[0].key == "t/index/v3/group/1" and plan.groups[0].work_bytes == 90
@@ -139,7 +139,7 @@ def test_keys_are_stable_across_queries_and_change_with_the_index_version(store:
     sizes = [60] * 6  # a group each (budget 100)
 
     def keys(q: float, version: int = 3) -> dict[int, str]:
-        plan = plan_search(snapshot, request(q, nprobes=2), index(sizes, version=version), routing=ALWAYS)
+        plan = plan_search(request(q, nprobes=2), stats(snapshot), index(sizes, version=version), routing=ALWAYS)
         return {t.partition: t.key for t in plan.tasks}
 
     first, second = keys(0.2), keys(1.2)  # partitions {0, 1} and {1, 2}
@@ -151,20 +151,20 @@ def test_keys_are_stable_across_queries_and_change_with_the_index_version(store:
 def test_unindexed_rows_are_still_scanned_in_their_fragments_group(store: TableStore) -> None:
     """Read-your-writes: rows past the index's watermark are flat-scanned, keyed by fragment group."""
     snapshot = store.snapshot("t")
-    plan = plan_search(snapshot, request(3.0), index([60] * 4, watermark=175), routing=ALWAYS)
+    plan = plan_search(request(3.0), stats(snapshot), index([60] * 4, watermark=175), routing=ALWAYS)
     fragments = [t for t in plan.tasks if t.kind == FRAGMENT]
     # 800 bytes a fragment: a group each under ALWAYS's 100-byte budget
     assert [(t.fragment_id, t.min_row_id, t.key) for t in fragments] == [(3, 175, "t/fragments/group/3")]
     assert plan.work_bytes == 4 * 60 + 25 * DIM * 4  # 25 unindexed rows of fragment 3
     # exact scans group fragments by their bytes too: 800 bytes each, two per group of 1600
-    exact = plan_search(snapshot, request(3.0), routing=Routing(partition_group_bytes=2 * FRAGMENT_BYTES,
+    exact = plan_search(request(3.0), stats(snapshot), routing=Routing(partition_group_bytes=2 * FRAGMENT_BYTES,
                                                                 fanout_min_bytes=0))
     assert [t.key for t in exact.tasks] == ["t/fragments/group/0"] * 2 + ["t/fragments/group/1"] * 2
     assert exact.work_bytes == 4 * FRAGMENT_BYTES
 
 
 def test_explain_names_tasks_groups_and_executors(store: TableStore) -> None:
-    plan = plan_search(store.snapshot("t"), request(0.0), index([60] * 4), routing=ALWAYS)
+    plan = plan_search(request(0.0), stats(store.snapshot("t")), index([60] * 4), routing=ALWAYS)
     doc = plan.explain()
     assert doc["tasks"] == [f"t/index/v3/partition/{p}" for p in range(4)]
     assert doc["groups"] == [{"key": "t/index/v3/group/0", "tasks": 1, "work_bytes": 60},
@@ -179,10 +179,10 @@ def test_explain_names_tasks_groups_and_executors(store: TableStore) -> None:
 
 def test_dispatch_sends_every_task_of_a_shared_key_to_one_executor(store: TableStore) -> None:
     """Tasks of one group share a key: the dispatcher must route all of them, not one per key."""
-    plan = plan_search(store.snapshot("t"), request(0.0, 3.0), index([60] * 8))
+    plan = plan_search(request(0.0, 3.0), stats(store.snapshot("t")), index([60] * 8))
     assert len(plan.tasks) == 8 and len({t.key for t in plan.tasks}) == 1
-    dispatcher = Dispatcher(Membership(["http://127.0.0.1:1", "http://127.0.0.1:2"]), "token", 1.0, 0.25)
-    assignment = dispatcher._assign(plan.tasks, set())
+    dispatcher = Dispatcher(AllLive(["http://127.0.0.1:1", "http://127.0.0.1:2"]), "token", 1.0, 0.25)  # type: ignore[arg-type]
+    assignment = dispatcher.assignment(plan)
     assert len(assignment) == 1
     assert sorted(t.partition for tasks in assignment.values() for t in tasks) == list(range(8))
 
@@ -192,13 +192,13 @@ def test_replicas_spread_searches_and_keep_a_repeated_search_on_one(store: Table
     routing = Routing(partition_group_bytes=10**6, fanout_min_bytes=10**9, group_replicas=3)
     replicas = set()
     for q in np.linspace(0.0, 7.0, 40):
-        plan = plan_search(snapshot, request(float(q)), index([60] * 8), routing=routing)
-        assert plan_search(snapshot, request(float(q)), index([60] * 8), routing=routing).replica == plan.replica
+        plan = plan_search(request(float(q)), stats(snapshot), index([60] * 8), routing=routing)
+        assert plan_search(request(float(q)), stats(snapshot), index([60] * 8), routing=routing).replica == plan.replica
         expected = "t/index/v3/group/0" + (f"#{plan.replica}" if plan.replica else "")
         assert {t.key for t in plan.tasks} == {expected}
         replicas.add(plan.replica)
     assert replicas == {0, 1, 2}
-    assert plan_search(snapshot, request(1.0), index([60] * 8)).replica == 0  # default: one replica
+    assert plan_search(request(1.0), stats(snapshot), index([60] * 8)).replica == 0  # default: one replica
     with pytest.raises(ValueError, match="group_replicas"):
         Routing(group_replicas=0)
 
@@ -217,13 +217,13 @@ def test_explain_shows_the_executors_the_plan_goes_to_now(store: TableStore, tmp
     executors = [f"http://127.0.0.1:{port}" for port in (1, 2, 3)]
     service = QueryService(store, Dispatcher(AllLive(executors), "token", 1.0, 0.25),  # type: ignore[arg-type]
                            IndexCatalog(IndexStore(StorageRoot.parse(str(tmp_path / "root")))))
-    plan = service.explain("t", request(3.0))
+    plan = service.explain(request(3.0))
     assert plan.assignment is not None and plan.executors == 1  # a small table: one executor, one hop
     [(node, keys)] = plan.assignment.items()
     assert node in executors and keys == ["t/fragments/group/0"]
     assert plan.explain()["assignment"] == {node: keys}
     service.routing = Routing(partition_group_bytes=FRAGMENT_BYTES, fanout_min_bytes=0)  # a group per fragment
-    spread = service.explain("t", request(3.0))
+    spread = service.explain(request(3.0))
     assert sorted(k for keys in spread.assignment.values() for k in keys) == [
         f"t/fragments/group/{g}" for g in range(4)]
     assert spread.executors == len(spread.assignment) > 1

@@ -13,6 +13,7 @@ from appliance.index.builder import build_full, build_partial
 from appliance.index.catalog import IndexCatalog
 from appliance.index.tuning import RecallProbe
 from appliance.planner.plan import SearchRequest, plan_search
+from appliance.planner.stats import snapshot_stats
 from appliance.query.recall import RecallMonitor
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type
@@ -103,12 +104,12 @@ def test_the_rule_finds_the_smallest_count(built) -> None:
 
 def test_clients_below_the_floor_are_raised_and_a_lower_target_lowers_it(built) -> None:
     tables, indexes, manifest, _, held_out, _ = built
-    snap = tables.snapshot("t")
+    snap = snapshot_stats(tables.snapshot("t"))
     index = IndexCatalog(indexes).current("t")
     floor = manifest.recall["min_nprobes"]
-    plan = plan_search(snap, SearchRequest(queries=held_out[:2], k=10, nprobes=1), index)
+    plan = plan_search(SearchRequest(queries=held_out[:2], k=10, nprobes=1), snap, index)
     assert plan.nprobes == floor
-    plan = plan_search(snap, SearchRequest(queries=held_out[:2], k=10, nprobes=floor + 3), index)
+    plan = plan_search(SearchRequest(queries=held_out[:2], k=10, nprobes=floor + 3), snap, index)
     assert plan.nprobes == floor + 3
     # a partial build keeps the stored measurement
     tables.append("t", table_of(clustered(50, 5, built[5]), start=len(built[3])))

@@ -1,9 +1,11 @@
 """`POST /v1/table/{t}/query/`: LanceDB's query body -> a vector search on the executors, a filtered scan,
 or a full-text search, answered as one Arrow table.
 
-A body with a non-empty `vector` is a vector search: it runs through `QueryService.search_at` (the planner
-and the executor fleet, exact or IVF); every other query is a scan of one pinned version that Lance does
-on the query node (`search().where(...)`, `head()`, `take_row_ids()`, full-text search).
+A body with a non-empty `vector` is a vector search: `parse_query` builds its `SearchRequest`
+(query/request.py, the one the native API builds too), which `explain_plan/` explains and `run_query` runs
+through `QueryService.search` (the planner and the executor fleet, exact or IVF); every other query is a
+scan of one pinned version that Lance does on the query node (`search().where(...)`, `head()`,
+`take_row_ids()`, full-text search).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from flask import request as http_request
 from appliance import limits
 from appliance.deadline import requested
 from appliance.errors import InvalidInput, LimitExceeded
-from appliance.planner.plan import SearchRequest
+from appliance.planner.plan import SearchPlan
 from appliance.query.bodies import parse_vectors
 from appliance.query.lancedb.wire import HUGE_K, optional_bool, optional_float, optional_int, optional_str
+from appliance.query.request import SearchRequest, search_request, type_check_filter
 from appliance.query.service import QueryService
 from appliance.storage.schema import VECTOR_COLUMN
 from appliance.storage.tables import TableSnapshot, check_filter_text, clean_lance_message, raise_if_rejected
 
-DISTANCE_TYPES = ("l2", "cosine", "dot")
 SPECIAL = ("_distance", "_rowid", "_score", "query_index", "_relevance_score")
 
 
@@ -52,17 +54,16 @@ class LanceQuery:
     upper_bound: float | None = None
     full_text: dict[str, Any] | None = None
     order_by: list[dict[str, Any]] = field(default_factory=list)
+    search: SearchRequest | None = None  # a vector search: what query/ runs and explain_plan/ explains
 
 
-def parse_query(doc: dict[str, Any], max_k: int, max_queries: int) -> LanceQuery:
+def parse_query(name: str, doc: dict[str, Any], max_k: int, max_queries: int) -> LanceQuery:
     q = LanceQuery()
     q.version = optional_int(doc, "version", 1)
     k = optional_int(doc, "k", 0)
     q.k = None if k is not None and k >= HUGE_K else (10 if k is None else k)
     q.offset = optional_int(doc, "offset", 0, 2**62) or 0
     q.filter = optional_str(doc, "filter")
-    if q.filter is not None:
-        check_filter_text(q.filter)
     q.prefilter = optional_bool(doc, "prefilter", True)
     q.with_row_id = optional_bool(doc, "with_row_id", False)
     q.columns = _columns(doc.get("columns"))
@@ -73,23 +74,13 @@ def parse_query(doc: dict[str, Any], max_k: int, max_queries: int) -> LanceQuery
         q.vectors = parse_vectors(raw if q.multi else [raw], "vector")
         if len(q.vectors) > max_queries:
             raise LimitExceeded(f"at most {max_queries} query vectors per request, got {len(q.vectors)}")
-        if q.k is not None and not 1 <= q.k + q.offset <= max_k:
-            raise LimitExceeded(f"k + offset must be between 1 and {max_k}, got {q.k + q.offset}",
-                                f"limit: k + offset <= {max_k}")
     nprobes = (optional_int(doc, "nprobes", 0, limits.MAX_NPROBES)
                or optional_int(doc, "minimum_nprobes", 0, limits.MAX_NPROBES))
     optional_int(doc, "maximum_nprobes", 0, limits.MAX_NPROBES)
     q.ef = optional_int(doc, "ef", 0, limits.MAX_EF) or None  # graph codecs (IVF_HNSW_*): search breadth
     q.nprobes = nprobes or None
     q.refine_factor = optional_int(doc, "refine_factor", 0, limits.MAX_REFINE_FACTOR)
-    if q.vectors is not None:
-        k = q.k if q.k is not None else max_k
-        limits.check_candidates(min(k + q.offset, max_k), q.refine_factor, len(q.vectors))
     q.distance_type = optional_str(doc, "distance_type")
-    if q.distance_type is not None:
-        q.distance_type = q.distance_type.lower()
-        if q.distance_type not in DISTANCE_TYPES:
-            raise InvalidInput(f"distance_type must be one of {', '.join(DISTANCE_TYPES)}, got {q.distance_type!r}")
     q.bypass_index = optional_bool(doc, "bypass_vector_index", False)
     q.lower_bound = optional_float(doc, "lower_bound")
     q.upper_bound = optional_float(doc, "upper_bound")
@@ -101,30 +92,42 @@ def parse_query(doc: dict[str, Any], max_k: int, max_queries: int) -> LanceQuery
         q.full_text = _full_text(fts)
     if q.full_text is not None and q.vectors is not None:
         raise InvalidInput("a query is either a vector search or a full-text search; hybrid sends one of each")
+    if q.vectors is None:
+        if q.filter is not None:
+            check_filter_text(q.filter)  # a scan's filter; a vector search's passes search_request's
+    else:
+        q.search = _search_request(name, q, max_k)
     return q
 
 
-def run_query(service: QueryService, name: str, q: LanceQuery, request_id: str, max_k: int
-              ) -> tuple[pa.Table, int]:
-    """The result table and the version it was read from."""
-    if q.vectors is not None:
-        return _vector_search(service, name, q, request_id, max_k)
-    snapshot = service.snapshot(name, q.version)
-    return _scan(snapshot, q), snapshot.version
-
-
-def _vector_search(service: QueryService, name: str, q: LanceQuery, request_id: str, max_k: int
-                   ) -> tuple[pa.Table, int]:
+def _search_request(name: str, q: LanceQuery, max_k: int) -> SearchRequest:
+    """The vector search of a query body. Without a limit it finds as many rows as max_k allows; the plan
+    finds k + offset rows per query, of which `_vector_search` keeps the last k."""
     assert q.vectors is not None
     k = q.k if q.k is not None else max(1, max_k - q.offset)
-    plain = q.columns is None or isinstance(q.columns, list)
+    plain = q.columns is None or isinstance(q.columns, list)  # else SQL projections, evaluated afterwards
     columns = None if q.columns is None else (list(q.columns) if plain else [])
-    request = SearchRequest(queries=q.vectors, k=k + q.offset, metric=q.distance_type, filter=q.filter,
-                            columns=None, nprobes=q.nprobes, refine_factor=q.refine_factor, prefilter=q.prefilter,
-                            bypass_index=q.bypass_index, ef=q.ef)
+    return search_request(name, q.vectors, k, max_k, offset=q.offset, k_field="k + offset", version=q.version,
+                          metric=q.distance_type, metric_field="distance_type", filter=q.filter, columns=columns,
+                          include_vector=True, nprobes=q.nprobes, refine_factor=q.refine_factor, ef=q.ef,
+                          prefilter=q.prefilter, bypass_index=q.bypass_index)
+
+
+def run_query(service: QueryService, name: str, q: LanceQuery, request_id: str
+              ) -> tuple[pa.Table, int, SearchPlan | None]:
+    """The result table, the version it was read from, and the plan a vector search ran."""
+    if q.search is not None:
+        return _vector_search(service, name, q, q.search, request_id)
+    snapshot = service.snapshot(name, q.version)
+    return _scan(snapshot, q), snapshot.version, None
+
+
+def _vector_search(service: QueryService, name: str, q: LanceQuery, request: SearchRequest, request_id: str
+                   ) -> tuple[pa.Table, int, SearchPlan]:
+    k = request.k
     try:
         deadline = requested(service.dispatcher.search_timeout, http_request.environ, http_request.headers)
-        result = service.search_at(name, request, request_id, q.version, columns, deadline)
+        result = service.search(request, request_id, deadline)
     except (OSError, ValueError) as exc:  # a filter that fails on the data (IVF post-filter, payload fetch)
         raise_if_rejected(exc)
         raise
@@ -138,13 +141,13 @@ def _vector_search(service: QueryService, name: str, q: LanceQuery, request_id: 
     if q.upper_bound is not None:
         keep &= dist < q.upper_bound
     rows = rows.filter(pa.array(keep))
-    if not plain:  # SQL projections, evaluated by Lance on the version that was searched
+    if isinstance(q.columns, dict):  # SQL projections, evaluated by Lance on the version that was searched
         rows = _project(service.snapshot(name, result.version), rows, q.columns)  # type: ignore[arg-type]
     out = [c for c in rows.column_names if c not in ("query_index", "_rowid", "_distance")]
     out += ["_distance"] + (["_rowid"] if q.with_row_id else [])
     if q.multi:
         out = ["query_index", *out]
-    return rows.select(out), result.version
+    return rows.select(out), result.version, result.plan
 
 
 def _project(snapshot: TableSnapshot, rows: pa.Table, columns: dict[str, str]) -> pa.Table:
@@ -166,7 +169,7 @@ def _project(snapshot: TableSnapshot, rows: pa.Table, columns: dict[str, str]) -
 def _scan(snapshot: TableSnapshot, q: LanceQuery) -> pa.Table:
     """A plain or full-text scan of one version with Lance: filter, projection, offset, limit, order."""
     if q.filter is not None:
-        snapshot.validate_filter(q.filter)
+        type_check_filter(snapshot, q.filter)  # parse_query passed it through the cost guard
     columns = q.columns
     if isinstance(columns, list):
         unknown = [c for c in columns if c not in snapshot.dataset.schema.names and c != "_rowoffset"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response, g, request
 
 from appliance.errors import InvalidInput
-from appliance.planner.plan import SearchRequest
 from appliance.query.lancedb.query import parse_query, run_query
 from appliance.query.lancedb.wire import arrow_file_response, optional_json
 from appliance.query.service import QueryService
@@ -17,25 +16,30 @@ from appliance.web import json_response
 if TYPE_CHECKING:  # the package __init__ imports this module
     from appliance.query.lancedb import Limits
 
+EXPLAIN_HEADER = "x-appliance-explain"
+"""A query request carrying `x-appliance-explain: true` is answered with the plan it ran, as compact JSON
+in the `x-appliance-plan` header (the native API's `"explain": true`); the client's protocol is unchanged."""
+PLAN_HEADER = "x-appliance-plan"
 
 def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/query/")
     def query(name: str) -> Response:
-        q = parse_query(optional_json(), limits.max_k, limits.max_query_vectors)
-        table, version = run_query(service, name, q, g.get("request_id", ""), limits.max_k)
-        return arrow_file_response(table, {"x-appliance-version": str(version)})
+        q = parse_query(name, optional_json(), limits.max_k, limits.max_query_vectors)
+        table, version, plan = run_query(service, name, q, g.get("request_id", ""))
+        headers = {"x-appliance-version": str(version)}
+        if plan is not None and request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true"):
+            headers[PLAN_HEADER] = json.dumps(plan.explain(), separators=(",", ":"))  # the plan that ran
+        return arrow_file_response(table, headers)
 
     @bp.post("/table/<name>/explain_plan/")
     def explain_plan(name: str) -> Response:
-        """The plan as the client prints it: a string (the appliance's plan as indented JSON)."""
+        """The plan as the client prints it: a string (the appliance's plan as indented JSON). It is the
+        plan `query/` runs for the same body: the same SearchRequest (offset and version included)."""
         doc = optional_json()
         body = doc.get("query")
         if not isinstance(body, dict):
             raise InvalidInput("explain_plan needs {\"query\": {...}}")
-        q = parse_query(body, limits.max_k, limits.max_query_vectors)
-        if q.vectors is None:
+        q = parse_query(name, body, limits.max_k, limits.max_query_vectors)
+        if q.search is None:
             return json_response(f"scan of table '{name}' (filter: {q.filter}) on the query node")
-        request = SearchRequest(queries=q.vectors, k=q.k or limits.max_k, metric=q.distance_type, filter=q.filter,
-                                nprobes=q.nprobes, refine_factor=q.refine_factor, prefilter=q.prefilter,
-                                bypass_index=q.bypass_index)
-        return json_response(json.dumps(service.explain(name, request).explain(), indent=2))
+        return json_response(json.dumps(service.explain(q.search).explain(), indent=2))
