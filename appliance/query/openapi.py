@@ -70,7 +70,7 @@ LANCE_QUERY = {
         "k": INT, "offset": INT, "filter": STR, "prefilter": BOOL,
         "columns": {"oneOf": [{"type": "array", "items": STR}, {"type": "object", "additionalProperties": STR}]},
         "with_row_id": BOOL, "nprobes": INT, "minimum_nprobes": INT, "maximum_nprobes": INT,
-        "refine_factor": {"type": ["integer", "null"]}, "distance_type": {"enum": ["l2", "cosine", "dot"]},
+        "refine_factor": {"type": ["integer", "null"]}, "distance_type": {"enum": list(METRICS)},
         "bypass_vector_index": BOOL, "lower_bound": {"type": ["number", "null"]},
         "upper_bound": {"type": ["number", "null"]}, "vector_column": STR, "version": {"type": ["integer", "null"]},
         "full_text_query": {"type": "object", "properties": {"query": STR, "columns": {"type": "array",
@@ -138,7 +138,7 @@ def _paths() -> dict[str, dict[str, Any]]:
             "get": _op("List tables", tag="native"),
             "post": _op("Create a table", tag="native", status="201", body=_json({
                 "type": "object", "required": ["name", "dimension"],
-                "properties": {"name": STR, "dimension": INT, "metric": {"enum": ["l2", "cosine", "dot"]},
+                "properties": {"name": STR, "dimension": INT, "metric": {"enum": list(METRICS)},
                                "schema": {"type": "object", "additionalProperties": STR}},
                 "additionalProperties": False})["content"]),
         },
