@@ -51,8 +51,19 @@ class Settings:
         "port from the executor's /readyz. 0: no Flight server; query nodes send it task batches over HTTP."
     )
     executor_urls: str = _knob(
-        "", "Comma-separated executor URLs the query node routes to (set by `appliance up`)."
+        "", "Comma-separated executor URLs the query node routes to, fixed while it runs (used when neither "
+        "`executor_members_file` nor `executor_asg` is set)."
     )
+    executor_members_file: str = _knob(
+        "", "JSON file listing the executor URLs a query node routes to; re-read when it changes, so executors "
+        "join and leave without a restart (`appliance up` writes it). Replaces `executor_urls` when set."
+    )
+    executor_asg: str = _knob(
+        "", "Name of the EC2 autoscaling group of the executors: a query node routes to its InService instances "
+        "(`http://<private ip>:<executor_asg_port>`), looked up every `membership_poll_seconds` with the "
+        "instance role (autoscaling:DescribeAutoScalingGroups, ec2:DescribeInstances)."
+    )
+    executor_asg_port: int = _knob(8181, "HTTP port of the executors found through `executor_asg`.")
     api_key: str = _knob(
         "", "API key clients send in x-api-key. Unset: one is generated and kept under the data root."
     )
@@ -142,6 +153,15 @@ class Settings:
         "ring successors at the price of caching its groups that many times. 1: one executor per group."
     )
     health_interval: float = _knob(1.0, "Seconds between the query node's health checks of each executor.")
+    membership_poll_seconds: float = _knob(
+        10.0, "Seconds between a query node's looks at the executor autoscaling group (`executor_asg`); a "
+        "members file is looked at every `health_interval` (one stat). A newcomer joins the ring once its /readyz "
+        "answers and it has prewarmed; a leaver is taken out of the ring at the next look."
+    )
+    membership_prewarm_seconds: float = _knob(
+        30.0, "Most seconds a query node spends prewarming a new executor (having it load the routing groups "
+        "the new ring gives it) before it joins the ring; past this it joins anyway, and says so in the log."
+    )
     request_timeout: float = _knob(30.0, "Seconds a query node waits for one executor batch.")
     search_timeout: float = _knob(
         30.0, "Seconds a search may run before it is stopped on every node and answered 504; a client may "

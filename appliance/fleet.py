@@ -28,6 +28,8 @@ from appliance.config import Settings
 from appliance.indexer.pool import IndexerPool
 from appliance.node_state import shm_dir
 from appliance.query.auth import resolve_api_key
+from appliance.routing import handover
+from appliance.routing.sources import write_members
 from appliance.storage import BlobStore
 
 QUERY_APP = "appliance.query.app:create_app()"
@@ -90,6 +92,9 @@ class Fleet:
             internal_token=token,
             api_key=api_key,
             executor_urls=",".join(n.url for n in self.executors),
+            # the query nodes' executors: this file, rewritten as executors come and go (add/remove_executor)
+            executor_members_file=settings.executor_members_file
+            or str(Path(shm_dir()) / f"appliance-{settings.port}" / "executors.json"),
         )
         self.query = Node("query", "query-0", settings.port, settings.query_threads, QUERY_APP, settings.host)
         self._log_dir = log_dir
@@ -119,6 +124,7 @@ class Fleet:
                              "change --port, --executor-base-port or --flight-port-offset")
         for node in self.nodes:  # not the Flight ports: an executor whose Flight port is taken serves over HTTP
             _check_port_free(node.host, node.port)
+        write_members(self.settings.executor_members_file, [n.url for n in self.executors])
         for node in self.nodes:
             self._spawn(node)
         try:
@@ -144,6 +150,36 @@ class Fleet:
                 last = type(exc).__name__
             time.sleep(0.2)
         raise FleetError(f"fleet not ready after {timeout:.0f}s: {last}")
+
+    def add_executor(self, timeout: float = 120.0) -> Node:
+        """Start one more executor and, once it is ready, name it in the members file: each query node
+        prewarms it and then takes it into its ring (appliance/routing/handover.py)."""
+        index = 1 + max((int(n.name.rsplit("-", 1)[1]) for n in self.executors), default=-1)
+        node = Node("executor", f"executor-{index}", self.settings.executor_base_port + index,
+                    self.settings.executor_threads, EXECUTOR_APP)
+        _check_port_free(node.host, node.port)
+        self._spawn(node)
+        try:
+            handover.wait_ready(node.url, timeout)
+        except TimeoutError:
+            _signal_group(node, signal.SIGKILL)
+            raise
+        self.executors.append(node)
+        write_members(self.settings.executor_members_file, [n.url for n in self.executors])
+        return node
+
+    def remove_executor(self, node: Node, timeout: float = 120.0) -> None:
+        """Take an executor out without failing a search: out of the members file (the query nodes drop it
+        from their rings), drained (its batches in flight finish), then stopped."""
+        self.executors.remove(node)
+        write_members(self.settings.executor_members_file, [n.url for n in self.executors])
+        handover.retire(node.url, [n.url for n in self.nodes if n.role == "query"],
+                        self.settings.admin_key or self.api_key, self.settings.internal_token, timeout)
+        _signal_group(node, signal.SIGTERM)
+        if node.process is not None:
+            node.process.wait()
+        if node.log:
+            node.log.close()
 
     def supervise(self, poll: float = 0.5) -> None:
         """Restart nodes that die, and start an indexer when events wait, until stop() is called."""

@@ -28,6 +28,7 @@ from appliance.query.openapi import openapi_document
 from appliance.query.recall import RecallMonitor
 from appliance.query.service import QueryService
 from appliance.routing.membership import Membership
+from appliance.routing.sources import source_of
 from appliance.storage import BlobStore, TableStore
 from appliance.web import configure_logging, install_common, json_response
 
@@ -44,10 +45,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     api_key = resolve_api_key(settings, BlobStore(root))
     admin_key = settings.admin_key or api_key
     api_keys = ApiKeys(api_key, read_key_hashes(settings.api_keys_file) if settings.api_keys_file else [])
-    membership = Membership(settings.executor_url_list, interval=settings.health_interval)
-    membership.start()
+    membership = Membership(source_of(settings), interval=settings.health_interval,
+                            poll=settings.membership_poll_seconds, prewarm_seconds=settings.membership_prewarm_seconds)
     dispatcher = Dispatcher(membership, settings.internal_token, settings.request_timeout, settings.routing_eps,
                             search_timeout=settings.search_timeout)
+    membership.prewarm = dispatcher.prewarm  # a joining executor loads its groups before the ring takes it
+    membership.start()
     service = QueryService(TableStore(root, settings.version_check_seconds), dispatcher, IndexCatalog(IndexStore(root)),
                            batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
                            payload_cache_bytes=settings.payload_cache_bytes)
@@ -98,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/admin/ring")
     def ring() -> Response:
-        return json_response({"members": membership.snapshot(), "live": membership.live()})
+        return json_response(membership.describe())
 
     app.register_blueprint(console_api(app, lambda: membership.ring,
                                        lambda: service.events.stats() if service.events is not None else None))

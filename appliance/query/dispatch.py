@@ -53,7 +53,8 @@ from appliance.planner.plan import SearchPlan, Task
 from appliance.routing.connections import ConnectionPool, InFlight
 from appliance.routing.flight_client import FlightStreams
 from appliance.routing.membership import Membership
-from appliance.routing.ring import NoLiveNodes
+from appliance.routing.prewarm import PrewarmReport, RecentGroups, prewarm_tasks
+from appliance.routing.ring import HashRing, NoLiveNodes
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
 POLL_SECONDS = 0.05  # how often a waiting search looks at the probe's verdicts, its deadline and its client
@@ -96,6 +97,15 @@ class _Batch:
     blamed: str | None = None  # an executor that answered 500 for these tasks before
     call: InFlight = field(default_factory=InFlight)
     hedged: bool = False  # abandoned by the watchdog because its executor was marked down
+
+
+@dataclass(frozen=True)
+class _WarmPlan:
+    """What `_send` reads of a plan, for a prewarm batch: one candidate per query, no filter."""
+
+    metric: str
+    fetch_k: int = 1
+    filter: str | None = None
 
 
 class _Outcome:
@@ -180,6 +190,7 @@ class Dispatcher:
         self._streams = FlightStreams(token, max_idle=max_parallel)
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="dispatch")
         self._watchdog = _Watchdog(membership)
+        self.recent = RecentGroups()  # routing groups searched lately: what a joining executor prewarms
 
     # metrics hook (appliance/metrics.py): called with (seconds, ok) once per executor batch
     on_batch: Callable[[float, bool], None] | None = None
@@ -190,14 +201,17 @@ class Dispatcher:
 
     def assignment(self, plan: SearchPlan) -> dict[str, list[Task]]:
         """Which executor runs which task, given the members currently believed alive."""
-        return self._assign(plan.tasks, self._membership.down())
+        return self._assign(plan.tasks, self._membership.down(), self._membership.ring)
 
-    def _assign(self, tasks: list[Task], exclude: set[str]) -> dict[str, list[Task]]:
+    def _assign(self, tasks: list[Task], exclude: set[str], ring: HashRing,
+                remember: tuple[SearchPlan, np.ndarray] | None = None) -> dict[str, list[Task]]:
         by_key: dict[str, list[Task]] = {}  # many tasks share a key: a routing group (planner/plan.py)
         for task in tasks:
             by_key.setdefault(task.key, []).append(task)
+        if remember is not None:
+            self.recent.remember(by_key, remember[0].metric, remember[1])
         try:
-            groups = self._membership.ring.assign(list(by_key), eps=self._eps, exclude=exclude)
+            groups = ring.assign(list(by_key), eps=self._eps, exclude=exclude)
         except NoLiveNodes as exc:
             raise Unavailable("no executor is available to run the query") from exc
         return {node: [t for k in keys for t in by_key[k]] for node, keys in groups.items()}
@@ -213,9 +227,11 @@ class Dispatcher:
         ready: list[tuple[_Batch, _Outcome]] = []  # batches sent from this thread, answered
         avoid: set[str] = set()  # members this search sends nothing more to
         hedges = 0
+        ring = self._membership.ring  # this search's ring, retries included, whatever joins or leaves meanwhile
 
         def launch(tasks: list[Task], blamed: str | None = None, inline: bool = False) -> None:
-            assignment = self._assign(tasks, self._membership.down() | avoid)
+            assignment = self._assign(tasks, self._membership.down() | avoid, ring,
+                                      (plan, queries) if inline else None)
             if inline and len(assignment) == 1:  # the usual case: no thread hand-off, the watchdog watches it
                 (node, group), = assignment.items()
                 batch = _Batch(node, group, blamed)
@@ -285,6 +301,32 @@ class Dispatcher:
             return (np.full((len(queries), plan.fetch_k), kernels.NO_ID, np.uint64),
                     np.full((len(queries), plan.fetch_k), np.inf, np.float32))
         return kernels.merge_topk(parts, plan.fetch_k)
+
+    def prewarm(self, node: str, ring: HashRing, seconds: float) -> PrewarmReport:
+        """Have `node`, about to join with `ring`, load the groups `ring` gives it that this query node
+        searched lately (appliance/routing/prewarm.py): each group's last tasks, sent as an ordinary batch
+        with one query vector and k = 1, until `seconds` pass. Runs on the membership's join thread."""
+        started = time.monotonic()
+        deadline = Deadline.after(seconds)
+        todo = self.recent.owned_by(node, ring, self._membership.down() - {node})
+        report = PrewarmReport(groups=len(todo))
+        for warm in todo:
+            if deadline.remaining() <= 0:
+                report.error = f"prewarm deadline of {seconds:g} s passed"
+                break
+            batch = _Batch(node, prewarm_tasks(warm.tasks))
+            plan = _WarmPlan(warm.metric)
+            try:
+                self._send_here(batch, plan, warm.query[None, :], f"prewarm-{warm.key}", deadline,  # type: ignore[arg-type]
+                                hedge=False).result()
+            except (ApplianceError, ExecutorFailed, ExecutorError, Cancelled) as exc:
+                report.error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, ExecutorFailed | DeadlineExceeded) or deadline.remaining() <= 0:
+                    break  # it cannot be reached, or time is up: join (or not) as it is
+                continue  # this group only (say, a table dropped since): the others still load
+            report.warmed += 1
+        report.seconds = time.monotonic() - started
+        return report
 
     def _send_here(self, batch: _Batch, plan: SearchPlan, queries: np.ndarray, request_id: str,
                    deadline: Deadline, hedge: bool) -> _Outcome:
