@@ -4,6 +4,11 @@ locals {
     ["# Written by cloud-init from Terraform; the service reads it at start."],
     [for k in sort(keys(var.settings)) : "${k}=${var.settings[k]}"],
     var.cache_nvme ? ["APPLIANCE_CACHE_DIR=${var.cache_mount}"] : [],
+    # the query node follows the executor group itself (appliance/routing/sources.py), no restart on scaling
+    var.executor_discovery == null ? [] : [
+      "APPLIANCE_EXECUTOR_ASG=${var.executor_discovery.autoscaling_group_name}",
+      "APPLIANCE_EXECUTOR_ASG_PORT=${var.executor_discovery.port}",
+    ],
   ))
   secrets = [for k in sort(keys(var.secret_parameters)) : { env = k, parameter = var.secret_parameters[k] }]
 

@@ -84,7 +84,7 @@ variable "cache_mount" {
 }
 
 variable "executor_discovery" {
-  description = "On a query node: the executor fleet to route to. A timer lists the InService instances of this autoscaling group every minute, writes APPLIANCE_EXECUTOR_URLS and restarts the query service when the list changes. Null: no discovery."
+  description = "On a query node: the executor fleet to route to, written to the node's settings as APPLIANCE_EXECUTOR_ASG and APPLIANCE_EXECUTOR_ASG_PORT. The query node lists the group's InService instances every membership_poll_seconds and swaps its ring while it runs (a newcomer after its prewarm, a leaver at once): no restart. Null: no discovery."
   type = object({
     autoscaling_group_name = string
     port                   = number
