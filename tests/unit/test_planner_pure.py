@@ -125,6 +125,8 @@ def test_deletions_make_the_query_node_check_candidates_are_alive() -> None:
     plan = plan_search(request(1.0), stats(deleted=1), index())
     assert plan.verify_alive and plan.fetch_k == 5 + 5  # over-fetch what deletions may take
     assert not plan_search(request(1.0), stats(deleted=1), index(rows=399)).verify_alive  # deleted before the build
+    # rows appended since the build do not hide a deleted indexed row: 429 live, at most 30 of them new
+    assert plan_search(request(1.0), stats([100, 100, 100, 100, 30], deleted=1), index()).verify_alive
 
 
 def test_refine_comes_from_the_request_else_the_index() -> None:
