@@ -14,7 +14,7 @@ APPLIANCE_DATA ?= ./data
 APPLIANCE_EXECUTORS ?= 2
 export APPLIANCE_PORT APPLIANCE_DATA APPLIANCE_EXECUTORS APPLIANCE_API_KEY
 
-.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-s3 bench-indexer bench-ingest lint venv clean
+.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-s3 bench-indexer bench-ingest bench-scale lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench-s3: $(VENV)/.installed-test
 
 bench-ingest: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_ingest.py
+
+# Not part of `make bench`: 100k, 1M and 4M rows (about 8 GB of generated data in ~/.cache/appliance-bench,
+# an hour or more). SCALE_ARGS=--quick runs the 100k size only (a few minutes); --sizes 1M adds one size.
+bench-scale: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_scale.py $(SCALE_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check appliance kernels tests
