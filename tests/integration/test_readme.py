@@ -32,6 +32,7 @@ SHELL = {"bash", "sh", "shell", "console"}
 PYTHON = {"python", "py"}
 NOT_RUN = {"", "text", "json", "toml", "hcl", "yaml", "ini"}  # output, configuration, file contents
 MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s*,(?P<reason>.*?)-->")
+MAKE = re.compile(r"^(?:\$ )?\s*(?:\w+=\S*\s+)*make\b", re.M)
 COVERED_BY = re.compile(r"tests/[\w/]+\.py(?:::\w+)?")
 BLOCK_TIMEOUT = 240.0
 
@@ -137,6 +138,9 @@ def test_skipped_blocks_name_the_test_that_covers_them() -> None:
             if name:
                 assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), \
                     f"{block.where()}: {path} has no test {name}"
+    # `make` targets install venvs, start a fleet of their own, run the suite or benchmarks: never run here
+    makes = [b.where() for b in blocks if b.lang in SHELL and b.skip is None and MAKE.search(b.body)]
+    assert not makes, f"blocks that run make must carry a skip marker naming the test that covers them: {makes}"
     assert sum(1 for b in blocks if b.lang in SHELL | PYTHON and b.skip is None) >= 6  # the parser found them
 
 
@@ -179,6 +183,7 @@ def test_readme_runs_top_to_bottom(newcomer) -> None:
     for block in readme_blocks(README.read_text()):
         if block.lang not in SHELL | PYTHON or block.skip is not None:
             continue
+        assert not (block.lang in SHELL and MAKE.search(block.body)), f"{block.where()} runs make: mark it skip"
         body = filled(block.body, values)
         started = time.monotonic()
         result = run_block(block, body, folder, env)
