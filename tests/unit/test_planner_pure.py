@@ -6,8 +6,6 @@ planner knows. The last tests cover what feeds it from storage (planner/stats.py
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -27,7 +25,6 @@ from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table
 
 DIM = 4
-BUILDS = itertools.count(1_000_000)  # each index another build (planner/plan.py memoises per build)
 ONE_KEY = Routing(partition_group_bytes=10**9, fanout_min_bytes=10**12)
 
 
@@ -50,7 +47,7 @@ def index(nlist: int = 8, watermark: int = 400, rows: int | None = None, codec: 
         table="t", index_version=3, metric=metric, dimension=DIM, codec=codec,
         params={"nprobes": nprobes, "refine_factor": refine}, table_version=5, row_id_watermark=watermark,
         rows=watermark if rows is None else rows, trained_rows=watermark, centroids=ObjectRef("c", 64, "x"),
-        partitions=[[ObjectRef(f"p{p}", 100, "x", rows=10)] for p in range(nlist)], created_at=next(BUILDS),
+        partitions=[[ObjectRef(f"p{p}", 100, "x", rows=10)] for p in range(nlist)], created_at=1.0,
         build_seconds=0.1, kind="full", recall={"min_nprobes": min_nprobes} if min_nprobes else None)
     centroids = np.zeros((nlist, DIM), np.float32)
     centroids[:, 0] = np.arange(nlist)

@@ -51,6 +51,21 @@ resource "aws_ssm_parameter" "api_key" {
   }
 }
 
+# The release every host installs at first boot: appliance_package at the first apply, then whatever the
+# upgrade play (ansible/) installed last; it writes this parameter after each rolling upgrade, so a
+# replacement or a scale-out never brings an older release back (terraform/README.md, "Upgrades").
+resource "aws_ssm_parameter" "release" {
+  name        = "/${var.name}/release"
+  description = "appliance: the release hosts install (a pip requirement or wheel URL)"
+  type        = "SecureString" # not secret, but encrypted like the rest (the hosts can decrypt the key)
+  key_id      = module.storage.kms_key_arn
+  value       = var.appliance_package
+
+  lifecycle {
+    ignore_changes = [value] # the upgrade play owns it after the first apply
+  }
+}
+
 resource "aws_ssm_parameter" "internal_token" {
   name        = "/${var.name}/internal-token"
   description = "appliance: shared secret between query nodes and executors"
@@ -64,14 +79,17 @@ resource "aws_ssm_parameter" "internal_token" {
 }
 
 module "iam" {
-  source                       = "../../modules/iam"
-  name                         = var.name
-  bucket_arn                   = module.storage.bucket_arn
-  kms_key_arn                  = module.storage.kms_key_arn
-  queue_arns                   = [module.queue.queue_arn, module.queue.dead_letter_queue_arn]
-  api_key_parameter_arn        = aws_ssm_parameter.api_key.arn
-  internal_token_parameter_arn = aws_ssm_parameter.internal_token.arn
-  permissions_boundary_arn     = var.permissions_boundary_arn
+  source      = "../../modules/iam"
+  name        = var.name
+  bucket_arn  = module.storage.bucket_arn
+  kms_key_arn = module.storage.kms_key_arn
+  queue_arns  = [module.queue.queue_arn, module.queue.dead_letter_queue_arn]
+  parameter_arns = {
+    api_key        = aws_ssm_parameter.api_key.arn
+    internal_token = aws_ssm_parameter.internal_token.arn
+    release        = aws_ssm_parameter.release.arn
+  }
+  permissions_boundary_arn = var.permissions_boundary_arn
 }
 
 # ---- fleets --------------------------------------------------------------------------------------------------
@@ -87,32 +105,42 @@ locals {
   }, var.settings)
 }
 
+locals {
+  # What every host shares, built once and handed to the three fleets (modules/node_group validates it).
+  host = {
+    name                     = var.name
+    subnet_ids               = module.network.private_subnet_ids
+    security_group_ids       = module.network.security_group_ids
+    instance_profile_names   = module.iam.instance_profile_names
+    ami_ids                  = var.ami_ids
+    appliance_package        = var.appliance_package
+    release_parameter        = aws_ssm_parameter.release.name
+    pip_index_url            = var.pip_index_url
+    settings                 = local.settings
+    internal_token_parameter = aws_ssm_parameter.internal_token.name
+    tags                     = {} # the provider's default_tags tag everything
+  }
+}
+
 module "executor_fleet" {
-  source                   = "../../modules/executor_fleet"
-  name                     = var.name
-  ami_id                   = lookup(var.ami_ids, "executor", null)
-  instance_type            = var.executor_instance_type
-  min_size                 = var.executor_min_size
-  max_size                 = var.executor_max_size
-  subnet_ids               = module.network.private_subnet_ids
-  security_group_id        = module.network.security_group_ids.executor
-  instance_profile_name    = module.iam.instance_profile_names.executor
-  appliance_package        = var.appliance_package
-  pip_index_url            = var.pip_index_url
-  settings                 = local.settings
-  internal_token_parameter = aws_ssm_parameter.internal_token.name
+  source = "../../modules/executor_fleet"
+  host   = local.host
+  fleet = {
+    instance_type = var.executor_instance_type
+    min_size      = var.executor_min_size
+    max_size      = var.executor_max_size
+  }
 }
 
 module "query_fleet" {
-  source                          = "../../modules/query_fleet"
-  name                            = var.name
-  ami_id                          = lookup(var.ami_ids, "query", null)
-  instance_type                   = var.query_instance_type
-  min_size                        = var.query_min_size
-  max_size                        = var.query_max_size
+  source = "../../modules/query_fleet"
+  host   = local.host
+  fleet = {
+    instance_type = var.query_instance_type
+    min_size      = var.query_min_size
+    max_size      = var.query_max_size
+  }
   vpc_id                          = module.network.vpc_id
-  subnet_ids                      = module.network.private_subnet_ids
-  security_group_id               = module.network.security_group_ids.query
   load_balancer_subnet_ids        = module.network.public_subnet_ids
   load_balancer_security_group_id = module.network.security_group_ids.load_balancer
   internal                        = var.internal_load_balancer
@@ -120,29 +148,18 @@ module "query_fleet" {
   waf_web_acl_arn                 = var.waf_web_acl_arn
   access_logs_bucket              = module.storage.logs_bucket_name
   deletion_protection             = var.deletion_protection
-  instance_profile_name           = module.iam.instance_profile_names.query
-  appliance_package               = var.appliance_package
-  pip_index_url                   = var.pip_index_url
-  settings                        = local.settings
   api_key_parameter               = aws_ssm_parameter.api_key.name
-  internal_token_parameter        = aws_ssm_parameter.internal_token.name
   executor_autoscaling_group_name = module.executor_fleet.autoscaling_group_name
   executor_port                   = module.executor_fleet.port
 }
 
 module "indexer_fleet" {
-  source                   = "../../modules/indexer_fleet"
-  name                     = var.name
-  ami_id                   = lookup(var.ami_ids, "indexer", null)
-  instance_type            = var.indexer_instance_type
-  gpu                      = var.indexer_gpu
-  max_size                 = var.indexer_max_size
-  subnet_ids               = module.network.private_subnet_ids
-  security_group_id        = module.network.security_group_ids.indexer
-  instance_profile_name    = module.iam.instance_profile_names.indexer
-  appliance_package        = var.appliance_package
-  pip_index_url            = var.pip_index_url
-  settings                 = local.settings
-  internal_token_parameter = aws_ssm_parameter.internal_token.name
-  queue_name               = module.queue.queue_name
+  source = "../../modules/indexer_fleet"
+  host   = local.host
+  fleet = {
+    instance_type = var.indexer_instance_type
+    gpu           = var.indexer_gpu
+    max_size      = var.indexer_max_size
+  }
+  queue_name = module.queue.queue_name
 }

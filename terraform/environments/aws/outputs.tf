@@ -42,6 +42,25 @@ output "autoscaling_group_names" {
   }
 }
 
+output "lifecycle_hook_names" {
+  description = "Termination lifecycle hook of each fleet's group: each node's agent drains it, then completes the hook."
+  value = {
+    query    = module.query_fleet.lifecycle_hook_name
+    executor = module.executor_fleet.lifecycle_hook_name
+    indexer  = module.indexer_fleet.lifecycle_hook_name
+  }
+}
+
+output "query_health_check" {
+  description = "The query target group's health check (interval_seconds, unhealthy_threshold, seconds_to_unhealthy, deregistration_delay_seconds, ...): an upgrade play pauses at least seconds_to_unhealthy after draining a node."
+  value       = module.query_fleet.health_check
+}
+
+output "release_parameter" {
+  description = "SSM parameter with the release hosts install at first boot; the upgrade play writes the release it installed: aws ssm put-parameter --overwrite --name <this> --value vector-appliance==X"
+  value       = aws_ssm_parameter.release.name
+}
+
 output "role_arns" {
   description = "IAM role of each fleet."
   value       = module.iam.role_arns

@@ -11,7 +11,7 @@ variable "region" {
 }
 
 variable "appliance_package" {
-  description = "What pip installs on every host: vector-appliance==VERSION on pip_index_url, an https:// URL of a wheel, or an s3:// URI of a wheel in the data bucket."
+  description = "The first release every host installs: vector-appliance==VERSION on pip_index_url, an https:// URL of a wheel, or an s3:// URI of a wheel in the data bucket. Written to the SSM parameter /<name>/release at the first apply only: later releases come from the upgrade play, which records them there (README, Upgrades)."
   type        = string
 }
 
@@ -32,6 +32,11 @@ variable "name" {
   description = "Name prefix of every resource (lower-case letters, digits and dashes); one per deployment in an account."
   type        = string
   default     = "appliance"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name))
+    error_message = "name must be 3-24 lower-case letters, digits or dashes, starting with a letter."
+  }
 }
 
 variable "tags" {

@@ -25,5 +25,25 @@ locals {
     cache_mount        = var.cache_mount
     executor_discovery = var.executor_discovery
     gpu                = var.gpu
+    release_parameter  = var.release_parameter
+    lifecycle_agent    = var.lifecycle_hook == null ? null : file("${path.module}/files/appliance-lifecycle.py")
+    lifecycle_config   = var.lifecycle_hook == null ? null : jsonencode(local.lifecycle_config)
   })
+}
+
+# What appliance-lifecycle (files/appliance-lifecycle.py) reads from /etc/appliance/lifecycle.json. Query nodes
+# take the admin key (the API key when none is set) on /admin/drain, executors the internal token.
+locals {
+  lifecycle_config = var.lifecycle_hook == null ? null : {
+    region                 = var.region
+    hook_name              = var.lifecycle_hook.name
+    autoscaling_group_name = var.lifecycle_hook.autoscaling_group_name
+    drain_seconds          = var.lifecycle_hook.drain_seconds
+    port                   = var.lifecycle_hook.port
+    target_group_name      = var.lifecycle_hook.target_group_name
+    service                = "${local.service}.service"
+    env_files              = ["/etc/appliance/appliance.env", "/run/appliance/secrets.env"]
+    admin_header           = var.role == "query" ? "x-api-key" : "x-appliance-token"
+    admin_secrets          = var.role == "query" ? ["APPLIANCE_ADMIN_KEY", "APPLIANCE_API_KEY"] : ["APPLIANCE_INTERNAL_TOKEN"]
+  }
 }

@@ -97,3 +97,21 @@ variable "gpu" {
   type        = bool
   default     = false
 }
+
+variable "release_parameter" {
+  description = "SSM parameter holding the release to install (a value like appliance_package), read at every first boot: the upgrade play writes the release it installed there, so a replacement or a scale-out never brings an older one back. Null: appliance_package."
+  type        = string
+  default     = null
+}
+
+variable "lifecycle_hook" {
+  description = "The autoscaling group's termination lifecycle hook: appliance-lifecycle.service polls the instance metadata and, when the instance is to terminate, leaves target_group_name (query nodes), drains the node on port for up to drain_seconds (no port: stops the service), then completes the hook. Null: no agent."
+  type = object({
+    name                   = string
+    autoscaling_group_name = string
+    drain_seconds          = number
+    port                   = optional(number)
+    target_group_name      = optional(string)
+  })
+  default = null
+}

@@ -1,13 +1,26 @@
 # One role per fleet, each with only what its node does:
-#   query     reads and writes tables (inserts commit from the query node), sends events, reads the API key
-#             and the internal token, lists the executor group's instances (to route to them)
-#   executor  reads tables and index objects, reads the internal token
-#   indexer   reads and writes tables and index objects, receives and deletes events
+#   query     reads and writes tables (inserts commit from the query node), sends events, reads the API key,
+#             the internal token and the release, lists the executor group's instances (to route to them),
+#             leaves its target group and completes its group's termination hook (to drain first)
+#   executor  reads tables and index objects, reads the internal token and the release, completes its hook
+#   indexer   reads and writes tables and index objects, receives and deletes events, reads the internal
+#             token and the release, completes its hook
 
 data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
 
 locals {
   fleets = toset(["query", "executor", "indexer"])
+  arn    = "arn:${data.aws_partition.current.partition}:%s:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:%s"
+
+  # A node's lifecycle agent completes its own group's termination hook (groups are named <name>-<fleet> by
+  # modules/node_group); a query node first leaves its own target group (<name>-query, cut at 32 characters).
+  complete_termination = { for f in local.fleets : f => {
+    sid       = "CompleteTermination"
+    actions   = ["autoscaling:CompleteLifecycleAction"]
+    resources = [format(local.arn, "autoscaling", "autoScalingGroup:*:autoScalingGroupName/${var.name}-${f}")]
+  } }
 
   s3_read = {
     sid       = "ReadData"
@@ -37,19 +50,32 @@ locals {
 
   # The appliance opens its queues idempotently (CreateQueue returns the existing queue, then it sets the
   # visibility timeout and redrive policy it was configured with): it needs these on the two queues only.
+  read_parameters = {
+    sid       = "ReadParameters"
+    actions   = ["ssm:GetParameter"]
+    resources = [var.parameter_arns.internal_token, var.parameter_arns.release]
+  }
   sqs_open = ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes"]
 
   statements = {
     query = [
       local.s3_read, local.s3_list, local.s3_write, local.kms_write,
       { sid = "SendEvents", actions = concat(local.sqs_open, ["sqs:SendMessage"]), resources = var.queue_arns },
-      { sid = "ReadSecrets", actions = ["ssm:GetParameter"], resources = [var.api_key_parameter_arn, var.internal_token_parameter_arn] },
+      { sid = "ReadParameters", actions = ["ssm:GetParameter"], resources = values(var.parameter_arns) },
       # Describe calls cannot be limited to resources: AWS evaluates them against "*" only.
       { sid = "DiscoverExecutors", actions = ["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"], resources = ["*"] },
+      local.complete_termination.query,
+      {
+        sid       = "LeaveLoadBalancer"
+        actions   = ["elasticloadbalancing:DeregisterTargets"]
+        resources = [format(local.arn, "elasticloadbalancing", "targetgroup/${substr("${var.name}-query", 0, 32)}/*")]
+      },
+      { sid = "FindTargetGroup", actions = ["elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth"], resources = ["*"] },
     ]
     executor = [
       local.s3_read, local.s3_list, local.kms_read,
-      { sid = "ReadSecrets", actions = ["ssm:GetParameter"], resources = [var.internal_token_parameter_arn] },
+      local.read_parameters,
+      local.complete_termination.executor,
     ]
     indexer = [
       local.s3_read, local.s3_list, local.s3_write, local.kms_write,
@@ -58,7 +84,8 @@ locals {
         actions   = concat(local.sqs_open, ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"])
         resources = var.queue_arns
       },
-      { sid = "ReadSecrets", actions = ["ssm:GetParameter"], resources = [var.internal_token_parameter_arn] },
+      local.read_parameters,
+      local.complete_termination.indexer,
     ]
   }
 }

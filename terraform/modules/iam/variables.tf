@@ -1,11 +1,6 @@
 variable "name" {
-  description = "Name prefix of every resource of this deployment (lower-case letters, digits and dashes)."
+  description = "Prefix of the roles, policies and instance profiles (<name>-<fleet>), and of the fleets' autoscaling groups and query target group that the roles may act on (the environment validates it)."
   type        = string
-
-  validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name))
-    error_message = "name must be 3-24 lower-case letters, digits or dashes, starting with a letter."
-  }
 }
 
 variable "bucket_arn" {
@@ -38,23 +33,17 @@ variable "queue_arns" {
   }
 }
 
-variable "api_key_parameter_arn" {
-  description = "ARN of the SSM parameter holding the clients' API key (read by query nodes only)."
-  type        = string
+variable "parameter_arns" {
+  description = "ARNs of the SSM parameters the nodes read: api_key (the clients' API key, query nodes only), internal_token (the query-node/executor shared secret) and release (the release a host installs at first boot)."
+  type = object({
+    api_key        = string
+    internal_token = string
+    release        = string
+  })
 
   validation {
-    condition     = can(regex("^arn:aws[a-z-]*:ssm:", var.api_key_parameter_arn))
-    error_message = "api_key_parameter_arn must be an SSM parameter ARN."
-  }
-}
-
-variable "internal_token_parameter_arn" {
-  description = "ARN of the SSM parameter holding the query-node/executor shared secret."
-  type        = string
-
-  validation {
-    condition     = can(regex("^arn:aws[a-z-]*:ssm:", var.internal_token_parameter_arn))
-    error_message = "internal_token_parameter_arn must be an SSM parameter ARN."
+    condition     = alltrue([for a in values(var.parameter_arns) : can(regex("^arn:aws[a-z-]*:ssm:", a))])
+    error_message = "parameter_arns must be SSM parameter ARNs."
   }
 }
 

@@ -1,11 +1,6 @@
 variable "name" {
-  description = "Name prefix of every resource of this deployment (lower-case letters, digits and dashes)."
+  description = "Prefix of the VPC, subnets, gateways and security groups' Name tags (the environment validates it)."
   type        = string
-
-  validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name))
-    error_message = "name must be 3-24 lower-case letters, digits or dashes, starting with a letter."
-  }
 }
 
 variable "vpc_id" {

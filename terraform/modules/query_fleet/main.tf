@@ -1,42 +1,51 @@
-data "aws_region" "current" {}
-
-module "node_template" {
-  source                = "../node_template"
-  name                  = var.name
-  role                  = local.role
-  ami_id                = var.ami_id
-  ami_ssm_parameter     = var.ami_ssm_parameter
-  instance_type         = var.instance_type
-  instance_profile_name = var.instance_profile_name
-  security_group_id     = var.security_group_id
-  root_volume_size_gb   = var.root_volume_size_gb
-  ebs_kms_key_arn       = var.ebs_kms_key_arn
-  tags                  = var.tags
-  user_data_base64      = module.cloud_init.user_data_base64
-}
+# The query nodes: an autoscaling group (modules/node_group) behind an application load balancer whose target
+# group health-checks /readyz. A terminating node leaves the target group, then drains (its lifecycle agent).
 
 locals {
-  role = "query"
+  # Defaults of this fleet; var.fleet overrides any of them.
+  fleet = merge({
+    instance_type          = "c7i.xlarge"
+    min_size               = 2
+    max_size               = 6
+    cpu_target_percent     = 60
+    drain_seconds          = 60
+    min_healthy_percentage = 100
+    max_healthy_percentage = 150
+  }, var.fleet)
+  tags              = try(var.host.tags, {})
+  target_group_name = substr("${var.host.name}-query", 0, 32)
+  # The target group's health check: a drained node answers /readyz 503, and the load balancer stops
+  # sending it clients after unhealthy_threshold failed checks, interval_seconds apart.
+  health_check                 = { interval_seconds = 10, timeout_seconds = 5, healthy_threshold = 2, unhealthy_threshold = 2 }
+  deregistration_delay_seconds = 30
 }
 
-module "cloud_init" {
-  source            = "../cloud_init"
-  role              = local.role
-  command           = ["serve", "query"]
-  region            = data.aws_region.current.name
-  appliance_package = var.appliance_package
-  pip_index_url     = var.pip_index_url
-  settings = merge(var.settings, {
-    APPLIANCE_HOST = "0.0.0.0"
-    APPLIANCE_PORT = tostring(var.port)
-  })
-  secret_parameters = {
-    APPLIANCE_API_KEY        = var.api_key_parameter
-    APPLIANCE_INTERNAL_TOKEN = var.internal_token_parameter
+module "node_group" {
+  source = "../node_group"
+  host   = var.host
+  node = {
+    role              = "query"
+    command           = ["serve", "query"]
+    instance_type     = local.fleet.instance_type
+    port              = var.port
+    settings          = { APPLIANCE_HOST = "0.0.0.0", APPLIANCE_PORT = tostring(var.port) }
+    secret_parameters = { APPLIANCE_API_KEY = var.api_key_parameter }
+    executor_discovery = {
+      autoscaling_group_name = var.executor_autoscaling_group_name
+      port                   = var.executor_port
+    }
+    target_group_name = local.target_group_name
   }
-  executor_discovery = {
-    autoscaling_group_name = var.executor_autoscaling_group_name
-    port                   = var.executor_port
+  group = {
+    min_size                  = local.fleet.min_size
+    max_size                  = local.fleet.max_size
+    health_check_type         = "ELB" # replaced when /readyz fails, not only when the instance dies
+    health_check_grace_period = 600   # the first boot installs the appliance
+    target_group_arns         = [aws_lb_target_group.this.arn]
+    cpu_target_percent        = local.fleet.cpu_target_percent
+    min_healthy_percentage    = local.fleet.min_healthy_percentage
+    max_healthy_percentage    = local.fleet.max_healthy_percentage
+    drain_seconds             = local.fleet.drain_seconds
   }
 }
 
@@ -45,7 +54,7 @@ module "cloud_init" {
 resource "aws_lb" "this" {
   #checkov:skip=CKV2_AWS_28:A WAF web ACL is an input (waf_web_acl_arn); which rules a deployment needs is the platform team's choice.
   #checkov:skip=CKV2_AWS_76:Same as CKV2_AWS_28: the web ACL (and its Log4j rule set) is supplied through waf_web_acl_arn.
-  name                       = substr("${var.name}-query", 0, 32)
+  name                       = local.target_group_name
   load_balancer_type         = "application"
   internal                   = var.internal
   subnets                    = var.load_balancer_subnet_ids
@@ -60,7 +69,7 @@ resource "aws_lb" "this" {
     enabled = true
   }
 
-  tags = var.tags
+  tags = local.tags
 }
 
 resource "aws_wafv2_web_acl_association" "this" {
@@ -71,24 +80,24 @@ resource "aws_wafv2_web_acl_association" "this" {
 
 resource "aws_lb_target_group" "this" {
   #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the query nodes serve plain HTTP inside the VPC, reachable from the load balancer's security group only.
-  name                 = substr("${var.name}-query", 0, 32)
+  name                 = local.target_group_name
   port                 = var.port
   protocol             = "HTTP"
   vpc_id               = var.vpc_id
-  deregistration_delay = 30
+  deregistration_delay = local.deregistration_delay_seconds
 
   health_check {
     path                = "/readyz"
     port                = "traffic-port"
     protocol            = "HTTP"
     matcher             = "200"
-    interval            = 10
-    timeout             = 5
-    healthy_threshold   = 2
-    unhealthy_threshold = 2
+    interval            = local.health_check.interval_seconds
+    timeout             = local.health_check.timeout_seconds
+    healthy_threshold   = local.health_check.healthy_threshold
+    unhealthy_threshold = local.health_check.unhealthy_threshold
   }
 
-  tags = var.tags
+  tags = local.tags
 }
 
 resource "aws_lb_listener" "https" {
@@ -104,7 +113,7 @@ resource "aws_lb_listener" "https" {
     target_group_arn = aws_lb_target_group.this.arn
   }
 
-  tags = var.tags
+  tags = local.tags
 }
 
 resource "aws_lb_listener" "http" {
@@ -129,59 +138,22 @@ resource "aws_lb_listener" "http" {
     }
   }
 
-  tags = var.tags
+  tags = local.tags
 }
 
-# ---- the fleet ---------------------------------------------------------------------------------------------
+# ---- state moved with the shared node_group module ----------------------------------------------------------
 
-resource "aws_autoscaling_group" "this" {
-  name                      = "${var.name}-query"
-  vpc_zone_identifier       = var.subnet_ids
-  min_size                  = var.min_size
-  max_size                  = var.max_size
-  desired_capacity          = var.min_size
-  health_check_type         = "ELB" # replaced when /readyz fails, not only when the instance dies
-  health_check_grace_period = 600   # the first boot installs the appliance
-  target_group_arns         = [aws_lb_target_group.this.arn]
-  default_instance_warmup   = 300
-
-  launch_template {
-    id      = module.node_template.id
-    version = module.node_template.latest_version
-  }
-
-  # A new launch template version (a new appliance_package, say) replaces nodes a few at a time.
-  instance_refresh {
-    strategy = "Rolling"
-    preferences {
-      min_healthy_percentage = 90
-      instance_warmup        = 300
-    }
-  }
-
-  dynamic "tag" {
-    for_each = merge(var.tags, { Name = "${var.name}-query" })
-    content {
-      key                 = tag.key
-      value               = tag.value
-      propagate_at_launch = true
-    }
-  }
-
-  lifecycle {
-    ignore_changes = [desired_capacity] # owned by the scaling policy
-  }
+moved {
+  from = module.node_template.aws_launch_template.this
+  to   = module.node_group.aws_launch_template.this
 }
 
-resource "aws_autoscaling_policy" "cpu" {
-  name                   = "${var.name}-query-cpu"
-  autoscaling_group_name = aws_autoscaling_group.this.name
-  policy_type            = "TargetTrackingScaling"
+moved {
+  from = aws_autoscaling_group.this
+  to   = module.node_group.aws_autoscaling_group.this
+}
 
-  target_tracking_configuration {
-    predefined_metric_specification {
-      predefined_metric_type = "ASGAverageCPUUtilization"
-    }
-    target_value = var.cpu_target_percent
-  }
+moved {
+  from = aws_autoscaling_policy.cpu
+  to   = module.node_group.aws_autoscaling_policy.cpu[0]
 }
