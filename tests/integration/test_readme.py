@@ -35,6 +35,15 @@ MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s*,(?P<reason>.*?)-->")
 MAKE = re.compile(r"^(?:\$ )?\s*(?:\w+=\S*\s+)*make\b", re.M)
 COVERED_BY = re.compile(r"tests/[\w/]+\.py(?:::\w+)?")
 BLOCK_TIMEOUT = 240.0
+# What a block that holds the key must print (stdout or stderr), so a block that runs but does nothing fails.
+# Every key must still be found in a block that ran.
+EXPECT = {
+    "/api/v1/tables/demo/search": '"title":"east"',  # the quick start's search
+    "appliance load minilm": "loaded 61,666 rows",
+    "minilm.search(vim)": "vim: Vi IMproved",  # the client's nearest to vim is vim itself
+    '"appliance.metric": "cosine"': "'title': 'north'",
+    "result.arrow": "pyarrow.Table",  # the LanceDB protocol's Arrow answer, read back
+}
 
 
 @dataclass
@@ -179,7 +188,7 @@ def newcomer(tmp_path: Path):
 def test_readme_runs_top_to_bottom(newcomer) -> None:
     folder, url, env = newcomer
     values = placeholders(url)
-    ran = []
+    ran, seen = [], set()
     for block in readme_blocks(README.read_text()):
         if block.lang not in SHELL | PYTHON or block.skip is not None:
             continue
@@ -191,5 +200,11 @@ def test_readme_runs_top_to_bottom(newcomer) -> None:
             f"{block.where()} failed (exit {result.returncode}):\n{body}\n"
             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
         ran.append(f"{block.where()} {time.monotonic() - started:.1f}s")
+        for key, printed in EXPECT.items():
+            if key in block.body:
+                seen.add(key)
+                assert printed in result.stdout + result.stderr, (
+                    f"{block.where()} did not print {printed!r}:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
     print("\n".join(ran), file=sys.stderr)
     assert len(ran) >= 6
+    assert seen == set(EXPECT), f"no block holds {sorted(set(EXPECT) - seen)} any more: update EXPECT"
