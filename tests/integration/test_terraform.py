@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -108,7 +109,7 @@ def _port_open(port: int) -> bool:
 def _long_clone(tmp_path: Path) -> tuple[Path, Path]:
     """terraform/ and an `appliance` command under a folder whose path is over 120 characters, as in a
     fresh clone in a deep temporary folder: the fleet's command line is then longer than 80 columns."""
-    root = tmp_path / ("clone-of-the-vector-appliance-in-a-deep-folder-" + "x" * 80)
+    root = tmp_path / ("a-fresh-clone-in-a-deep-temporary-folder-" + "x" * 80)  # no "appliance" in it
     assert len(str(root)) > 120
     tree = copy_tree(root / "terraform")
     (root / "bin").mkdir()
@@ -245,6 +246,97 @@ def test_local_outputs_make_the_ansible_inventory(tf: Terraform, tmp_path: Path)
                                 cwd=tmp_path, env={**os.environ, "ANSIBLE_HOME": str(tmp_path / "ah")},
                                 check=True, capture_output=True, text=True)
         assert json.loads(listed.stdout)["executor"]["hosts"] == ["executor-0", "executor-1", "executor-2"]
+
+
+def _readme_section(title: str) -> list[list[str]]:
+    """The ```sh blocks of one README section, each as its command lines (comments kept: bash drops them)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.strip().splitlines() for block in re.findall(r"```sh\n(.*?)```", section, re.S)]
+
+
+def _health(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+def test_readme_ansible_on_one_machine(tmp_path: Path) -> None:
+    """The README's "Ansible on one machine", line by line, in a copy of the checkout (its own .fleet and
+    dist), on free ports: Terraform's outputs -> inventory -> site.yml serves a table -> upgrade.yml to a
+    changed version -> rollback.yml -> destroy stops every node and names the tables it leaves."""
+    terraform = shutil.which("terraform")
+    bin_ = Path(sys.executable).parent
+    if terraform is None or not (bin_ / "ansible-playbook").exists():
+        pytest.skip("needs a terraform command on PATH and ansible-core in this venv")
+    blocks = _readme_section("Ansible on one machine")
+    assert len(blocks) == 2, blocks
+    checkout = tmp_path / "checkout"
+    for part in ("appliance", "kernels", "ansible"):
+        shutil.copytree(REPO / part, checkout / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements.txt", "README.md"):
+        shutil.copy(REPO / name, checkout / name)
+    copy_tree(checkout / "terraform")
+    (checkout / ".venv").symlink_to(bin_.parent)
+    port = free_port_block(3)
+    env = {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+           "PATH": f"{Path(terraform).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def sh(line: str) -> str:
+        line = line.replace("port=8090", f"port={port}").replace("127.0.0.1:8090", f"127.0.0.1:{port}")
+        started = time.monotonic()
+        done = subprocess.run(["bash", "-eo", "pipefail", "-c", f"export PATH=$PWD/.venv/bin:$PATH\n{line}"],
+                              cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
+        print(f"{time.monotonic() - started:6.1f}s rc {done.returncode}: {line[:100]}")
+        out = done.stdout + done.stderr
+        with (tmp_path / "steps.log").open("a") as log:
+            log.write(f"$ {line}\n{out}\n")
+        failures = [x[:1500] for x in out.splitlines() if "fatal:" in x or "FAILED!" in x or "ERROR" in x]
+        assert done.returncode == 0, f"{line}\n" + "\n".join(failures or [out[-4000:]])
+        return done.stdout
+
+    install, upgrade = blocks
+    nodes = {"query-0": port, "executor-0": port + 1, "executor-1": port + 2}
+    from appliance import __version__ as old
+
+    new = f"{old}.post1"  # as a user would bump it
+    destroyed = False
+    try:
+        for line in install[:-1]:
+            sh(line)
+        assert json.loads(sh(install[-1]))["ready"] is True
+        assert {n: (_health(f"http://127.0.0.1:{p}") or {}).get("version") for n, p in nodes.items()} == \
+            dict.fromkeys(nodes, old)
+        vault = json.loads((checkout / "vault.json").read_text())
+        api = Api(f"http://127.0.0.1:{port}", vault["common_api_key"])
+        api.create("readme", 3, "cosine", {"title": "string"})
+        api.insert("readme", [{"vector": [1, 0, 0], "title": "east"}, {"vector": [0, 1, 0], "title": "north"}])
+
+        # "Then change the code (and its version)": here, only the version.
+        init = checkout / "appliance" / "__init__.py"
+        init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{new}"', init.read_text()))
+        wheel, roll, rollback, destroy = upgrade
+        sh(wheel)
+        sh(roll)
+        assert {n: (_health(f"http://127.0.0.1:{p}") or {}).get("version") for n, p in nodes.items()} == \
+            dict.fromkeys(nodes, new)
+        assert api.search("readme", [0.9, 0.1, 0], k=1)[0]["title"] == "east"
+        sh(rollback)
+        assert {n: (_health(f"http://127.0.0.1:{p}") or {}).get("version") for n, p in nodes.items()} == \
+            dict.fromkeys(nodes, old)
+        out = sh(destroy)
+        destroyed = True
+    finally:
+        if not destroyed:
+            sh(upgrade[-1])
+    assert all(_health(f"http://127.0.0.1:{p}") is None for p in nodes.values())
+    fleet = checkout / "terraform" / "environments" / "local" / ".fleet"
+    assert f"the tables in {fleet / 'data'}" in out, out[-2000:]
+    assert (fleet / "data" / "readme.lance").is_dir()
 
 
 # ---- environments/aws against moto --------------------------------------------------------------------------------
