@@ -1,4 +1,4 @@
-"""The RAM tier: decoded values ready for the kernels, bounded by their bytes, least recently used out first."""
+"""The RAM tier: decoded values ready for the kernels, bounded by their bytes, evicted by segmented LRU."""
 
 from __future__ import annotations
 
@@ -14,10 +14,21 @@ class _Entry:
     value: Any
     nbytes: int
     pins: int = 0
+    protected: bool = False  # hit at least once since it came in (segmented LRU)
+
+
+PROTECTED_SHARE = 0.8  # of the budget, at most, held by entries that were hit again after they came in
 
 
 class RamTier:
-    """An LRU map bounded by the bytes of its values, whose pinned entries are never evicted.
+    """A segmented-LRU map bounded by the bytes of its values, whose pinned entries are never evicted.
+
+    A new entry starts on probation; a hit moves it to the protected segment (at most PROTECTED_SHARE of the
+    budget; its least recently used entries go back to probation). Eviction takes probation's least
+    recently used first. Plain LRU keeps nothing when the tier is smaller than what a query scans (an IVF
+    search probing a sixth of a table four times the tier's size): every partition is evicted before any
+    query probes it again. Here a pass over many partitions read once only churns probation, and the
+    partitions that queries keep coming back to (dense regions of the data) stay.
 
     A running task pins what it scans: evicting it from under the task would not free the memory (the task
     still holds it) but would let a second copy in, so the real footprint would outgrow the budget. When
@@ -31,56 +42,76 @@ class RamTier:
     def __init__(self, budget: int) -> None:
         self.budget = max(0, budget)
         self.bytes = 0
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # probation, least recently used first
+        self._protected: OrderedDict[str, _Entry] = OrderedDict()
+        self._protected_bytes = 0
         self.hits = 0
         self.misses = 0
         self.evictions = 0
         self.rejected = 0  # values served without being cached: larger than the room the pins leave
 
-    def get(self, key: str, pin: bool) -> tuple[bool, Any]:
-        """(found, value); a hit becomes the most recently used entry and is pinned when asked."""
+    def _find(self, key: str) -> _Entry | None:
         entry = self._entries.get(key)
+        return entry if entry is not None else self._protected.get(key)
+
+    def get(self, key: str, pin: bool) -> tuple[bool, Any]:
+        """(found, value); a hit becomes the most recently used protected entry and is pinned when asked."""
+        entry = self._find(key)
         if entry is None:
             self.misses += 1
             return False, None
         self.hits += 1
-        self._entries.move_to_end(key)
+        if entry.protected:
+            self._protected.move_to_end(key)
+        else:
+            del self._entries[key]
+            entry.protected = True
+            self._protected[key] = entry
+            self._protected_bytes += entry.nbytes
+            while self._protected_bytes > PROTECTED_SHARE * self.budget and len(self._protected) > 1:
+                demoted_key, demoted = self._protected.popitem(last=False)  # back to probation, newest there
+                demoted.protected = False
+                self._protected_bytes -= demoted.nbytes
+                self._entries[demoted_key] = demoted
         entry.pins += pin
         return True, entry.value
 
     def pin(self, key: str) -> bool:
         """Pin an entry another thread just added (not a lookup, so not counted); False when it is absent."""
-        entry = self._entries.get(key)
+        entry = self._find(key)
         if entry is None:
             return False
         entry.pins += 1
         return True
 
     def unpin(self, key: str) -> None:
-        entry = self._entries.get(key)
+        entry = self._find(key)
         if entry is not None and entry.pins:
             entry.pins -= 1
 
     def put(self, key: str, value: Any, nbytes: int, pin: bool) -> bool:
-        """Cache a value, evicting unpinned entries oldest first; False (and nothing evicted) when it cannot
-        fit beside the pinned ones."""
-        if key in self._entries:
+        """Cache a value on probation, evicting unpinned entries, probation's oldest first, then the protected
+        segment's; False (and nothing evicted) when it cannot fit beside the pinned ones."""
+        if self._find(key) is not None:
             return self.pin(key) if pin else True
-        pinned = sum(e.nbytes for e in self._entries.values() if e.pins)
+        pinned = sum(e.nbytes for segment in (self._entries, self._protected) for e in segment.values() if e.pins)
         if pinned + nbytes > self.budget:
             self.rejected += 1
             return False
-        for victim in [k for k, e in self._entries.items() if not e.pins]:
-            if self.bytes + nbytes <= self.budget:
-                break
-            self.bytes -= self._entries.pop(victim).nbytes
-            self.evictions += 1
+        for segment in (self._entries, self._protected):
+            for victim in [k for k, e in segment.items() if not e.pins]:
+                if self.bytes + nbytes <= self.budget:
+                    break
+                evicted = segment.pop(victim)
+                self.bytes -= evicted.nbytes
+                self._protected_bytes -= evicted.nbytes if evicted.protected else 0
+                self.evictions += 1
         self._entries[key] = _Entry(value, nbytes, int(pin))
         self.bytes += nbytes
         return True
 
     def stats(self) -> dict[str, Any]:
         return {"hits": self.hits, "misses": self.misses, "hit_rate": hit_rate(self.hits, self.misses),
-                "bytes": self.bytes, "budget": self.budget, "entries": len(self._entries),
+                "bytes": self.bytes, "budget": self.budget, "entries": len(self._entries) + len(self._protected),
                 "evictions": self.evictions, "rejected": self.rejected,
-                "pinned": sum(1 for e in self._entries.values() if e.pins)}
+                "pinned": sum(1 for segment in (self._entries, self._protected) for e in segment.values() if e.pins)}

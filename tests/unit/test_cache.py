@@ -1,4 +1,4 @@
-"""The tiered cache: LRU policy, byte bounds under concurrency, pinning, single flight, corruption, restarts."""
+"""The tiered cache: segmented LRU, byte bounds under concurrency, pinning, single flight, corruption, restarts."""
 
 from __future__ import annotations
 
@@ -86,6 +86,22 @@ def test_ram_tier_evicts_least_recently_used(make) -> None:
     assert loads.calls["b"] == 2
     ram = cache.stats()["ram"]
     assert ram["evictions"] == 2 and ram["entries"] == 3 and ram["bytes"] == 3 * ENTRY
+
+
+def test_ram_tier_keeps_entries_hit_again_through_a_pass_larger_than_it(make) -> None:
+    """Segmented LRU: an IVF search reads more partitions than a small RAM tier holds; a pass over them
+    read once must not push out the partitions that queries keep coming back to (plain LRU keeps none)."""
+    cache, loads = make(ram=10 * ENTRY, disk=0), Loads()
+    for _ in range(2):  # hot: hit again after it came in
+        for key in ("h1", "h2", "h3"):
+            cache.get(key, loads(key))
+    for i in range(30):  # a scan three times the tier, each key read once
+        cache.get(f"s{i}", loads(f"s{i}"))
+    for key in ("h1", "h2", "h3"):
+        cache.get(key, loads(key))
+    assert loads.calls["h1"] == loads.calls["h2"] == loads.calls["h3"] == 1
+    ram = cache.stats()["ram"]
+    assert ram["bytes"] <= ram["budget"] and ram["entries"] == 10
 
 
 def test_reads_fill_the_tiers_they_missed(make) -> None:
