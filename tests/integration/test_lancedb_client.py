@@ -470,6 +470,11 @@ def test_table_metric_from_schema_metadata(db, fleet) -> None:
     # an explicit other metric is still honoured per query
     dot = table.search(q.tolist()).distance_type("dot").limit(5).to_list()
     assert [h["id"] for h in dot] == exact_ids(base, q, "dot", 5)
+    # replaced without the key (mode="overwrite"), the table keeps its metric
+    db.create_table("cosine_items", data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base[:8])],
+                    mode="overwrite")
+    assert requests.get(f"{fleet.url}/api/v1/tables/cosine_items",
+                        headers={"x-api-key": fleet.api_key}).json()["metric"] == "cosine"
     # an empty table from a schema alone keeps it too; a metric the appliance has not is a 400 naming the key
     db.create_table("dot_empty", schema=schema.with_metadata({"appliance.metric": "dot"}))
     assert requests.get(f"{fleet.url}/api/v1/tables/dot_empty",
