@@ -67,12 +67,16 @@ def drain(url: str, token: str, wait: float) -> bool:
     return resp.status_code == 200 and bool(resp.json().get("idle"))
 
 
-def retire(url: str, query_urls: Iterable[str], admin_key: str, token: str, timeout: float) -> bool:
+def retire(url: str, query_urls: Iterable[str], admin_key: str, token: str, timeout: float,
+           settle: float = 1.0) -> bool:
     """After `url` was removed from the membership source: wait for the query nodes to drop it from their
-    rings, then drain it. True when it ended idle; the caller stops it either way."""
+    rings, `settle` seconds more (a search that read the old ring just before the swap sends its batch
+    meanwhile, and the drain waits for it), then drain it. True when it ended idle; the caller stops it
+    either way."""
     if not wait_routed(url, query_urls, admin_key, in_ring=False, timeout=timeout):
         log.warning("query nodes still route to %s after %.0f s; draining it anyway (its batches are re-sent)",
                     url, timeout)
+    time.sleep(settle)
     return drain(url, token, timeout)
 
 
