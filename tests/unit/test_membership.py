@@ -306,3 +306,37 @@ def test_prewarm_stops_at_its_deadline(executors) -> None:
     report = dispatcher.prewarm(newcomer.url, ring, seconds=30.0)
     assert report.warmed == 0 and newcomer.batches == 1 + len(mine) and "ExecutorError" in report.error
     membership.stop()
+
+
+def test_a_search_keeps_the_ring_it_started_with(executors) -> None:
+    """A batch re-sent after a failure goes to the next member of the search's own ring, not of a ring
+    swapped in meanwhile."""
+    from appliance.planner.plan import SearchPlan
+    from appliance.query.dispatch import ExecutorsFailed
+
+    a, b, c = executors
+    old, new = HashRing([a.url, b.url]), HashRing([a.url, b.url, c.url])
+    key = next(k for k in (f"t/fragments/group/{i}" for i in range(10_000))
+               if old.preference(k)[0] == a.url and new.preference(k)[0] == a.url
+               and new.preference(k, [a.url])[0] == c.url)
+    membership = Membership([a.url, b.url], interval=3600)
+    membership.start()
+    dispatcher = Dispatcher(membership, "token", timeout=60, eps=0.25)
+    plan = SearchPlan(table="t", version=1, metric="l2", k=1, filter=None, strategy="exact",
+                      tasks=[_task(key, 0)], fetch_k=1)
+    a.delay = 1.0  # a answers 500 a second later; meanwhile c joins the ring
+    failed: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            dispatcher.search(plan, np.ones((1, 4), np.float32))
+        except ExecutorsFailed as exc:  # a and b both answer 500: the request is blamed, as it should be
+            failed.append(exc)
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    _wait(lambda: a.batches == 1, "the batch reaches a")
+    membership.ring = new  # as a join swaps it in
+    thread.join(WAIT)
+    assert failed and b.batches == 1 and c.batches == 0
+    membership.stop()
