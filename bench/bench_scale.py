@@ -69,7 +69,10 @@ QUERIES, ONE_CLIENT = 300, 100
 QUICK = {"sizes": "100k", "queries": 200, "one_client": 60}
 # the cold state reads every probed partition from object storage on every query (seconds a query at 1M+):
 # it sends the first COLD_QUERIES only (1 client the first COLD_ONE_CLIENT of them)
-COLD_QUERIES, COLD_ONE_CLIENT = 80, 24
+COLD_QUERIES, COLD_ONE_CLIENT = 48, 16
+WARM_BATCH = 10
+# a cold query at 1M+ rows reads hundreds of partition objects: the fleet's timeouts leave room for it
+TIMEOUTS = {"search_timeout": 300.0, "request_timeout": 300.0}
 EXECUTORS = 2
 STATES = ("RAM-warm", "NVMe-warm", "cold")
 DOCS = REPO / "docs"
@@ -154,9 +157,12 @@ def measure_state(api, fleet, queries: np.ndarray, truth: np.ndarray, one_client
     out = {}
     for label, params in settings.items():
         before = cache_stats(admin)
-        one = measure(appliance_sender(api, TABLE, search_bodies(queries[:one_client], **params)), one_client)
-        many = measure(appliance_sender(api, TABLE, search_bodies(queries[one_client:], **params)),
-                       len(queries) - one_client, CLIENTS, meter)
+        try:
+            one, many = _one_and_many(api, meter, queries, one_client, params)
+        except (RuntimeError, OSError) as exc:  # e.g. a search past its deadline: recorded, the run goes on
+            print(f"  {label}: failed: {exc}", flush=True)
+            out[label] = {"params": params, "error": str(exc)[:300]}
+            continue
         after = cache_stats(admin)
         n = len(queries)
         out[label] = {
@@ -178,6 +184,13 @@ def measure_state(api, fleet, queries: np.ndarray, truth: np.ndarray, one_client
     return out
 
 
+def _one_and_many(api, meter: CpuMeter, queries: np.ndarray, one_client: int, params: dict):
+    one = measure(appliance_sender(api, TABLE, search_bodies(queries[:one_client], **params)), one_client)
+    many = measure(appliance_sender(api, TABLE, search_bodies(queries[one_client:], **params)),
+                   len(queries) - one_client, CLIENTS, meter)
+    return one, many
+
+
 def _executor_p50(doc: dict, tier: str, field: str) -> float | None:
     """Median over the executors of their p50 seconds to read one object from a tier (None: no reads)."""
     p50s = [e["stats"][tier][field]["p50"] for e in doc["executors"]
@@ -192,11 +205,12 @@ def _rate(before: dict, after: dict, tier: str) -> float | None:
 
 
 def warm(api, queries: np.ndarray, params: dict, passes: int = 1) -> None:
-    """Send every query, 100 to a request, so the partitions they probe are read once (or `passes` times)."""
+    """Send every query, WARM_BATCH to a request, so the partitions they probe are read once (or `passes`
+    times). The first reads of a large table fill the NVMe tier (an fsync per object), so small batches."""
     conn = Http(api, timeout=600)
     for _ in range(passes):
-        for start in range(0, len(queries), 100):
-            body = {"vectors": queries[start:start + 100].tolist(), "k": K, "columns": ["row"], **params}
+        for start in range(0, len(queries), WARM_BATCH):
+            body = {"vectors": queries[start:start + WARM_BATCH].tolist(), "k": K, "columns": ["row"], **params}
             conn.post(f"/api/v1/tables/{TABLE}/search", json.dumps(body).encode())
 
 
@@ -265,7 +279,7 @@ def bench_size(label: str, rows: int, queries: np.ndarray, one_client: int, watc
             watch.peak_by_node = {k: v for k, v in watch.peak_by_node.items() if k == "bench"}
             started = time.perf_counter()
             with running_fleet(work, port, folder, EXECUTORS, indexers=0, health_interval=defaults.health_interval,
-                               **extra) as (api, fleet):
+                               **TIMEOUTS, **extra) as (api, fleet):
                 result["start_seconds"][state] = time.perf_counter() - started
                 for name, pid in fleet_processes(fleet).items():
                     watch.roots[name] = pid
@@ -322,7 +336,18 @@ def _label(rows: int) -> str:
 
 
 def _default(state: dict) -> tuple[str, dict]:
-    return next((k, v) for k, v in state.items() if k.startswith("default"))
+    """The state's default-nprobes figures (NaN where that setting failed)."""
+    label, figures = next((k, v) for k, v in state.items() if k.startswith("default"))
+    nan = float("nan")
+    return label, figures if "error" not in figures else {**figures, "p50": nan, "p99": nan, "qps8": nan}
+
+
+SERVING = ("NVMe-warm", "cold")  # fleets that only serve (the RAM-warm one also loads and builds)
+
+
+def peak(r: dict, node: str, states: tuple[str, ...]) -> int:
+    """Largest VmHWM of one process of `node` over the fleets of `states` (0: not measured)."""
+    return max((r["rss"][s].get(node, 0) for s in states if s in r["rss"]), default=0)
 
 
 def plots(results: dict[str, dict]) -> list[str]:
@@ -377,9 +402,12 @@ def plots(results: dict[str, dict]) -> list[str]:
     save(fig, "scale-build.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for node, style in (("query-0", "o-"), ("executor-0", "s-"), ("executor-1", "^-")):
-        ax.plot(xs, [max(r["rss"][s].get(node, 0) for s in r["rss"]) / GIB for r in ordered], style,
-                label=f"{process_label(node)}: peak RSS of one process")
+    ax.plot(xs, [peak(r, "query-0", ("RAM-warm",)) / GIB for r in ordered], "o-",
+            label="query node, loading + building + serving (RAM-warm fleet)")
+    ax.plot(xs, [peak(r, "query-0", SERVING) / GIB for r in ordered], "o--", label="query node, serving only")
+    for node, style in (("executor-0", "s-"), ("executor-1", "^-")):
+        ax.plot(xs, [peak(r, node, SERVING) / GIB for r in ordered], style,
+                label=f"{process_label(node)}, RAM tier a quarter of the data")
     ax.plot(xs, [r["data_bytes"] / GIB for r in ordered], "k:", label="the vectors (rows x 384 x 4 B)")
     ax.plot(xs, [r["data_bytes"] / 4 / EXECUTORS / GIB for r in ordered], "k--", alpha=0.5,
             label="NVMe-warm RAM tier per executor (data / 4 / 2)")
@@ -394,16 +422,42 @@ def plots(results: dict[str, dict]) -> list[str]:
     return names
 
 
-def report(results: dict[str, dict], images: list[str]) -> str:
+def before_after(results: dict[str, dict], before: dict[str, dict]) -> str:
+    """The NVMe-warm and RAM-warm rows of an earlier run (`--before`, another tree) beside this run's."""
+    lines = []
+    for label, old in sorted(before.items(), key=lambda kv: kv[1]["rows"]):
+        new = results.get(label)
+        if new is None:
+            continue
+        if not lines:
+            lines = [f"Beside an earlier run of another tree (`--before`; {old.get('tree', 'an older tree')}), "
+                     "the same size and queries:", "",
+                     "| rows | cache state | nprobes | tree | p50 ms, 1 client | QPS, 8 clients | RAM / NVMe hit "
+                     "rate | CPU ms/query, executors |", "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for state in ("RAM-warm", "NVMe-warm"):
+            for tree, r in ((old.get("tree", "before"), old), ("this run", new)):
+                for knob, m in r["states"].get(state, {}).items():
+                    if knob.startswith("_") or "error" in m:
+                        continue
+                    rates = " / ".join("-" if v is None else f"{v:.0%}"
+                                       for v in (m["ram_hit_rate"], m["nvme_hit_rate"]))
+                    cpu = sum(v for k, v in (m["cpu"] or {}).items() if k.startswith("executor"))
+                    lines.append(f"| {r['rows']:,} | {state} | {knob} | {tree} | {m['p50']:.1f} | {m['qps8']:.0f} | "
+                                 f"{rates} | {cpu:.1f} |")
+    return "\n".join(lines)
+
+
+def report(results: dict[str, dict], images: list[str], before: dict[str, dict] | None = None) -> str:
     ordered = sorted(results.values(), key=lambda r: r["rows"])
     sizes = ["| rows | ingest rows/s (`appliance load`) | index | build s | faiss build s | faiss recall@10, p50 ms "
-             "(1 thread, in-process) | fleet start s (RAM / NVMe / cold) | peak RSS, GiB: query node · executor 0 · "
-             "executor 1 (max over states) | run (UTC), load at start / end |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+             "(1 thread, in-process) | fleet start s (RAM / NVMe / cold) | peak RSS GiB, query node: build · serving | "
+             "peak RSS GiB, executors 0 · 1: RAM-warm · NVMe-warm · cold | run (UTC), load at start / end |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     for r in ordered:
         p = r["index"]["params"]
-        rss = " · ".join(f"{max(r['rss'][s].get(n, 0) for s in r['rss']) / GIB:.2f}"
-                         for n in ("query-0", "executor-0", "executor-1"))
+        rss = (f"{peak(r, 'query-0', ('RAM-warm',)) / GIB:.2f} · {peak(r, 'query-0', SERVING) / GIB:.2f} | "
+               + " · ".join("/".join(f"{peak(r, n, (s,)) / GIB:.2f}" for s in STATES)
+                            for n in ("executor-0", "executor-1")))
         starts = " / ".join(f"{r['start_seconds'].get(s, float('nan')):.1f}" for s in STATES)
         sizes.append(f"| {r['rows']:,} | {r['ingest_rows_per_s']:,.0f} | IVF{p['nlist']} {p['codec']}, sample "
                      f"{p['sample_rows']:,}, {p['kmeans_iters']} iters, nprobes {p['nprobes']} | "
@@ -423,6 +477,9 @@ def report(results: dict[str, dict], images: list[str]) -> str:
             cache = s["_cache"]
             for knob, m in s.items():
                 if knob.startswith("_"):
+                    continue
+                if "error" in m:
+                    search.append(f"| {r['rows']:,} | {state} | {knob} | failed: {m['error'][:150]} |")
                     continue
                 cpu = m["cpu"] or {}
                 cpu_cells = " · ".join(f"{cpu.get(n, float('nan')):.1f}"
@@ -459,12 +516,38 @@ recall rule's count, at least nlist/6); "recall rule" is the build's own measure
 
 {growth}
 
+{targets(ordered)}
+
 {pictures}
 
 {chr(10).join(sizes)}
 
 {chr(10).join(search)}
+
+{before_after(results, before or {})}
 """
+
+
+def targets(ordered: list[dict]) -> str:
+    """Issue 20's targets per size, from the figures: NVMe-warm p50 <= 2x RAM-warm p50 at the same nprobes,
+    recall@10 >= 0.95 at defaults; and what the default nprobes costs beside the recall rule's."""
+    lines = ["Per size (issue 20's targets in brackets):", ""]
+    for r in ordered:
+        ram, nvme = r["states"].get("RAM-warm", {}), r["states"].get("NVMe-warm", {})
+        parts = []
+        for knob in ram:
+            a, b = ram.get(knob), nvme.get(knob)
+            if knob.startswith("_") or not a or not b or "error" in a or "error" in b:
+                continue
+            parts.append(f"{knob}: recall@10 {a['recall']:.3f}, NVMe-warm p50 / RAM-warm p50 "
+                         f"{b['p50'] / a['p50']:.1f}x [<= 2x], QPS {a['qps8']:.0f} RAM-warm vs {b['qps8']:.0f} "
+                         "NVMe-warm")
+        p = r["index"]["params"]
+        rule = (r["index"].get("recall") or {}).get("nprobes")
+        extra = (f"; the default probes {p['nprobes']} of {p['nlist']} partitions ({p['nprobes'] / p['nlist']:.0%} of "
+                 f"the rows per query), the recall rule {rule}") if rule else ""
+        lines.append(f"- {r['rows']:,} rows: " + "; ".join(parts) + extra + ".")
+    return "\n".join(lines)
 
 
 def _growth(ordered: list[dict]) -> str:
@@ -486,8 +569,8 @@ def _growth(ordered: list[dict]) -> str:
             x, y = _default(a["states"][state])[1], _default(b["states"][state])[1]
             lines.append(f"{state} p50 {per_doubling(x['p50'], y['p50'])}, QPS "
                          f"{per_doubling(x['qps8'], y['qps8'])}")
-    q = [max(r["rss"][s].get("query-0", 0) for s in r["rss"]) for r in (a, b)]
-    lines.append(f"query node peak RSS {per_doubling(*q)}")
+    lines.append(f"query node peak RSS while serving {per_doubling(*(peak(r, 'query-0', SERVING) for r in (a, b)))}"
+                 f", while building {per_doubling(*(peak(r, 'query-0', ('RAM-warm',)) for r in (a, b)))}")
     return "; ".join(lines) + "."
 
 
@@ -499,6 +582,9 @@ def main() -> int:
     parser.add_argument("--one-client", type=int, default=None)
     parser.add_argument("--rss-limit-gb", type=float, default=10.0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="write the section and plots from the "
+                        "stored results, measuring nothing")
+    parser.add_argument("--before", help="results JSON of an earlier run (another tree), shown beside this run's")
     args = parser.parse_args()
     defaults = {"sizes": ",".join(SIZES), "queries": QUERIES, "one_client": ONE_CLIENT}
     for name, default in defaults.items():
@@ -509,8 +595,12 @@ def main() -> int:
     if unknown:
         parser.error(f"--sizes: unknown {unknown}; known {list(SIZES)}")
     store = scale_data.cache_dir() / RESULTS
+    before = json.loads(Path(args.before).read_text()) if args.before else None
     results = json.loads(store.read_text()) if store.exists() else {}
     queries = scale_data.queries(QUERIES)[:args.queries]
+    if args.report_only:
+        write_section("scale", report(results, plots(results), before))
+        return 0
     watch = RssWatch(int(args.rss_limit_gb * GIB))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -518,10 +608,10 @@ def main() -> int:
             results[label] = bench_size(label, SIZES[label], queries, args.one_client, watch)
             store.write_text(json.dumps(results, indent=1))
             if not args.no_write:
-                write_section("scale", report(results, plots(results)))
+                write_section("scale", report(results, plots(results), before))
     finally:
         watch.close()
-    print(report(results, []))
+    print(report(results, [], before))
     return 0
 
 
