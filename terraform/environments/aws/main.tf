@@ -55,10 +55,10 @@ resource "aws_ssm_parameter" "api_key" {
 # upgrade play (ansible/) installed last; it writes this parameter after each rolling upgrade, so a
 # replacement or a scale-out never brings an older release back (terraform/README.md, "Upgrades").
 resource "aws_ssm_parameter" "release" {
+  #checkov:skip=CKV2_AWS_34:A release such as vector-appliance==0.2.0 is no secret; a plain String lets the upgrade play overwrite it without naming a KMS key.
   name        = "/${var.name}/release"
   description = "appliance: the release hosts install (a pip requirement or wheel URL)"
-  type        = "SecureString" # not secret, but encrypted like the rest (the hosts can decrypt the key)
-  key_id      = module.storage.kms_key_arn
+  type        = "String"
   value       = var.appliance_package
 
   lifecycle {
