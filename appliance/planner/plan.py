@@ -13,6 +13,7 @@ query node computes the same keys.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,8 @@ class SearchPlan:
     index_version: int | None = None
     nprobes: int = 0
     ef: int = 0  # graph codecs: the search breadth of each probed partition (0: not a graph index)
+    breadth: float = 1.0  # the factor nprobes and ef were raised by (query/recall.py: live recall below target)
+    target_recall: float | None = None  # the index's (its build measured the probe floor for it)
     partitions: list[int] = field(default_factory=list)
     refine_factor: int = 0
     postfilter: bool = False
@@ -200,6 +203,8 @@ class SearchPlan:
             "index_version": self.index_version,
             "nprobes": self.nprobes,
             "ef": self.ef,
+            "breadth": self.breadth,
+            "target_recall": self.target_recall,
             "partitions_probed": self.partitions,
             "refine_factor": self.refine_factor,
             "tasks": [t.name for t in self.tasks],
@@ -300,6 +305,7 @@ def plan_search(
     selectivity: float | None = None,
     prefilter_threshold: float = 0.05,
     routing: Routing | None = None,
+    breadth: float = 1.0,
 ) -> SearchPlan:
     """Compile a validated search (query/request.validate) against a pinned version's statistics and the
     table's index, if any. No I/O: the same inputs give the same plan.
@@ -307,7 +313,8 @@ def plan_search(
     Exact plans flat-scan every fragment with the filter pushed down. IVF plans probe the centroids here,
     make one task per probed partition plus one flat task per fragment holding rows the index lacks (read-
     your-writes), and filter after the search unless the filter is selective enough (`selectivity` <=
-    `prefilter_threshold`) that an exact prefiltered scan is cheaper and better. Tasks are keyed by their
+    `prefilter_threshold`) that an exact prefiltered scan is cheaper and better. `breadth` (>= 1, the recall
+    monitor's, query/recall.py) multiplies the probe count and a graph's ef. Tasks are keyed by their
     routing group, or all by one key when the work is under `routing.fanout_min_bytes` (see the module).
     Each query finds `request.limit` (k + offset) results.
     """
@@ -317,7 +324,7 @@ def plan_search(
         selectivity is not None and selectivity <= prefilter_threshold)
     if index is None or request.bypass_index or index.manifest.metric != metric or selective:
         return _exact_plan(stats, request, metric, selectivity, routing)
-    return _ivf_plan(stats, request, metric, index, selectivity, routing)
+    return _ivf_plan(stats, request, metric, index, selectivity, routing, max(1.0, breadth))
 
 
 def _fragment_work(stats: SnapshotStats, groups: dict[int, tuple[int, int]], nq: int,
@@ -363,12 +370,13 @@ def _probing_queries(probed: np.ndarray) -> dict[int, tuple[int, ...] | None]:
 
 
 def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: LoadedIndex,
-              selectivity: float | None, routing: Routing) -> SearchPlan:
+              selectivity: float | None, routing: Routing, breadth: float) -> SearchPlan:
     manifest = index.manifest
     nq = len(request.queries)
     # a client's nprobes below the probe count that reaches the table's target recall is raised to it (the
     # build measured it, index/tuning.py); a table wanting cheaper searches lowers its target_recall
-    nprobes = min(max(request.nprobes or int(manifest.params["nprobes"]), manifest.min_nprobes), manifest.nlist)
+    nprobes = max(request.nprobes or int(manifest.params["nprobes"]), manifest.min_nprobes)
+    nprobes = min(math.ceil(nprobes * breadth), manifest.nlist, limits.MAX_NPROBES)
     probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric)
     probing = _probing_queries(probed)
     partitions = sorted(probing)
@@ -381,11 +389,6 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
                                unindexed) if unindexed else []
     replica = routing.replica(request.queries)
     keys, touched, work, fanout = route(planned + [(key, work) for _, key, work in fragments], routing, replica)
-    graph = manifest.codec in GRAPH_CODECS  # tasks carry a client's ef; executors default it from their k
-    tasks = [Task(PARTITION, key, stats.table, stats.version, index_version=manifest.index_version,
-                  partition=p, queries=probing[p], ef=(request.ef or 0) if graph else 0)
-             for p, key in zip(partitions, keys, strict=False)]
-    tasks += _fragment_tasks(stats, fragments, keys[len(partitions):], min_row_id=watermark)
     refine = request.refine_factor if request.refine_factor is not None else int(manifest.params["refine_factor"])
     postfilter = request.filter is not None
     # the index may hold rows deleted since its build when fewer live rows remain below the watermark than
@@ -397,11 +400,21 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
         fetch_k *= int(min(20, max(2, np.ceil(1 / max(selectivity or 0.5, 1e-3)))))
     elif verify:
         fetch_k += max(request.limit, fetch_k // 4)
+    # graph tasks carry a client's ef, or one the breadth raised; else executors default it from their k
+    graph = manifest.codec in GRAPH_CODECS
+    ef = request.ef or default_ef(fetch_k)
+    if breadth > 1:
+        ef = min(math.ceil(ef * breadth), limits.MAX_EF)
+    task_ef = ef if graph and (request.ef or breadth > 1) else 0
+    tasks = [Task(PARTITION, key, stats.table, stats.version, index_version=manifest.index_version,
+                  partition=p, queries=probing[p], ef=task_ef)
+             for p, key in zip(partitions, keys, strict=False)]
+    tasks += _fragment_tasks(stats, fragments, keys[len(partitions):], min_row_id=watermark)
     return SearchPlan(
         table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
         strategy="ivf-postfilter" if postfilter else "ivf", tasks=tasks, fetch_k=fetch_k,
-        index_version=manifest.index_version, nprobes=nprobes, ef=(request.ef or default_ef(fetch_k)) if graph else 0,
-        partitions=partitions, refine_factor=refine,
+        index_version=manifest.index_version, nprobes=nprobes, ef=ef if graph else 0, breadth=breadth,
+        target_recall=manifest.params.get("target_recall"), partitions=partitions, refine_factor=refine,
         postfilter=postfilter, verify_alive=verify, selectivity=selectivity, groups=touched, work_bytes=work,
         fanout=fanout, replica=replica,
     )

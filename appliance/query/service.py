@@ -177,7 +177,8 @@ class QueryService:
         snapshot, stats, request = self._bind(request)
         plan, ids, dists = self._execute(snapshot, stats, request, request_id, deadline)
         if self.recall_monitor is not None and plan.uses_index:  # only queues a sample (query/recall.py)
-            self.recall_monitor.offer(request.table, request, ids)
+            self.recall_monitor.offer(request.table, request, ids, plan.index_version, plan.target_recall,
+                                      plan.breadth)
         found = ids != kernels.NO_ID
         row_ids = ids[found]
         columns = list(request.columns or ())
@@ -218,13 +219,16 @@ class QueryService:
             node: sorted({t.key for t in tasks}) for node, tasks in sorted(assignment.items())})
 
     def _plan(self, snapshot: TableSnapshot, stats: SnapshotStats, request: SearchRequest) -> SearchPlan:
-        """The inputs of the (pure) planner: the table's current index and, for a filtered search that may
-        use it, the filter's estimated selectivity."""
+        """The inputs of the (pure) planner: the table's current index, for a filtered search that may use
+        it the filter's estimated selectivity, and the search breadth the recall monitor set for the index."""
         index = None if request.bypass_index else self.catalog.current(stats.table)
         selectivity = None
         if index is not None and request.filter is not None:
             selectivity = estimate_selectivity(snapshot, stats, request.filter)
-        plan = plan_search(request, stats, index, selectivity, self.prefilter_threshold, self.routing)
+        breadth = 1.0  # raised while the recall monitor measures this index below its target (query/recall.py)
+        if index is not None and self.recall_monitor is not None:
+            breadth = self.recall_monitor.breadth(stats.table, index.manifest.index_version)
+        plan = plan_search(request, stats, index, selectivity, self.prefilter_threshold, self.routing, breadth)
         if plan.uses_index:  # the index's own refine_factor counts when the request names none (per query
             limits.check_candidates(plan.k, plan.refine_factor)  # vector: batching stacks requests' queries)
         return plan

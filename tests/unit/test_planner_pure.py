@@ -6,6 +6,8 @@ planner knows. The last tests cover what feeds it from storage (planner/stats.py
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,7 @@ from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table
 
 DIM = 4
+BUILDS = itertools.count(1_000_000)  # each index another build (planner/plan.py memoises per build)
 ONE_KEY = Routing(partition_group_bytes=10**9, fanout_min_bytes=10**12)
 
 
@@ -47,7 +50,7 @@ def index(nlist: int = 8, watermark: int = 400, rows: int | None = None, codec: 
         table="t", index_version=3, metric=metric, dimension=DIM, codec=codec,
         params={"nprobes": nprobes, "refine_factor": refine}, table_version=5, row_id_watermark=watermark,
         rows=watermark if rows is None else rows, trained_rows=watermark, centroids=ObjectRef("c", 64, "x"),
-        partitions=[[ObjectRef(f"p{p}", 100, "x", rows=10)] for p in range(nlist)], created_at=1.0,
+        partitions=[[ObjectRef(f"p{p}", 100, "x", rows=10)] for p in range(nlist)], created_at=next(BUILDS),
         build_seconds=0.1, kind="full", recall={"min_nprobes": min_nprobes} if min_nprobes else None)
     centroids = np.zeros((nlist, DIM), np.float32)
     centroids[:, 0] = np.arange(nlist)
@@ -87,6 +90,18 @@ def test_graph_codecs_carry_the_search_breadth() -> None:
     plan = plan_search(request(1.0, ef=300), stats(), index(codec="hnsw_flat"))
     assert plan.ef == 300 and {t.ef for t in plan.tasks} == {300}
     assert plan_search(request(1.0, ef=300), stats(), index(codec="flat")).ef == 0
+
+
+def test_the_recall_monitors_breadth_multiplies_probes_and_ef() -> None:
+    plan = plan_search(request(0.0), stats(), index(nprobes=2, min_nprobes=3), breadth=1.5)
+    assert (plan.nprobes, plan.breadth) == (5, 1.5)  # ceil(max(2, floor 3) x 1.5)
+    assert plan_search(request(0.0, nprobes=6), stats(), index(nlist=8), breadth=2.0).nprobes == 8  # capped
+    plan = plan_search(request(1.0), stats(), index(codec="hnsw_sq"), breadth=2.0)
+    assert plan.ef == 2 * default_ef(plan.fetch_k) and {t.ef for t in plan.tasks} == {plan.ef}
+    plan = plan_search(request(1.0, ef=100), stats(), index(codec="hnsw_sq"), breadth=1.5)
+    assert plan.ef == 150 and {t.ef for t in plan.tasks} == {150}
+    assert plan_search(request(0.0), stats(), index(), breadth=0.5).nprobes == 2  # never below 1
+    assert plan_search(request(0.0), stats(), breadth=4.0).strategy == "exact"
 
 
 def test_a_selective_filter_is_prefiltered_exactly_else_postfiltered() -> None:

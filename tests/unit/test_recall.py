@@ -158,3 +158,45 @@ def test_the_monitor_samples_at_the_rate_and_computes_recall() -> None:
         slow.close()
     finally:
         monitor.close()
+
+
+def test_the_monitor_raises_a_tables_breadth_while_its_recall_is_below_target() -> None:
+    """Live recall below the index's target widens that index's searches, step by step, up to a bound; a
+    sample taken at an older breadth or of an older index version does not steer; a new index starts at 1."""
+    from appliance.query import recall as recall_module
+
+    exact = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]], np.uint64)
+    monitor = RecallMonitor(lambda _name, _request: exact, sample_rate=1.0, per_second=1e9)
+    q = np.zeros((1, 4), np.float32)
+    poor = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 90, 91]], np.uint64)  # recall 0.8
+    good = exact
+
+    def feed(answer: np.ndarray, n: int, index_version: int = 3, breadth: float = 1.0) -> None:
+        for _ in range(n):
+            monitor.offer("t", SearchRequest(queries=q, k=10), answer, index_version, 0.95, breadth)
+            assert monitor.wait_idle(10)
+
+    try:
+        assert monitor.breadth("t", 3) == 1.0
+        feed(good, recall_module.ADJUST_SAMPLES)
+        assert monitor.breadth("t", 3) == 1.0  # on target: unchanged
+        feed(poor, 5)
+        assert monitor.breadth("t", 3) == 1.0  # the last 20: 15 at 1.0 and 5 at 0.8 average 0.95, on target
+        feed(poor, 1)
+        assert monitor.breadth("t", 3) == recall_module.BREADTH_STEP
+        feed(poor, recall_module.ADJUST_SAMPLES, breadth=1.0)  # taken before the raise: ignored
+        assert monitor.breadth("t", 3) == recall_module.BREADTH_STEP
+        feed(poor, recall_module.ADJUST_SAMPLES, breadth=recall_module.BREADTH_STEP)  # at the new value: counts
+        assert monitor.breadth("t", 3) == recall_module.BREADTH_STEP ** 2
+        for _ in range(30):
+            feed(poor, recall_module.ADJUST_SAMPLES, breadth=monitor.breadth("t", 3))
+        assert monitor.breadth("t", 3) == recall_module.MAX_BREADTH
+        assert monitor.describe("t")["breadth"] == recall_module.MAX_BREADTH
+        feed(poor, recall_module.ADJUST_SAMPLES, index_version=2, breadth=1.0)  # an older index: ignored
+        assert monitor.breadth("t", 3) == recall_module.MAX_BREADTH
+        feed(good, 1, index_version=4)
+        assert monitor.breadth("t", 4) == 1.0 and monitor.breadth("t", 3) == 1.0
+        gauges = {g.name: g for g in monitor.gauges()}
+        assert gauges["appliance_search_breadth"].samples[0].value == 1.0
+    finally:
+        monitor.close()
