@@ -84,6 +84,11 @@ class Settings:
         "under 8 clients, 2 workers took 4.5 ms of query-node CPU per search where 1 took 2.8 (each worker batches "
         "fewer searches and they contend for the cores); more cores may want more."
     )
+    query_nodes: int = _knob(
+        1, "Query nodes `appliance up` starts, all on `port`: a query node binds its port with SO_REUSEPORT, so "
+        "several on one machine share it (the kernel spreads connections over them) and one can restart while "
+        "the others answer."
+    )
     version_check_seconds: float = _knob(
         0.25, "Seconds a query node reuses the latest version of a table it opened for searches before asking "
         "storage again, so a warm search makes no storage call. Writes through the node are seen by its next "

@@ -42,10 +42,11 @@ warnings.filterwarnings("ignore", message="lance is not fork-safe", category=Use
 
 def gunicorn_node_args() -> list[str]:
     """gunicorn flags of every node the launcher starts (here and `appliance serve`): the hooks that make
-    the state a node's workers share (appliance/gunicorn_hooks.py), and the workers' heartbeat file in
-    /dev/shm (memory) rather than the temp folder on disk: gunicorn touches it every second or so per
-    worker, and on disk that `os.utime` was 18% of an executor's CPU samples (about 12% of a node's CPU
-    saved); where /dev/shm is absent, the temp folder as before."""
+    the state a node's workers share (appliance/gunicorn_hooks.py; they also bind a query node's port with
+    SO_REUSEPORT, so several query nodes share it, and re-execute a node in place), and the workers'
+    heartbeat file in /dev/shm (memory) rather than the temp folder on disk: gunicorn touches it every
+    second or so per worker, and on disk that `os.utime` was 18% of an executor's CPU samples (about 12% of
+    a node's CPU saved); where /dev/shm is absent, the temp folder as before."""
     # --no-control-socket: gunicorn 27's masters all default to one control socket path
     # ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl), each node announcing it and taking it from the
     # last; nothing here uses it (signals drive the nodes), so none.
@@ -78,7 +79,7 @@ class FleetError(RuntimeError):
 
 
 class Fleet:
-    """One query node and N executors on this machine, sharing one storage root."""
+    """`query_nodes` query nodes (all on one port) and N executors on this machine, sharing one storage root."""
 
     def __init__(self, settings: Settings, log_dir: Path | None = None) -> None:
         token = settings.internal_token or secrets.token_urlsafe(24)
@@ -96,14 +97,16 @@ class Fleet:
             executor_members_file=settings.executor_members_file
             or str(Path(shm_dir()) / f"appliance-{settings.port}" / "executors.json"),
         )
-        self.query = Node("query", "query-0", settings.port, settings.query_threads, QUERY_APP, settings.host)
+        self.queries = [Node("query", f"query-{i}", settings.port, settings.query_threads, QUERY_APP, settings.host)
+                        for i in range(max(1, settings.query_nodes))]
+        self.query = self.queries[0]
         self._log_dir = log_dir
         self._stopping = threading.Event()
         self.indexers = IndexerPool(self.settings, log_dir, preexec=_die_with_parent)
 
     @property
     def nodes(self) -> list[Node]:
-        return [*self.executors, self.query]
+        return [*self.executors, *self.queries]
 
     @property
     def url(self) -> str:
@@ -116,14 +119,14 @@ class Fleet:
     def start(self) -> None:
         if self.settings.executors < 1:
             raise FleetError("a fleet needs at least one executor (APPLIANCE_EXECUTORS >= 1)")
-        ports = [(node.host, node.port) for node in self.nodes]
+        ports = [(node.host, node.port) for node in [*self.executors, self.query]]  # query nodes share one
         if self.settings.flight_port_offset:  # each executor's Flight server (appliance/executor/flight.py)
             ports += [(node.host, node.port + self.settings.flight_port_offset) for node in self.executors]
         if len(set(ports)) != len(ports) or max(port for _, port in ports) > 65535:
             raise FleetError(f"the fleet's ports collide or pass 65535: {sorted(p for _, p in ports)}; "
                              "change --port, --executor-base-port or --flight-port-offset")
-        for node in self.nodes:  # not the Flight ports: an executor whose Flight port is taken serves over HTTP
-            _check_port_free(node.host, node.port)
+        for host, port in ports[:len(self.executors) + 1]:  # not the Flight ports: an executor whose Flight port
+            _check_port_free(host, port)                       # is taken serves over HTTP
         write_members(self.settings.executor_members_file, [n.url for n in self.executors])
         for node in self.nodes:
             self._spawn(node)

@@ -3,6 +3,12 @@
 The master makes the state its workers share (appliance/node_state.py) before it forks them, so a node
 with several workers drains as one and its workers see each other's writes at once.
 
+A query node's master binds its port with SO_REUSEPORT, so several query nodes on one machine share it
+(setting `query_nodes`; the kernel spreads new connections over their sockets). One socket per node, made
+by the master and shared by its workers, not gunicorn's `--reuse-port` (one socket per worker): a worker's
+own socket would drop the connections queued on it when that worker stops, and a re-executed master would
+have no socket to inherit.
+
 An upgrade in place without a refused connection (`appliance-ctl reload` of ansible/, on one machine):
 SIGUSR2 to the master makes gunicorn fork and exec a new master that inherits the listening socket, so the
 port never closes and connections keep queueing on it. These hooks make that new master
@@ -19,11 +25,14 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from appliance import node_state
+from gunicorn import sock, util
+
+from appliance import node_state, one_write
 
 RELEASE_LINK_ENV = "APPLIANCE_RELEASE_LINK"  # e.g. /opt/appliance/current -> releases/<version>
 ENV_FILE_ENV = "APPLIANCE_ENV_FILE"  # KEY=VALUE lines (shell quoting), as ansible's appliance.env
@@ -40,17 +49,21 @@ def on_starting(server: Any) -> None:
     global _server
     _server = server
     node_state.create_shared(server.cfg.workers)
+    inherited = "GUNICORN_FD" in os.environ or "LISTEN_FDS" in os.environ  # re-executed, or systemd's
+    tcp = all(isinstance(addr, tuple) for addr in server.cfg.address)
+    if _is_query(server.START_CTX["args"]) and tcp and not inherited and not server.LISTENERS:
+        server.LISTENERS = [_shared_port_socket(addr, server.cfg, server.log) for addr in server.cfg.address]
+    one_write.install()  # headers leave with the first body bytes: one socket write per answer
 
 
 def pre_exec(server: Any) -> None:
     """In the child about to become the new master (SIGUSR2): run the release the link names now."""
     link = os.environ.get(RELEASE_LINK_ENV)
     if link:
-        python = str(Path(os.path.realpath(link)) / "bin" / "python")  # resolved: a later switch moves nothing
-        args = server.START_CTX["args"]
-        role = "query" if any(str(a).startswith("appliance.query.app") for a in args) else "executor"
-        server.START_CTX[0] = python
-        server.START_CTX["args"] = [python, "-m", "appliance", "serve", role]
+        command = str(Path(os.path.realpath(link)) / "bin" / "appliance")  # resolved: a later switch moves nothing
+        role = "query" if _is_query(server.START_CTX["args"]) else "executor"
+        server.START_CTX[0] = command
+        server.START_CTX["args"] = [command, "serve", role]
     env_file = os.environ.get(ENV_FILE_ENV)
     if env_file and os.path.exists(env_file):
         server.cfg.env_orig.update(read_env_file(env_file))
@@ -84,6 +97,22 @@ def read_env_file(path: str) -> dict[str, str]:
             key, _, value = words[0].partition("=")
             values[key] = value
     return values
+
+
+def _is_query(args: list[Any]) -> bool:
+    return any(str(a).startswith("appliance.query.app") for a in args)
+
+
+def _shared_port_socket(addr: Any, cfg: Any, log: Any) -> Any:
+    """gunicorn's listening socket of the TCP address `addr`, bound with SO_REUSEPORT."""
+    base = sock.TCP6Socket if util.is_ipv6(addr[0]) else sock.TCPSocket
+
+    class SharedPort(base):  # type: ignore[misc, valid-type]
+        def set_options(self, s: socket.socket, bound: bool = False) -> socket.socket:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            return super().set_options(s, bound=bound)
+
+    return SharedPort(addr, cfg, log)
 
 
 def _is_gunicorn(pid: int) -> bool:
