@@ -166,7 +166,7 @@ class _Watchdog:
                 log.exception("the dispatch watchdog failed a check")
 
     def _look(self, watched: list[tuple[_Batch, tuple[Deadline, bool]]]) -> None:
-        down = self._membership.down() if any(hedge for _, (_, hedge) in watched) else set()
+        down = self._membership.unhealthy() if any(hedge for _, (_, hedge) in watched) else set()
         for batch, (deadline, hedge) in watched:
             if deadline.expired() or deadline.gone():
                 batch.call.abort()  # the search loop raises DeadlineExceeded or Cancelled
@@ -283,7 +283,7 @@ class Dispatcher:
                     if batch.blamed is not None:  # another executor ran what the blamed one failed
                         self._membership.mark_down(batch.blamed, "failed tasks another executor ran")
                 if running and hedges < self._max_hedges:
-                    down = self._membership.down()
+                    down = self._membership.unhealthy()  # not draining ones: they finish what they run
                     for future, batch in list(running.items()):
                         if batch.node in down and hedges < self._max_hedges:
                             hedges += 1

@@ -251,6 +251,12 @@ class Membership:
         with self._lock:
             return {u for u, s in self._states.items() if not s.healthy or s.draining}
 
+    def unhealthy(self) -> set[str]:
+        """Members whose batches in flight are given up and re-sent (hedged): not answering probes. A
+        draining member is not among them: it finishes the batches it runs before it stops."""
+        with self._lock:
+            return {u for u, s in self._states.items() if not s.healthy}
+
     def live(self) -> list[str]:
         excluded = self.down()
         return [u for u in self.ring.nodes if u not in excluded]

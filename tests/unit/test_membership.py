@@ -15,6 +15,7 @@ import pytest
 from conftest import free_port_block
 
 from appliance.config import Settings
+from appliance.planner import wire
 from appliance.planner.plan import FRAGMENT, Task
 from appliance.query.dispatch import Dispatcher
 from appliance.routing.membership import Membership
@@ -40,11 +41,14 @@ def _wait(predicate, what: str, timeout: float = WAIT) -> None:
 
 
 class FakeExecutor:
-    """An executor's control plane as far as membership sees it: /readyz answers `ready` (200 or 503), and a
-    task batch over HTTP (no Flight port advertised) waits `delay` seconds, then answers 500."""
+    """An executor's control plane as far as membership sees it: /readyz answers `ready` (200 or 503, with
+    `draining`), and a task batch over HTTP (no Flight port advertised) waits `delay` seconds, then answers
+    500, or with `answer` the candidate (row id 7) of every query."""
 
     def __init__(self) -> None:
         self.ready = True
+        self.draining = False
+        self.answer = False
         self.delay = 0.0
         self.batches = 0
         owner = self
@@ -54,18 +58,23 @@ class FakeExecutor:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                body = json.dumps({"ready": owner.ready}).encode()
-                self.send_response(200 if owner.ready else 503)
+                body = json.dumps({"ready": owner.ready and not owner.draining, "draining": owner.draining}).encode()
+                self.send_response(200 if owner.ready and not owner.draining else 503)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
             def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("content-length", 0)))
+                header, (queries,) = wire.decode(self.rfile.read(int(self.headers.get("content-length", 0))))
                 owner.batches += 1
                 time.sleep(owner.delay)
-                body = b'{"code": "internal", "error": "fake"}'
-                self.send_response(500)
+                if owner.answer:
+                    shape = (len(queries), int(header["k"]))
+                    body = wire.encode({"tasks": 1}, [np.full(shape, 7, np.uint64), np.zeros(shape, np.float32)])
+                    self.send_response(200)
+                else:
+                    body = b'{"code": "internal", "error": "fake"}'
+                    self.send_response(500)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -339,4 +348,29 @@ def test_a_search_keeps_the_ring_it_started_with(executors) -> None:
     membership.ring = new  # as a join swaps it in
     thread.join(WAIT)
     assert failed and b.batches == 1 and c.batches == 0
+    membership.stop()
+
+
+def test_a_draining_executor_finishes_the_batch_it_runs(executors) -> None:
+    """Drain takes an executor out of routing, but a batch it is running is not abandoned and re-sent
+    (hedged) as one on an executor that stopped answering is: it finishes there."""
+    from appliance.planner.plan import SearchPlan
+
+    a, b, _ = executors
+    membership = Membership([a.url, b.url], interval=0.05)
+    membership.start()
+    dispatcher = Dispatcher(membership, "token", timeout=60, eps=0.25)
+    key = next(k for k in (f"t/fragments/group/{i}" for i in range(1000)) if membership.ring.preference(k)[0] == a.url)
+    plan = SearchPlan(table="t", version=1, metric="l2", k=1, filter=None, strategy="exact",
+                      tasks=[_task(key, 0)], fetch_k=1)
+    a.answer, a.delay = True, 1.5
+    answers: list[object] = []
+    thread = threading.Thread(target=lambda: answers.append(dispatcher.search(plan, np.ones((1, 4), np.float32))))
+    thread.start()
+    _wait(lambda: a.batches == 1, "the batch reaches a")
+    a.draining = True
+    _wait(lambda: a.url in membership.down(), "the probe sees a draining")
+    thread.join(WAIT)
+    [(ids, _)] = answers
+    assert ids.tolist() == [[7]] and b.batches == 0
     membership.stop()
