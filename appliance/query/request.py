@@ -106,15 +106,16 @@ def validate(request: SearchRequest, snapshot: TableSnapshot, stats: SnapshotSta
     if unknown:
         raise InvalidInput(f"unknown column(s) in columns: {', '.join(map(str, unknown))}")
     if request.filter is not None:
-        type_check_filter(snapshot, request.filter)
+        type_check_filter(snapshot, request.filter, stats)
     return dataclasses.replace(request, metric=request.metric or stats.metric, columns=tuple(columns),
                                bypass_index=request.bypass_index or not latest)
 
 
-def type_check_filter(snapshot: TableSnapshot, predicate: str) -> None:
+def type_check_filter(snapshot: TableSnapshot, predicate: str, stats: SnapshotStats | None = None) -> None:
     """Lance parses a filter that passed the cost guard and checks it against the version's schema
     (explain_plan reads no data); remembered per version and filter."""
-    key = (snapshot.dataset.uri, snapshot.version, snapshot.identity(), predicate)
+    key = (stats.key(snapshot.dataset.uri, predicate) if stats is not None
+           else (snapshot.dataset.uri, snapshot.version, snapshot.identity(), predicate))
     if _TYPED_FILTERS.get(key):
         return
     try:
