@@ -177,6 +177,7 @@ class SearchPlan:
     fanout: bool = False  # tasks keep their groups' keys (else all go under the largest group's key)
     replica: int = 0  # which replica of its groups the tasks are keyed to (routing/ring.py replica_key)
     assignment: dict[str, list[str]] | None = None  # executor -> routing keys, filled in by explain
+    index_metric: str | None = None  # an exact plan's: the metric of the index it left out for the search's
 
     @property
     def executors(self) -> int:
@@ -214,6 +215,7 @@ class SearchPlan:
             "groups": [{"key": g.key, "tasks": g.tasks, "work_bytes": g.work_bytes} for g in self.groups],
             "executors": self.executors,
             "assignment": self.assignment,
+            **({"index_metric": self.index_metric} if self.index_metric else {}),
         }
 
 
@@ -322,8 +324,10 @@ def plan_search(
     metric = request.metric or stats.metric
     selective = request.filter is not None and request.prefilter and (
         selectivity is not None and selectivity <= prefilter_threshold)
-    if index is None or request.bypass_index or index.manifest.metric != metric or selective:
-        return _exact_plan(stats, request, metric, selectivity, routing)
+    other_metric = None if index is None or request.bypass_index or index.manifest.metric == metric else (
+        index.manifest.metric)  # the index orders rows by its own metric: useless for this search
+    if index is None or request.bypass_index or other_metric or selective:
+        return _exact_plan(stats, request, metric, selectivity, routing, other_metric)
     return _ivf_plan(stats, request, metric, index, selectivity, routing, max(1.0, breadth))
 
 
@@ -343,8 +347,8 @@ def _fragment_tasks(stats: SnapshotStats, fragments: list[tuple[int, str, int]],
             for (fid, _, _), key in zip(fragments, keys, strict=True)]
 
 
-def _exact_plan(stats: SnapshotStats, request: SearchRequest, metric: str,
-                selectivity: float | None, routing: Routing) -> SearchPlan:
+def _exact_plan(stats: SnapshotStats, request: SearchRequest, metric: str, selectivity: float | None,
+                routing: Routing, index_metric: str | None = None) -> SearchPlan:
     fragments = _fragment_work(stats, fragment_groups(stats, routing.partition_group_bytes), len(request.queries))
     replica = routing.replica(request.queries)
     keys, touched, work, fanout = route([(key, work) for _, key, work in fragments], routing, replica)
@@ -352,7 +356,7 @@ def _exact_plan(stats: SnapshotStats, request: SearchRequest, metric: str,
         table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
         strategy="exact-prefilter" if request.filter else "exact", tasks=_fragment_tasks(stats, fragments, keys),
         fetch_k=request.limit, selectivity=selectivity, groups=touched, work_bytes=work, fanout=fanout,
-        replica=replica,
+        replica=replica, index_metric=index_metric,
     )
 
 

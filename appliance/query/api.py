@@ -125,7 +125,7 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
             search_request, batch = parse_search(name, doc, max_k, max_queries)
         deadline = requested(service.dispatcher.search_timeout, request.environ, request.headers, doc)
         result = service.search(search_request, g.request_id, deadline)
-        warnings = metric_warnings(service, name, search_request, result.plan)
+        warnings = metric_warnings(search_request, result.plan)
         if ARROW_STREAM in request.headers.get("accept", ""):
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, result.rows.schema) as writer:
@@ -146,15 +146,13 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
 WARNING_HEADER = "x-appliance-warning"
 
 
-def metric_warnings(service: QueryService, name: str, search: SearchRequest, plan: SearchPlan) -> list[str]:
+def metric_warnings(search: SearchRequest, plan: SearchPlan) -> list[str]:
     """A search that names a metric other than its table's index's scans every row exactly (the index
-    orders rows by its own metric): say so, since only /explain would show it otherwise."""
-    if search.metric is None or search.bypass_index or plan.uses_index:
+    orders rows by its own metric; the planner says so in `index_metric`): say so, since only /explain
+    would show it otherwise."""
+    built = plan.index_metric
+    if search.metric is None or built is None:
         return []
-    index = service.catalog.current(name)
-    if index is None or index.manifest.metric == plan.metric:
-        return []
-    built = index.manifest.metric
     return [f"metric '{plan.metric}' differs from the index's metric '{built}', so this search scanned every "
             f"row exactly, without the index; search with metric '{built}' (or leave it out), or rebuild the "
             f"index with metric '{plan.metric}'"]

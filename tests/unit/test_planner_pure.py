@@ -124,6 +124,8 @@ def test_the_index_is_left_out_when_bypassed_or_of_another_metric() -> None:
     assert plan_search(request(1.0, bypass_index=True), stats(), index()).strategy == "exact"
     plan = plan_search(request(1.0, metric="cosine"), stats(), index(metric="l2"))
     assert plan.strategy == "exact" and plan.metric == "cosine"
+    assert plan.index_metric == "l2" and plan.explain()["index_metric"] == "l2"  # why: the API warns with it
+    assert plan_search(request(1.0, bypass_index=True, metric="cosine"), stats(), index()).index_metric is None
     assert plan_search(request(1.0), stats(metric="cosine"), index(metric="cosine")).strategy == "ivf"
 
 
