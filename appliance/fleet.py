@@ -176,8 +176,11 @@ class Fleet:
         from their rings), drained (its batches in flight finish), then stopped."""
         self.executors.remove(node)
         write_members(self.settings.executor_members_file, [n.url for n in self.executors])
-        handover.retire(node.url, [n.url for n in self.nodes if n.role == "query"],
-                        self.settings.admin_key or self.api_key, self.settings.internal_token, timeout)
+        # several query nodes share one port: /admin/ring answers from one of them, so wait two of their
+        # looks at the members file more before the drain (a batch that still comes is re-sent elsewhere)
+        handover.retire(node.url, sorted({n.url for n in self.nodes if n.role == "query"}),
+                        self.settings.admin_key or self.api_key, self.settings.internal_token, timeout,
+                        settle=2 * self.settings.health_interval + 0.5)
         _signal_group(node, signal.SIGTERM)
         if node.process is not None:
             node.process.wait()
