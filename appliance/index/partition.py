@@ -5,6 +5,11 @@ with its ids, in an LRU here (deserialising on every search would cost more than
 the object is not read through the loader at all, so the loader's cache lets its copy age out), and
 searched with the query's `ef`. Its flat delta objects are scanned exactly, and the two
 merge into one top k.
+
+A batch of searches probes many partitions (8 queries at nprobes nlist/6 touch most of a table's share on
+an executor), so flat objects are scanned SCAN_BYTES at a time and their top k merged: what one batch holds
+besides the executor's cache stays bounded, however large the table (1M rows: executors with a 192 MB RAM
+tier peaked at 1.2 GB, holding every object of the batch until one scan of them all).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from appliance.lru import Lru
 
 Loader = Callable[[ObjectRef], dict[str, np.ndarray]]
 GRAPHS = 256
+SCAN_BYTES = 64 * 2**20
+"""Most bytes of flat partition objects one batch holds before scanning them (and letting them go)."""
 """Deserialised partition graphs kept per executor process (each as large as its object: a few hundred
 KB for a partition of a thousand 384-d rows)."""
 
@@ -65,6 +72,8 @@ class PartitionScanner:
         params = self._load(manifest.centroids)
         lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         graphs: list[tuple[tuple[kernels.hnsw.Graph, np.ndarray], np.ndarray | None]] = []
+        prepared = codec.prepare_queries(queries, manifest.metric)
+        parts, rows, held = [], 0, 0
         for partition, subset in work:
             if not 0 <= partition < manifest.nlist:
                 raise ValueError(f"index {table} v{index_version} has no partition {partition}")
@@ -80,10 +89,14 @@ class PartitionScanner:
                         graphs.append((graph, chosen))
                 elif len(obj["ids"]):
                     lists.append((obj["ids"], obj["codes"], chosen))
-        rows = sum(len(ids) for ids, _, _ in lists) + sum(len(ids) for (_, ids), _ in graphs)
-        prepared = codec.prepare_queries(queries, manifest.metric)
-        parts = []
-        if lists or not graphs:
+                    held += obj["ids"].nbytes + obj["codes"].nbytes
+                    if held >= SCAN_BYTES:  # scan what is held, keep its top k, let the objects go
+                        parts.append(codec.scan(codec.row_codec(manifest.codec), prepared, lists, params,
+                                                manifest.metric, k))
+                        rows += sum(len(ids) for ids, _, _ in lists)
+                        lists, held = [], 0
+        rows += sum(len(ids) for ids, _, _ in lists) + sum(len(ids) for (_, ids), _ in graphs)
+        if lists or not (graphs or parts):
             parts.append(codec.scan(codec.row_codec(manifest.codec), prepared, lists, params, manifest.metric, k))
         if graphs:
             parts.append(self._search_graphs(graphs, prepared, k, ef or default_ef(k)))

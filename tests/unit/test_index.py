@@ -139,6 +139,36 @@ def test_scanner_finds_each_row_in_its_partition(root) -> None:
     assert found == 400
 
 
+def test_a_batch_over_many_partitions_is_scanned_a_bounded_number_of_bytes_at_a_time(root, monkeypatch) -> None:
+    """What one executor batch holds beside the cache stays bounded: flat objects are scanned SCAN_BYTES at a
+    time and their top k merged, with the same answer as one scan of them all."""
+    from appliance.index import codec, partition
+
+    tables, indexes = TableStore(root), IndexStore(root)
+    tables.create("t", 8, "cosine", {"n": "int64"})
+    vectors = clustered(2000, 8, 7)
+    load(tables, "t", vectors)
+    manifest = build_full(tables, indexes, "t", IndexParams(nlist=16))
+    work = [(p, None) for p in range(manifest.nlist)]
+    queries = vectors[:20]
+    whole = PartitionScanner(indexes).scan_many("t", manifest.index_version, work, queries, 10)
+    largest = max(ref.size for refs in manifest.partitions for ref in refs)
+    budget = 2 * largest
+    held: list[int] = []
+    real_scan = codec.scan
+
+    def scan(name, prepared, lists, params, metric, k):
+        held.append(sum(ids.nbytes + codes.nbytes for ids, codes, _ in lists))
+        return real_scan(name, prepared, lists, params, metric, k)
+
+    monkeypatch.setattr(codec, "scan", scan)
+    monkeypatch.setattr(partition, "SCAN_BYTES", budget, raising=False)
+    ids, dists, rows = PartitionScanner(indexes).scan_many("t", manifest.index_version, work, queries, 10)
+    assert rows == whole[2] == 2000
+    assert np.array_equal(ids, whole[0]) and np.allclose(dists, whole[1])
+    assert len(held) > 1 and max(held) <= budget + largest
+
+
 def test_empty_table_and_bad_params_are_refused(root) -> None:
     tables, indexes = TableStore(root), IndexStore(root)
     tables.create("t", 4, "l2")
