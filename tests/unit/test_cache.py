@@ -104,6 +104,22 @@ def test_ram_tier_keeps_entries_hit_again_through_a_pass_larger_than_it(make) ->
     assert ram["bytes"] <= ram["budget"] and ram["entries"] == 10
 
 
+def test_an_entry_read_again_soon_after_its_eviction_comes_back_protected(make) -> None:
+    """A partition probed again a few batches later was pushed out of probation by the batches between;
+    its key is remembered, so the second read protects it from the next pass."""
+    cache, loads = make(ram=10 * ENTRY, disk=0), Loads()
+    cache.get("x", loads("x"))
+    for i in range(12):  # x leaves probation before anything reads it again
+        cache.get(f"a{i}", loads(f"a{i}"))
+    cache.get("x", loads("x"))  # evicted, read again: protected
+    for i in range(30):
+        cache.get(f"b{i}", loads(f"b{i}"))
+    cache.get("x", loads("x"))
+    assert loads.calls["x"] == 2
+    ram = cache.stats()["ram"]
+    assert ram["bytes"] <= ram["budget"] and ram["entries"] == 10
+
+
 def test_reads_fill_the_tiers_they_missed(make) -> None:
     cache, loads = make(ram=ENTRY, disk=10_000), Loads()
     cache.get("a", loads("a"))  # storage -> NVMe and RAM
