@@ -342,6 +342,14 @@ def _default(state: dict) -> tuple[str, dict]:
     return label, figures if "error" not in figures else {**figures, "p50": nan, "p99": nan, "qps8": nan}
 
 
+def _rule(state: dict) -> dict:
+    """The state's figures at the recall rule's nprobes (the default's where they are the same)."""
+    figures = next((v for k, v in state.items() if k.startswith("recall rule")), None)
+    nan = float("nan")
+    return figures if figures and "error" not in figures else {"p50": nan, "qps8": nan} if figures else \
+        _default(state)[1]
+
+
 SERVING = ("NVMe-warm", "cold")  # fleets that only serve (the RAM-warm one also loads and builds)
 
 
@@ -374,8 +382,12 @@ def plots(results: dict[str, dict]) -> list[str]:
         left.plot(x, [_default(r["states"][state])[1]["p99"] for r in have], "o--", color=colour, alpha=0.6,
                   label=f"{state} p99")
         right.plot(x, [_default(r["states"][state])[1]["qps8"] for r in have], "o-", color=colour, label=state)
-    for ax, title, unit in ((left, "Latency, 1 client, default nprobes", "ms per query"),
-                            (right, f"Throughput, {CLIENTS} clients, default nprobes", "queries / s")):
+        left.plot(x, [_rule(r["states"][state])["p50"] for r in have], "x:", color=colour,
+                  label=f"{state} p50, recall rule's nprobes")
+        right.plot(x, [_rule(r["states"][state])["qps8"] for r in have], "x:", color=colour,
+                   label=f"{state}, recall rule's nprobes")
+    for ax, title, unit in ((left, "Latency, 1 client (solid: default nprobes)", "ms per query"),
+                            (right, f"Throughput, {CLIENTS} clients (solid: default nprobes)", "queries / s")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("rows (384 dims)")
@@ -415,7 +427,7 @@ def plots(results: dict[str, dict]) -> list[str]:
     ax.set_yscale("log")
     ax.set_xlabel("rows (384 dims)")
     ax.set_ylabel("GiB")
-    ax.set_title("Memory (peak over the three cache states)")
+    ax.set_title("Memory: peak RSS (VmHWM) of one process")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "scale-memory.png")
