@@ -177,16 +177,20 @@ def test_sample_fragments_spread_over_the_table() -> None:
     assert len(chosen) == 10 and chosen == sorted(chosen) and chosen[0] == 0 and chosen[-1] >= 90
 
 
-@pytest.fixture
-def store(tmp_path) -> TableStore:
-    """Table "t": 4 fragments of 50 rows, n = row number."""
-    store = TableStore(StorageRoot.parse(str(tmp_path / "root")))
-    store.create("t", DIM, "l2", {"n": "int64"})
+def small_table(root: str, metric: str = "l2", second: float = 0.0) -> TableStore:
+    """Table "t" under `root`: 4 fragments of 50 rows, row i at [i, second, 0, 0], n = i."""
+    store = TableStore(StorageRoot.parse(root))
+    store.create("t", DIM, metric, {"n": "int64"})
     schema = store.snapshot("t").dataset.schema
     for start in range(0, 200, 50):
-        store.append("t", rows_to_table([{"vector": [float(i), 0, 0, 0], "n": i} for i in range(start, start + 50)],
-                                        schema))
+        store.append("t", rows_to_table([{"vector": [float(i), second, 0, 0], "n": i}
+                                         for i in range(start, start + 50)], schema))
     return store
+
+
+@pytest.fixture
+def store(tmp_path) -> TableStore:
+    return small_table(str(tmp_path / "root"))
 
 
 def test_statistics_of_a_real_version(store: TableStore) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from lance.dataset import LanceScanner
+from test_planner_pure import DIM, small_table
 
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.index import IndexParams, IndexStore
@@ -23,9 +24,6 @@ from appliance.query.request import search_request, validate
 from appliance.query.service import QueryService
 from appliance.routing import HashRing
 from appliance.storage import StorageRoot, TableStore
-from appliance.storage.schema import rows_to_table
-
-DIM = 4
 
 
 class AllLive:
@@ -38,14 +36,8 @@ class AllLive:
 
 @pytest.fixture
 def store(tmp_path) -> TableStore:
-    """Table "t" (cosine): 200 rows in 4 fragments, row i at [i, 1, 0, 0], n = i; an IVF index of 2 lists."""
-    store = TableStore(StorageRoot.parse(str(tmp_path / "root")))
-    store.create("t", DIM, "cosine", {"n": "int64"})
-    schema = store.snapshot("t").dataset.schema
-    for start in range(0, 200, 50):
-        store.append("t", rows_to_table([{"vector": [float(i), 1, 0, 0], "n": i} for i in range(start, start + 50)],
-                                        schema))
-    return store
+    """Table "t" (cosine): 200 rows in 4 fragments, row i at [i, 1, 0, 0], n = i."""
+    return small_table(str(tmp_path / "root"), "cosine", 1.0)
 
 
 @pytest.fixture
