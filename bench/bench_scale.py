@@ -442,11 +442,11 @@ def before_after(results: dict[str, dict], before: dict[str, dict]) -> str:
         if new is None:
             continue
         if not lines:
-            lines = [f"Beside an earlier run of another tree (`--before`; {old.get('tree', 'an older tree')}), "
-                     "the same size and queries:", "",
+            lines = ["Beside earlier runs of older trees (`--before`), the same sizes and queries:", "",
                      "| rows | cache state | nprobes | tree | p50 ms, 1 client | QPS, 8 clients | RAM / NVMe hit "
-                     "rate | CPU ms/query, executors |", "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        for state in ("RAM-warm", "NVMe-warm"):
+                     "rate | CPU ms/query, executors | peak RSS GiB of executors 0 · 1 (the state's fleet) |",
+                     "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for state in ("RAM-warm", "NVMe-warm", "cold"):
             for tree, r in ((old.get("tree", "before"), old), ("this run", new)):
                 for knob, m in r["states"].get(state, {}).items():
                     if knob.startswith("_") or "error" in m:
@@ -454,8 +454,9 @@ def before_after(results: dict[str, dict], before: dict[str, dict]) -> str:
                     rates = " / ".join("-" if v is None else f"{v:.0%}"
                                        for v in (m["ram_hit_rate"], m["nvme_hit_rate"]))
                     cpu = sum(v for k, v in (m["cpu"] or {}).items() if k.startswith("executor"))
+                    rss = " · ".join(f"{peak(r, n, (state,)) / GIB:.2f}" for n in ("executor-0", "executor-1"))
                     lines.append(f"| {r['rows']:,} | {state} | {knob} | {tree} | {m['p50']:.1f} | {m['qps8']:.0f} | "
-                                 f"{rates} | {cpu:.1f} |")
+                                 f"{rates} | {cpu:.1f} | {rss} |")
     return "\n".join(lines)
 
 
