@@ -308,7 +308,7 @@ class Dispatcher:
         with one query vector and k = 1, until `seconds` pass. Runs on the membership's join thread."""
         started = time.monotonic()
         deadline = Deadline.after(seconds)
-        todo = self.recent.owned_by(node, ring, self._membership.down() - {node})
+        todo = self.recent.owned_by(node, ring, self._membership.down() - {node}, self._eps)
         report = PrewarmReport(groups=len(todo))
         for warm in todo:
             if deadline.remaining() <= 0:

@@ -8,8 +8,10 @@ k = 1 (`Dispatcher.prewarm`), the ordinary search hop, so the executor loads thr
 those searches will read (fragment rows, index partition objects, graphs), with nothing new on its side.
 
 Which groups: the ones this query node searched lately (`RecentGroups`, the last `capacity` routing keys,
-each with the tasks, metric and one query vector of its last search), whose owner on the new ring is the
-newcomer (`RecentGroups.owned_by`). The prewarm has a deadline (`membership_prewarm_seconds`); past it the
+each with the tasks, metric and one query vector of its last search, and the keys that search routed
+together), that the new ring would give the newcomer (`RecentGroups.owned_by`): placed as the dispatcher
+places them, with bounded loads over the keys of that search, since a key can land past its first choice
+when that one is full. The prewarm has a deadline (`membership_prewarm_seconds`); past it the
 executor joins anyway, and the log says how far it got.
 """
 
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from appliance.routing.ring import HashRing
+from appliance.routing.ring import HashRing, NoLiveNodes
 
 if TYPE_CHECKING:
     from appliance.planner.plan import Task
@@ -36,6 +38,7 @@ class Warmup:
     tasks: tuple[Task, ...]
     metric: str
     query: np.ndarray
+    batch: tuple[str, ...]  # every key its search routed together (bounded loads place them as a set)
 
 
 @dataclass
@@ -70,27 +73,35 @@ class RecentGroups:
         if not by_key or len(queries) == 0:
             return
         query = np.array(queries[0], dtype=np.float32)  # a copy: the request's matrix is not kept alive
+        batch = tuple(by_key)
         with self._lock:
             for key, tasks in by_key.items():
                 self._items.pop(key, None)  # to the end: the most recently searched
-                self._items[key] = Warmup(key, tuple(tasks), metric, query)
+                self._items[key] = Warmup(key, tuple(tasks), metric, query, batch)
             while len(self._items) > self._capacity:
                 del self._items[next(iter(self._items))]
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def owned_by(self, node: str, ring: HashRing, exclude: Collection[str] = ()) -> list[Warmup]:
-        """The remembered groups whose owner on `ring` (members in `exclude` skipped) is `node`, most
-        recently searched first."""
+    def owned_by(self, node: str, ring: HashRing, exclude: Collection[str] = (), eps: float = 0.25
+                 ) -> list[Warmup]:
+        """The remembered groups `ring` would send to `node` (members in `exclude` skipped), each placed as
+        its last search's keys were, with bounded loads `eps`; most recently searched first."""
         with self._lock:
             items = list(self._items.values())
-        return [w for w in reversed(items) if _owner(ring, w.key, exclude) == node]
-
-
-def _owner(ring: HashRing, key: str, exclude: Collection[str]) -> str | None:
-    order = ring.preference(key, exclude)
-    return order[0] if order else None
+        placed: dict[tuple[str, ...], dict[str, str]] = {}  # a search's keys -> where each would go
+        owned = []
+        for warm in reversed(items):
+            if warm.batch not in placed:
+                try:
+                    groups = ring.assign(list(warm.batch), eps=eps, exclude=exclude)
+                except NoLiveNodes:
+                    groups = {}
+                placed[warm.batch] = {key: owner for owner, keys in groups.items() for key in keys}
+            if placed[warm.batch].get(warm.key) == node:
+                owned.append(warm)
+        return owned
 
 
 def prewarm_tasks(tasks: Iterable[Task]) -> list[Task]:

@@ -286,11 +286,22 @@ def test_recent_groups_forget_the_least_recently_searched_and_find_a_newcomers_s
     ring = HashRing(["http://a:1", "http://b:1", "http://c:1"])
     owned = {w.key: node for node in ring.nodes for w in recent.owned_by(node, ring)}
     assert sorted(owned) == ["t/fragments/group/2", "t/fragments/group/3", "t/fragments/group/4"]
-    assert all(ring.preference(k)[0] == node for k, node in owned.items())
+    assert all(ring.preference(k)[0] == node for k, node in owned.items())  # one key a search: its first choice
     # excluding a member hands its groups to the next one on the ring
     gone = owned["t/fragments/group/2"]
     heir = ring.preference("t/fragments/group/2", [gone])[0]
     assert "t/fragments/group/2" in [w.key for w in recent.owned_by(heir, ring, exclude=[gone])]
+
+    # keys searched together are placed together, with bounded loads, as the dispatcher places them: a key
+    # whose first choice is full goes on, and is prewarmed where it will go
+    together = [f"t/fragments/group/{i}" for i in range(60)]
+    recent = RecentGroups()
+    recent.remember({k: [_task(k, i)] for i, k in enumerate(together)}, "l2", query)
+    placed = {k: node for node, keys in ring.assign(together, eps=0.0).items() for k in keys}
+    assert any(ring.preference(k)[0] != node for k, node in placed.items())  # some went past their first choice
+    for node in ring.nodes:
+        assert sorted(w.key for w in recent.owned_by(node, ring, eps=0.0)) == sorted(
+            k for k, n in placed.items() if n == node)
 
 
 def test_prewarm_stops_at_its_deadline(executors) -> None:
@@ -300,7 +311,7 @@ def test_prewarm_stops_at_its_deadline(executors) -> None:
     dispatcher = Dispatcher(membership, "token", timeout=60, eps=0.25)
     ring = membership.ring
     keys = [f"t/fragments/group/{i}" for i in range(40)]
-    mine = [k for k in keys if ring.preference(k)[0] == newcomer.url]
+    mine = ring.assign(keys, eps=0.25)[newcomer.url]
     assert mine
     dispatcher.recent.remember({k: [_task(k, i)] for i, k in enumerate(keys)}, "l2", np.ones((1, 4), np.float32))
 
