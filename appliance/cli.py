@@ -385,7 +385,7 @@ def status_text(doc: dict) -> str:
         now = time.time()
         rows = []
         for m in ring.get("members", []):
-            state = ("live" if m.get("url") in ring.get("live", []) else "down") + (
+            state = ("joining" if m.get("joining") else "live" if m.get("url") in ring.get("live", []) else "down") + (
                 ", draining" if m.get("draining") else "")
             seen = f"{now - m['last_seen']:.1f}s ago" if m.get("last_seen") else "never"
             rows.append([m.get("url", ""), state, seen, m.get("flight") or "-", m.get("last_error") or ""])
