@@ -385,3 +385,36 @@ def test_a_draining_executor_finishes_the_batch_it_runs(executors) -> None:
     [(ids, _)] = answers
     assert ids.tolist() == [[7]] and b.batches == 0
     membership.stop()
+
+
+def test_a_query_node_follows_its_executor_autoscaling_group(moto_aws, tmp_path) -> None:
+    """The settings alone (executor_asg, as Terraform writes them) make a query node list the group's
+    InService instances and follow a scale-out without a restart."""
+    import boto3
+
+    from appliance.query.app import create_app
+
+    ec2, autoscaling = boto3.client("ec2"), boto3.client("autoscaling")
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.2.0/24")["Subnet"]["SubnetId"]
+    ec2.create_launch_template(LaunchTemplateName="x-exec", LaunchTemplateData={"ImageId": "ami-12c6146b"})
+    autoscaling.create_auto_scaling_group(AutoScalingGroupName="x-executor",
+                                          LaunchTemplate={"LaunchTemplateName": "x-exec"},
+                                          MinSize=0, MaxSize=4, DesiredCapacity=1, VPCZoneIdentifier=subnet)
+    settings = Settings.load(env={}).replace(
+        data=str(tmp_path / "data"), internal_token="t", api_key="k", executor_asg="x-executor",
+        executor_asg_port=8282, membership_poll_seconds=0.2, health_interval=0.1)
+    app = create_app(settings)
+    client = app.test_client()
+
+    def ring() -> dict:
+        return client.get("/admin/ring", headers={"x-api-key": "k"}).get_json()
+
+    first = ring()
+    assert first["source"] == "autoscaling group x-executor (port 8282)"
+    [url] = first["ring"]
+    assert url.startswith("http://10.1.2.") and url.endswith(":8282")
+    autoscaling.set_desired_capacity(AutoScalingGroupName="x-executor", DesiredCapacity=2)
+    # the new instance is seen and waits to join (moto's addresses answer no probe, so it stays joining)
+    _wait(lambda: len(ring()["members"]) == 2, "the scale-out is seen")
+    assert [m["joining"] for m in ring()["members"] if m["url"] != url] == [True] and ring()["ring"] == [url]
