@@ -82,10 +82,14 @@ def test_ram_tier_evicts_least_recently_used(make) -> None:
     for key in "acd":
         cache.get(key, loads(key))
     assert loads.calls == Counter("abcd")
-    cache.get("b", loads("b"))
+    cache.get("b", loads("b"))  # read twice: not cached in place of a, read three times (the first victim)
     assert loads.calls["b"] == 2
     ram = cache.stats()["ram"]
-    assert ram["evictions"] == 2 and ram["entries"] == 3 and ram["bytes"] == 3 * ENTRY
+    assert ram["evictions"] == 1 and ram["declined"] == 1 and ram["entries"] == 3 and ram["bytes"] == 3 * ENTRY
+    cache.get("b", loads("b"))  # read three times now: as often as a, so it takes a's place
+    assert loads.calls["b"] == 3 and cache.stats()["ram"]["evictions"] == 2
+    cache.get("b", loads("b"))
+    assert loads.calls["b"] == 3
 
 
 def test_ram_tier_keeps_entries_hit_again_through_a_pass_larger_than_it(make) -> None:
@@ -104,21 +108,19 @@ def test_ram_tier_keeps_entries_hit_again_through_a_pass_larger_than_it(make) ->
     assert ram["bytes"] <= ram["budget"] and ram["entries"] == 10
 
 
-def test_an_entry_read_again_soon_after_its_eviction_comes_back_protected(make) -> None:
-    """A partition probed again a few batches later was pushed out of probation by the batches between;
-    its key is remembered, so the second read protects it from the next pass."""
+def test_ram_tier_keeps_the_most_read_entries_when_every_query_reads_more_than_it_holds(make) -> None:
+    """IVF queries each probe more partitions than a small RAM tier holds, and every partition comes back
+    sooner or later: recency keeps nothing (each is evicted before its next read); counting reads keeps the
+    partitions most queries probe."""
     cache, loads = make(ram=10 * ENTRY, disk=0), Loads()
-    cache.get("x", loads("x"))
-    for i in range(12):  # x leaves probation before anything reads it again
-        cache.get(f"a{i}", loads(f"a{i}"))
-    cache.get("x", loads("x"))  # evicted, read again: protected
-    for i in range(30):
-        cache.get(f"b{i}", loads(f"b{i}"))
-    cache.get("x", loads("x"))
-    assert loads.calls["x"] == 2
+    warm = [f"w{i:02d}" for i in range(35)]
+    for round_ in range(20):  # each read: 5 hot keys and 15 of the 35 others, in key order as a scan reads them
+        keys = sorted([f"h{i}" for i in range(5)] + [warm[(round_ * 15 + j) % 35] for j in range(15)])
+        for key in keys:
+            cache.get(key, loads(key))
+    assert sum(loads.calls[f"h{i}"] for i in range(5)) <= 5 * 4  # read 20 times each, loaded a few times
     ram = cache.stats()["ram"]
-    assert ram["bytes"] <= ram["budget"] and ram["entries"] == 10
-
+    assert ram["bytes"] <= ram["budget"] and ram["declined"] > 0
 
 def test_reads_fill_the_tiers_they_missed(make) -> None:
     cache, loads = make(ram=ENTRY, disk=10_000), Loads()
