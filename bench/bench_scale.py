@@ -257,6 +257,13 @@ def faiss_build(base_path: Path, params: dict, queries: np.ndarray, truth: np.nd
             "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "version": faiss.__version__}
 
 
+def ram_warm_bytes(data_bytes: int) -> int:
+    """RAM tier of each executor in the RAM-warm state: all of the index (and room for the fragments the
+    recall monitor reads) up to 1M rows; from 4M rows (6 GB) 0.6 of the data, each executor's share of the
+    index with room to spare, so that the fleet stays within the run's memory cap (--rss-limit-gb)."""
+    return data_bytes + 256 * 2**20 if data_bytes < 4 * GIB else int(0.6 * data_bytes)
+
+
 def bench_size(label: str, rows: int, queries: np.ndarray, one_client: int, watch: RssWatch) -> dict:
     base_path = scale_data.base(rows)
     payload = scale_data.payload(rows)
@@ -269,7 +276,7 @@ def bench_size(label: str, rows: int, queries: np.ndarray, one_client: int, watc
     with tempfile.TemporaryDirectory(prefix=f"bench-scale-{label}-", dir=os.environ.get("BENCH_SCALE_TMP")) as tmp:
         work = Path(tmp)
         budgets = {
-            "RAM-warm": ("cache", {"cache_ram_bytes": data_bytes + 256 * 2**20}),
+            "RAM-warm": ("cache", {"cache_ram_bytes": ram_warm_bytes(data_bytes)}),
             "NVMe-warm": ("cache", {"cache_ram_bytes": max(1, data_bytes // 4 // EXECUTORS)}),
             "cold": ("cache-cold", {"cache_ram_bytes": 1, "cache_disk_bytes": 1}),
         }
@@ -520,9 +527,10 @@ local folder, which is also the "object storage" of the cold state: its files si
 cold measures fetch + decode of each partition object, not a network); rows loaded with `appliance load`
 (Arrow inserts of 16 MiB), the index the indexers build (`{Settings().indexer_codec}` codec, default
 parameters) built with `POST .../index` on the query node (1 thread). Cache states, each a fresh start of
-the fleet (1 query node, {EXECUTORS} executors): **RAM-warm** RAM tier larger than the index, after one
-pass of the queries; **NVMe-warm** RAM tier per executor = data / 4 / {EXECUTORS} (the fleet's RAM a
-quarter of the data), the NVMe folder the first state filled, after two passes; **cold** both tiers 1 byte:
+the fleet (1 query node, {EXECUTORS} executors): **RAM-warm** RAM tier per executor larger than the index
+(from 4M rows 0.6 of it: each executor's share, within the run's memory cap), after one pass of the
+queries; **NVMe-warm** RAM tier per executor = data / 4 / {EXECUTORS} (the fleet's RAM a quarter of the
+data), the NVMe folder the first state filled, after two passes; **cold** both tiers 1 byte:
 every probed partition comes from object storage on every query. "default" is the index's nprobes (the
 recall rule's count, at least nlist/6); "recall rule" is the build's own measured count for recall@10 >=
 0.95 on the table's rows (never tuned on these queries), shown where it differs. The fleets run with default
