@@ -36,11 +36,7 @@ from appliance import node_state, one_write
 
 RELEASE_LINK_ENV = "APPLIANCE_RELEASE_LINK"  # e.g. /opt/appliance/current -> releases/<version>
 ENV_FILE_ENV = "APPLIANCE_ENV_FILE"  # KEY=VALUE lines (shell quoting), as ansible's appliance.env
-PID_FILE_ENV = "APPLIANCE_PID_FILE"
 READY_POLL = 0.2
-
-if os.environ.get(PID_FILE_ENV):  # gunicorn's setting: the master's pid (a re-executed master's once it took over)
-    pidfile = os.environ[PID_FILE_ENV]
 
 _server: Any = None  # the arbiter, as this process (the master, or a worker forked from it) last saw it
 
