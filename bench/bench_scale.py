@@ -426,7 +426,7 @@ def plots(results: dict[str, dict]) -> list[str]:
     ax.plot(xs, [peak(r, "query-0", SERVING) / GIB for r in ordered], "o--", label="query node, serving only")
     for node, style in (("executor-0", "s-"), ("executor-1", "^-")):
         ax.plot(xs, [peak(r, node, SERVING) / GIB for r in ordered], style,
-                label=f"{process_label(node)}, RAM tier a quarter of the data")
+                label=f"{process_label(node)}, serving (RAM tier a quarter of the data, or none)")
     ax.plot(xs, [r["data_bytes"] / GIB for r in ordered], "k:", label="the vectors (rows x 384 x 4 B)")
     ax.plot(xs, [r["data_bytes"] / 4 / EXECUTORS / GIB for r in ordered], "k--", alpha=0.5,
             label="NVMe-warm RAM tier per executor (data / 4 / 2)")
