@@ -91,13 +91,13 @@ class Balancer:
     """Searches spread over the query nodes, retried on the other node when one refuses (connection
     refused, or 503 `draining`), as a load balancer's retry does; anything else is a failed query."""
 
-    def __init__(self, urls: list[str], queries: np.ndarray, expected: list[list[int]]) -> None:
+    def __init__(self, urls: list[str], queries: np.ndarray, expected: list[list[int]], threads: int = 1) -> None:
         self.urls, self.queries, self.expected = urls, queries, expected
         self.failures: list[str] = []
         self.answered = 0
         self.retries = 0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(0,), daemon=True)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def __enter__(self) -> Balancer:
         for t in self._threads:
@@ -116,8 +116,8 @@ class Balancer:
         while not self._stop.is_set():
             q = i % len(self.queries)
             outcome = self._search(session, i, self.queries[q])
-            if outcome is None:
-                self.failures.append(f"query {q}: no query node answered")
+            if isinstance(outcome, str):
+                self.failures.append(f"query {q}: {outcome}")
             elif outcome.status_code != 200:
                 self.failures.append(f"query {q}: {outcome.status_code} {outcome.text[:300]}")
             elif [r["n"] for r in outcome.json()["results"]] != self.expected[q]:
@@ -126,7 +126,8 @@ class Balancer:
             i += 1
             time.sleep(0.05)
 
-    def _search(self, session: requests.Session, i: int, vector: np.ndarray) -> requests.Response | None:
+    def _search(self, session: requests.Session, i: int, vector: np.ndarray) -> requests.Response | str:
+        """The answer, or why there is none."""
         for attempt in range(40):
             url = self.urls[(i + attempt) % len(self.urls)]
             try:
@@ -138,7 +139,7 @@ class Balancer:
                 return resp
             self.retries += 1
             time.sleep(0.05 if attempt < len(self.urls) else 0.25)
-        return None
+        return "no query node answered"
 
 
 def health(url: str) -> dict | None:
@@ -172,11 +173,11 @@ def test_rolling_upgrade_with_no_failed_query(tmp_path: Path) -> None:
     (tmp_path / "vars.json").write_text(json.dumps({
         "common_api_key": API_KEY, "common_internal_token": TOKEN,
         "common_shared_site_packages": sysconfig.get_path("purelib"),
-        "common_venv_args": "--without-pip", "common_pip_extra_args": "--no-deps --no-index --ignore-installed",
+        "common_pip_extra_args": "--no-deps --no-index",
         "common_settings": {"health_interval": 0.2, "log_level": "warning", "executors": 1,
                             "cache_ram_bytes": 64 << 20, "cache_disk_bytes": 64 << 20,
                             "cache_dir": str(tmp_path / "cache"), "query_threads": 4, "executor_threads": 4},
-        "common_ready_timeout": 30, "common_stop_timeout": 20, "common_lb_grace": 1,
+        "common_ready_timeout": 120, "common_stop_timeout": 60, "common_lb_interval": 0,
     }))
     urls = {n: f"http://127.0.0.1:{p}" for n, p in nodes.items()}
     query_urls = [urls["query-0"], urls["query-1"]]
