@@ -7,7 +7,10 @@ environment (`appliance up` sets them).
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/cache/stats")
     def cache_stats() -> Response:
         require_secret(INTERNAL_TOKEN_HEADER, settings.internal_token, Forbidden)
-        return json_response(runner.cache.stats())
+        return json_response({**runner.cache.stats(), "load": batches.load()})
 
     host, port = bound_address(sys.argv, settings.host, settings.port)
     if settings.flight_port_offset:
@@ -140,6 +143,15 @@ class BatchRunner:
         self._runner = runner
         self._metrics = metrics
         self._default_timeout = default_timeout
+        self._lock = threading.Lock()
+        self.in_flight = 0  # batches running now (the console's load column, with the process's CPU time)
+
+    def load(self) -> dict[str, float]:
+        """This worker's load: batches running now, CPU seconds used so far, and when (the console turns
+        two readings into a CPU share)."""
+        cpu = os.times()
+        return {"batches_in_flight": self.in_flight, "cpu_seconds": round(cpu.user + cpu.system, 3),
+                "time": round(time.time(), 3)}
 
     def run(self, header: dict[str, Any], queries: np.ndarray, gone: Callable[[], bool]
             ) -> tuple[np.ndarray, np.ndarray, BatchStats]:
@@ -152,6 +164,8 @@ class BatchRunner:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         check_batch(tasks, queries, k)
         deadline = Deadline.after(_timeout_of(header, self._default_timeout), gone)
+        with self._lock:
+            self.in_flight += 1
         try:
             ids, dists, stats = self._runner.run(tasks, queries, k, metric, predicate, deadline.check)
         except MemoryError as exc:
@@ -165,6 +179,9 @@ class BatchRunner:
             if isinstance(exc, ValueError):  # ArrowInvalid, a kernel's argument check, a partition not there
                 raise InvalidInput("the executor refused the task batch", str(exc)[:500]) from exc
             raise
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         self._metrics.observe_batch(stats.seconds, (t.kind for t in tasks))
         return ids, dists, stats
 

@@ -69,6 +69,10 @@ def test_stats_need_the_admin_key(fleet: Fleet) -> None:
     assert set(stats) >= {"pid", "time", "search", "queue", "ring"}
     assert sum(stats["ring"].values()) == pytest.approx(1.0, abs=0.01)
     assert stats["search"]["buckets"][-1][0] is None  # +Inf, written as null
+    cache = requests.get(fleet.url + "/admin/cache", headers={"x-api-key": fleet.api_key}, timeout=30).json()
+    for executor in cache["executors"]:  # the console's load column
+        assert set(executor["stats"]["load"]) == {"batches_in_flight", "cpu_seconds", "time"}
+        assert executor["stats"]["load"]["cpu_seconds"] > 0
 
 
 def test_ring_shares_are_the_keys_each_executor_owns() -> None:
@@ -182,6 +186,9 @@ def test_console_shows_a_new_table_and_searches_it(fleet: Fleet, browser) -> Non
 
     # the charts get a point once a search lands between two polls
     WebDriverWait(driver, WAIT).until(lambda d: "searches so far" in d.find_element(By.ID, "traffic-now").text)
+    # each executor's load: its CPU share between two polls and the batches it runs
+    WebDriverWait(driver, WAIT).until(lambda d: d.find_element(By.ID, "fleet").text.count("% CPU, ") == 2)
+    assert re.search(r"\d+\.\d% CPU, \d+ in flight", driver.find_element(By.ID, "fleet").text)
     assert _csp_violations(driver) == []
 
 

@@ -167,10 +167,29 @@ async function refreshFleet() {
   const [ring, stats] = await Promise.all([call("GET", "/admin/ring"), lastStats()]);
   if (!ring.ok) { needsAdmin("fleet"); return; }
   const shares = (stats && stats.ring) || {};
-  fill("fleet", table(["executor", "health", "ring share", "last seen", "last error"],
+  fill("fleet", table(["executor", "health", "ring share", "load", "last seen", "last error"],
     ring.doc.members.map((m) => [m.url,
       el("span", m.draining ? "draining" : m.healthy ? "healthy" : "down", m.draining ? "warn" : m.healthy ? "ok" : "bad"),
-      shares[m.url] !== undefined ? pct(shares[m.url]) : "-", ago(m.last_seen), m.last_error || ""]), [0, 0, 1]));
+      shares[m.url] !== undefined ? pct(shares[m.url]) : "-", loadText(m.url), ago(m.last_seen), m.last_error || ""]),
+    [0, 0, 1, 1]));
+}
+
+// Each executor's load, from two readings of its /cache/stats `load` (taken by refreshCache): the share of one
+// CPU its process used between them, and the task batches it was running at the last.
+const loads = {};
+function recordLoads(executors) {
+  executors.forEach((e) => {
+    if (!e.stats || !e.stats.load) return;
+    loads[e.url] = { prev: loads[e.url] ? loads[e.url].cur : null, cur: e.stats.load };
+  });
+}
+function loadText(url) {
+  const l = loads[url];
+  if (!l) return "-";
+  const inFlight = `${l.cur.batches_in_flight} in flight`;
+  if (!l.prev || l.cur.time <= l.prev.time) return inFlight;
+  const cpu = Math.max(0, (l.cur.cpu_seconds - l.prev.cpu_seconds) / (l.cur.time - l.prev.time));
+  return `${pct(cpu)} CPU, ${inFlight}`;
 }
 
 async function refreshCache() {
@@ -178,6 +197,7 @@ async function refreshCache() {
   const c = await call("GET", "/admin/cache");
   if (!c.ok) { needsAdmin("cache"); return; }
   const d = c.doc;
+  recordLoads(d.executors);
   const used = (t) => { const u = el("span"); u.append(meter(t.bytes, t.budget), ` ${bytes(t.bytes)} of ${bytes(t.budget)}`); return u; };
   const tier = (name, t) => [name, pct(t.hit_rate), `${t.hits} / ${t.misses}`, used(t), t.entries];
   const rows = [tier("RAM", d.ram), tier("NVMe", d.nvme)];
