@@ -310,3 +310,30 @@ def test_inventory_lists_autoscaling_groups(monkeypatch: pytest.MonkeyPatch) -> 
     hosts = {**children["query"]["hosts"], **children["executor"]["hosts"]}
     assert {name: h["ansible_host"] for name, h in hosts.items()} == addresses
     assert doc["all"]["vars"]["common_data"] == "s3://bucket/appliance"
+
+
+def test_target_group_script_takes_a_query_node_out_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """roles/common/files/target_group.py (drain.yml's and undrain.yml's step on AWS): the node leaves its
+    target group, the wait for the deregistration returns, and it comes back in service."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("target_group", ANSIBLE / "roles/common/files/target_group.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with moto.mock_aws():
+        ec2 = boto3.client("ec2")
+        vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        elb = boto3.client("elbv2")
+        arn = elb.create_target_group(Name="query", Protocol="HTTP", Port=8080, VpcId=vpc)["TargetGroups"][0][
+            "TargetGroupArn"]
+        module.main("register", arn, instance, "8080")
+        health = elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+        assert [(h["Target"]["Id"], h["TargetHealth"]["State"]) for h in health] == [(instance, "healthy")]
+        module.main("deregister", arn, instance, "8080")
+        assert elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"] == []
