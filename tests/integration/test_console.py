@@ -184,6 +184,19 @@ def test_console_shows_a_new_table_and_searches_it(fleet: Fleet, browser) -> Non
         By.TAG_NAME, "td")]
     assert float(first[head.index("_distance")]) == 0.0
 
+    # text, on a table with a full-text index: the matching rows with their score
+    resp = api.post("/v1/table/console_docs/create_index/", {"column": "title", "index_type": "FTS"})
+    assert resp.status_code == 200, resp.text
+    driver.find_element(By.ID, "s-row").clear()
+    driver.find_element(By.ID, "s-text").send_keys("17")
+    driver.find_element(By.CSS_SELECTOR, "#search button").click()
+    WebDriverWait(driver, WAIT).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+        and "_score" in [th.text for th in d.find_elements(By.CSS_SELECTOR, "#results thead th")])
+    rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
+    assert rows and all("doc 17" in r for r in rows), rows
+    driver.find_element(By.ID, "s-text").clear()
+
     # the charts get a point once a search lands between two polls
     WebDriverWait(driver, WAIT).until(lambda d: "searches so far" in d.find_element(By.ID, "traffic-now").text)
     # each executor's load: its CPU share between two polls and the batches it runs

@@ -21,6 +21,13 @@ EXPLAIN_HEADER = "x-appliance-explain"
 in the `x-appliance-plan` header (the native API's `"explain": true`); the client's protocol is unchanged."""
 PLAN_HEADER = "x-appliance-plan"
 
+def wants_json() -> bool:
+    """The request asks for JSON only (`accept: application/json`, no wildcard): answered as rows of JSON
+    objects instead of the protocol's Arrow IPC file."""
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "*/*" not in accept and "arrow" not in accept
+
+
 def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/query/")
     def query(name: str) -> Response:
@@ -29,6 +36,8 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
         headers = {"x-appliance-version": str(version)}
         if plan is not None and request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true"):
             headers[PLAN_HEADER] = json.dumps(plan.explain(), separators=(",", ":"))  # the plan that ran
+        if wants_json():  # the web console's full-text search; the lancedb client sends accept: */*
+            return json_response({"version": version, "rows": table.to_pylist()}, headers=headers)
         return arrow_file_response(table, headers)
 
     @bp.post("/table/<name>/explain_plan/")

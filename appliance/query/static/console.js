@@ -16,7 +16,7 @@ const series = { qps: [], mean: [], p99: [] };
 function key() { return sessionStorage.getItem(KEY) || ""; }
 
 async function call(method, path, body) {
-  const headers = { "x-api-key": key() };
+  const headers = { "x-api-key": key(), accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   let doc = null;
@@ -285,21 +285,25 @@ async function search(event) {
   status.className = "muted";
   try {
     if (!name) throw new Error("no table to search");
-    const path = `/api/v1/tables/${encodeURIComponent(name)}/search`;
-    let vector;
-    const rowText = $("s-row").value.trim();
-    if (rowText !== "") {
-      vector = await rowVector(name, Number(rowText));
-    } else {
-      vector = parseVector($("s-vector").value);
-    }
-    const body_ = { vector, k: Number($("s-k").value) || 10 };
+    const k = Number($("s-k").value) || 10;
     const filter = $("s-filter").value.trim();
+    const text = $("s-text").value.trim();
+    const rowText = $("s-row").value.trim();
+    let path, body_;
+    if (text !== "") {
+      // text wins: a full-text search (the table needs an FTS index), the LanceDB protocol's query as JSON rows
+      path = `/v1/table/${encodeURIComponent(name)}/query/`;
+      body_ = { full_text_query: { query: text }, k };
+    } else {
+      path = `/api/v1/tables/${encodeURIComponent(name)}/search`;
+      const vector = rowText !== "" ? await rowVector(name, Number(rowText)) : parseVector($("s-vector").value);
+      body_ = { vector, k };
+    }
     if (filter) body_.filter = filter;
     const started = performance.now();
     const r = await call("POST", path, body_);
     if (!r.ok) throw new Error((r.doc && (r.doc.error + (r.doc.detail ? `: ${r.doc.detail}` : ""))) || `HTTP ${r.status}`);
-    const results = r.doc.results || [];
+    const results = r.doc.results || r.doc.rows || [];
     status.textContent = `${results.length} results from version ${r.doc.version} in ${(performance.now() - started).toFixed(0)} ms`;
     const cols = [...new Set(results.flatMap((x) => Object.keys(x)))];
     const htr = el("tr"); cols.forEach((c) => htr.appendChild(el("th", c))); head.appendChild(htr);
