@@ -13,21 +13,20 @@ locals {
   secrets = [for k in sort(keys(var.secret_parameters)) : { env = k, parameter = var.secret_parameters[k] }]
 
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
-    role               = var.role
-    service            = local.service
-    command            = join(" ", var.command)
-    appliance_package  = var.appliance_package
-    pip_index_url      = var.pip_index_url
-    env_file           = local.env_file
-    secrets            = local.secrets
-    region             = var.region
-    cache_nvme         = var.cache_nvme
-    cache_mount        = var.cache_mount
-    executor_discovery = var.executor_discovery
-    gpu                = var.gpu
-    release_parameter  = var.release_parameter
-    lifecycle_agent    = var.lifecycle_hook == null ? null : file("${path.module}/files/appliance-lifecycle.py")
-    lifecycle_config   = var.lifecycle_hook == null ? null : jsonencode(local.lifecycle_config)
+    role              = var.role
+    service           = local.service
+    command           = join(" ", var.command)
+    appliance_package = var.appliance_package
+    pip_index_url     = var.pip_index_url
+    env_file          = local.env_file
+    secrets           = local.secrets
+    region            = var.region
+    cache_nvme        = var.cache_nvme
+    cache_mount       = var.cache_mount
+    gpu               = var.gpu
+    release_parameter = var.release_parameter
+    lifecycle_agent   = var.lifecycle_hook == null ? null : file("${path.module}/files/appliance-lifecycle.py")
+    lifecycle_config  = var.lifecycle_hook == null ? null : jsonencode(local.lifecycle_config)
   })
 }
 
