@@ -129,6 +129,7 @@ def test_agent_leaves_the_target_group_drains_then_completes_the_hook(moto_clien
         if request.path == "/admin/drain" and request.method == "POST":
             health = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
             seen["registered_at_drain"] = [h["Target"]["Id"] for h in health]
+            seen["drain_at"] = time.monotonic()
 
     node = make_server("127.0.0.1", node_port, app, threaded=True)
     _serve(node)
@@ -147,7 +148,7 @@ def test_agent_leaves_the_target_group_drains_then_completes_the_hook(moto_clien
               "service": "appliance-query.service", "env_files": [str(tmp_path / "missing.env"),
                                                                   str(tmp_path / "secrets.env")],
               "admin_header": "x-api-key", "admin_secrets": ["APPLIANCE_ADMIN_KEY", "APPLIANCE_API_KEY"],
-              "poll_seconds": 0.1}
+              "poll_seconds": 0.1, "leave_seconds": 1.5}  # an executor's wait for the query nodes' rings
     (tmp_path / "lifecycle.json").write_text(json.dumps(config))
     env = {**os.environ, "APPLIANCE_IMDS_URL": fake_url, "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2": moto_endpoint,
            "AWS_ENDPOINT_URL_AUTO_SCALING": fake_url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
@@ -170,6 +171,7 @@ def test_agent_leaves_the_target_group_drains_then_completes_the_hook(moto_clien
         slow.start()
         assert slow_started.wait(60)
         world["state"] = "Terminated"
+        terminated_at = time.monotonic()
         assert agent.wait(timeout=120) == 0, (tmp_path / "agent.log").read_text()
         slow.join(60)
         refused = requests.get(f"http://127.0.0.1:{node_port}/slow", timeout=10)
@@ -181,6 +183,7 @@ def test_agent_leaves_the_target_group_drains_then_completes_the_hook(moto_clien
         fake.shutdown()
 
     assert seen["registered_at_drain"] == [], "the node drained while still in the target group"
+    assert seen["drain_at"] - terminated_at >= 1.5, "drained before the query nodes' rings could drop it"
     assert answers["slow"].status_code == 200 and answers["slow"].text == "done"
     completed_at, form = world["completed"]
     assert completed_at >= seen["slow_done"], "the hook was completed before the request in flight finished"

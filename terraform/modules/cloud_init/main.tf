@@ -38,6 +38,7 @@ locals {
     hook_name              = var.lifecycle_hook.name
     autoscaling_group_name = var.lifecycle_hook.autoscaling_group_name
     drain_seconds          = var.lifecycle_hook.drain_seconds
+    leave_seconds          = var.role == "executor" ? var.lifecycle_hook.leave_seconds : 0
     port                   = var.lifecycle_hook.port
     target_group_name      = var.lifecycle_hook.target_group_name
     service                = "${local.service}.service"

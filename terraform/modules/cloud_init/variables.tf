@@ -112,6 +112,9 @@ variable "lifecycle_hook" {
     drain_seconds          = number
     port                   = optional(number)
     target_group_name      = optional(string)
+    # executors: seconds between leaving InService and draining, so every query node's next look at the group
+    # (setting membership_poll_seconds, 10 s) has taken the executor out of its ring before it refuses work
+    leave_seconds = optional(number, 15)
   })
   default = null
 }

@@ -8,6 +8,8 @@ health replacement holds the instance in Terminating:Wait through the group's te
 
 1. a query node leaves its load balancer's target group first and waits until the target is gone: no new
    client request reaches it, and the ones in flight finish within the deregistration delay;
+2. an executor waits `leave_seconds` (the query nodes look at the group every `membership_poll_seconds`
+   and drop an instance that left InService from their rings: no batch is sent to it after that), then
 2. the node drains: `POST /admin/drain?wait=N` on its own port (new work gets 503 `draining` and is
    retried elsewhere; the call returns once the requests in flight have finished), or, on an indexer, its
    service stops (the indexer hands its event back to the queue at once);
@@ -127,6 +129,10 @@ class Agent:
                         self.leave_load_balancer()
                     except Exception:  # noqa: BLE001 - drain anyway: the node refuses new work from here on
                         log.exception("leaving the load balancer failed")
+                leave = float(self.config.get("leave_seconds", 0))
+                if leave > 0:  # an executor: the query nodes' next look at the group takes it out of their rings
+                    log.info("waiting %.0f s for the query nodes to drop this executor from their rings", leave)
+                    time.sleep(leave)
                 self.drain()
                 self.complete()
                 return 0
