@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     index.add_argument("table")
     index.add_argument("--codec", choices=CODECS, default="flat")
     index.add_argument("--nlist", type=int, default=0, help="partitions (default about sqrt(rows))")
-    index.add_argument("--nprobes", type=int, default=0, help="default probes per query (default nlist/6)")
+    index.add_argument("--nprobes", type=int, default=0,
+                       help="default probes per query (default: nlist/6 up to 32, or what the target recall needs)")
     index.add_argument("--pq-m", type=int, default=0, help="PQ sub-vectors (default dimension/8)")
     index.add_argument("--seed", type=int, default=0)
     add_setting_flags(index, ["data", "storage_options"])

@@ -124,7 +124,7 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
         recall = probe.tune(centroids, p.target_recall)
         recall["min_nprobes"] = 0 if params.nprobes else recall["nprobes"]
         if not params.nprobes:
-            # the measurement only ever raises the size rule's default (nlist / 6): the sample is the table's own
+            # the measurement only ever raises the size rule's default (params.py): the sample is the table's own
             # rows, and queries from elsewhere (another distribution than the rows) may need more partitions
             p = dataclasses.replace(p, nprobes=max(p.nprobes, recall["nprobes"]))
     manifest = IndexManifest(

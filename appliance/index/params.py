@@ -35,6 +35,13 @@ BOUNDS = {
 }
 
 
+# The size rule's default probe count, nlist / 6, guards recall for queries unlike the table's rows (which the
+# build's measurement cannot see); capped, so a large table's searches do not read a sixth of it each (1M x 384
+# synthetic embeddings, nlist 1,000: 167 probes cost 4x the latency of the measured 4, which held recall 0.966;
+# docs/BENCHMARKS.md "scale"). Past the cap, the recall monitor widens a table's searches if live queries
+# need more (query/recall.py).
+PROBE_FLOOR_CAP = 32
+
 DEFAULT_TARGET_RECALL = 0.95
 TARGET_RECALL_BOUNDS = (0.5, 1.0)
 
@@ -112,7 +119,7 @@ class IndexParams:
         else:
             nlist = self.nlist or max(1, min(4096, round(math.sqrt(max(rows, 1)))))
         nlist = max(1, min(nlist, max(rows, 1)))
-        nprobes = self.nprobes or max(1, math.ceil(nlist / 6))
+        nprobes = self.nprobes or max(1, min(math.ceil(nlist / 6), PROBE_FLOOR_CAP))
         pq_m = self.pq_m or _divisor_near(dimension, max(1, dimension // 8))
         if dimension % pq_m:
             raise InvalidInput(f"pq_m={pq_m} must divide the dimension {dimension}")

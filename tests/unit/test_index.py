@@ -241,3 +241,13 @@ def test_graph_params_are_checked() -> None:
     for bad in [{"hnsw_m": 1000}, {"hnsw_m": -1}, {"codec": "hnsw_pq"}]:
         with pytest.raises(InvalidInput):
             IndexParams.from_json(bad)
+
+
+def test_the_default_probe_count_is_a_sixth_of_the_partitions_up_to_a_cap() -> None:
+    """nlist / 6 guards queries unlike the rows on small tables; on large ones it would read a sixth of the
+    table per query, so it stops at PROBE_FLOOR_CAP (the build's measurement may raise it, the monitor too)."""
+    from appliance.index.params import PROBE_FLOOR_CAP
+
+    assert IndexParams().resolved(6_000, 8).nprobes == 13  # nlist 77
+    assert IndexParams().resolved(1_000_000, 8).nprobes == PROBE_FLOOR_CAP == 32  # nlist 1000: not 167
+    assert IndexParams(nprobes=100).resolved(1_000_000, 8).nprobes == 100  # a user's choice stands
