@@ -24,6 +24,18 @@ def clustered(n: int, seed: int, centers: np.ndarray) -> np.ndarray:
     return (centers[rng.integers(0, len(centers), n)] + rng.standard_normal((n, DIM)) * 2.5).astype(np.float32)
 
 
+def indexed_table(api: Api, name: str, vectors: np.ndarray, codec: str):
+    """A table of `vectors` (column `row`: their positions) with an index of `codec`; the index answer."""
+    dim = vectors.shape[1]
+    api.create(name, dim, "l2", {"row": "int64"})
+    api.insert_arrow(name, pa.table({
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim).cast(vector_type(dim)),
+        "row": np.arange(len(vectors))}))
+    resp = api.post(f"/api/v1/tables/{name}/index", {"codec": codec})
+    assert resp.status_code == 201, resp.text
+    return resp
+
+
 @pytest.fixture(scope="module")
 def fleet_api(tmp_path_factory):
     root = tmp_path_factory.mktemp("recall")
@@ -37,12 +49,7 @@ def test_client_default_nprobes_reach_the_target_and_the_monitor_reports_recall(
     api = fleet_api
     centers = np.random.default_rng(7).standard_normal((40, DIM)) * 1.2
     base = clustered(12_000, 1, centers)
-    api.create("c", DIM, "l2", {"row": "int64"})
-    api.insert_arrow("c", pa.table({
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM).cast(vector_type(DIM)),
-        "row": np.arange(len(base))}))
-    resp = api.post("/api/v1/tables/c/index", {"codec": "flat"})
-    assert resp.status_code == 201, resp.text
+    resp = indexed_table(api, "c", base, "flat")
     recall_info = resp.json()["recall"]
     assert recall_info["target_recall"] == 0.95 and recall_info["min_nprobes"] > CLIENT_NPROBES
 
@@ -88,12 +95,7 @@ def test_recall_below_target_on_live_queries_widens_the_search_until_it_holds(fl
     qrng = np.random.default_rng(2)
     qcenters = qrng.standard_normal((64, dim)).astype(np.float32) * 4
     queries = (qcenters[qrng.integers(0, 64, 50)] + qrng.standard_normal((50, dim))).astype(np.float32)
-    api.create("ood", dim, "l2", {"row": "int64"})
-    api.insert_arrow("ood", pa.table({
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), dim).cast(vector_type(dim)),
-        "row": np.arange(len(base))}))
-    resp = api.post("/api/v1/tables/ood/index", {"codec": "hnsw_flat"})
-    assert resp.status_code == 201, resp.text
+    indexed_table(api, "ood", base, "hnsw_flat")
     truth, _ = kernels.search_block(queries, base, np.arange(len(base), dtype=np.uint64), "l2", 10)
 
     def batch_recall() -> float:
