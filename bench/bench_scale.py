@@ -22,7 +22,7 @@ Per size, on one machine:
   cold       RAM and NVMe tiers of 1 byte (a new folder): every partition a query probes is fetched from
              object storage (the local-folder root) every time;
   in each, at the index's default nprobes and at the recall rule's probe count (the build's measurement
-  on the table's own rows, never tuned on these queries; the default is the larger of it and nlist/6):
+  on the table's own rows, never tuned on these queries; the default is the larger of it and min(nlist/6, 32)):
   recall@10, p50/p99 with 1 client, QPS with 8 clients, CPU ms per query of every process (/proc), cache
   bytes per tier and object-storage fetches per query (the executors' counters, via `GET /admin/cache`);
 - peak RSS (VmHWM) of every process of each node, and a watchdog that stops the run when the benchmark's
@@ -532,7 +532,9 @@ the fleet (1 query node, {EXECUTORS} executors): **RAM-warm** RAM tier per execu
 queries; **NVMe-warm** RAM tier per executor = data / 4 / {EXECUTORS} (the fleet's RAM a quarter of the
 data), the NVMe folder the first state filled, after two passes; **cold** both tiers 1 byte:
 every probed partition comes from object storage on every query. "default" is the index's nprobes (the
-recall rule's count, at least nlist/6); "recall rule" is the build's own measured count for recall@10 >=
+recall rule's count, at least nlist/6 up to 32;
+runs before commit d4cfd8f used nlist/6 without the cap); "recall rule" is the build's own measured count for
+recall@10 >=
 0.95 on the table's rows (never tuned on these queries), shown where it differs. The fleets run with default
 settings, so the recall monitor re-runs about 1% of searches exactly in the background (at most one a
 second): each such re-run scans every fragment of the table through the executors' caches (1.5 GB at 1M
