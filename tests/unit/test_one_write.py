@@ -100,7 +100,7 @@ def test_the_launchers_gunicorn_hooks_install_it_in_every_worker(tmp_path) -> No
 
     (tmp_path / "probe_app.py").write_text(APP)
     port = free_port_block(1)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *gunicorn_node_args("query"),  # as the launcher does
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *gunicorn_node_args(),  # as the launcher does
                              "--pythonpath", str(tmp_path), "-b", f"127.0.0.1:{port}", "-w", "1", "probe_app:app"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
