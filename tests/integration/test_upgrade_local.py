@@ -84,17 +84,19 @@ def test_rolling_upgrade_fails_no_query(tmp_path: Path, query_nodes: int) -> Non
         pids = {n: (nodes_root / n / "run" / "appliance.pid").read_text() for n in names}
 
         # --check: every node would change (a release to install, the link to switch); nothing changes.
-        check = playbook(tmp_path, "upgrade.yml", "--check", "--diff", "-e", f"common_wheel={wheels[new]}")
-        assert check.returncode == 0, check.stdout[-4000:]
-        recap = check.stdout[check.stdout.index("PLAY RECAP"):]
-        for name in names:
-            changed = int(recap.split(name, 1)[1].split("changed=", 1)[1].split()[0])
-            assert changed >= 2, recap
-        for name in names:
-            assert os.readlink(nodes_root / name / "current") == f"releases/{old}"
-            assert not (nodes_root / name / "releases" / new).exists()
-            assert not (nodes_root / name / "wheels" / wheels[new].name).exists()
-            assert (nodes_root / name / "run" / "appliance.pid").read_text() == pids[name]
+        # (Once: the two-node fleet's play is the same per node.)
+        if query_nodes == 1:
+            check = playbook(tmp_path, "upgrade.yml", "--check", "--diff", "-e", f"common_wheel={wheels[new]}")
+            assert check.returncode == 0, check.stdout[-4000:]
+            recap = check.stdout[check.stdout.index("PLAY RECAP"):]
+            for name in names:
+                changed = int(recap.split(name, 1)[1].split("changed=", 1)[1].split()[0])
+                assert changed >= 2, recap
+            for name in names:
+                assert os.readlink(nodes_root / name / "current") == f"releases/{old}"
+                assert not (nodes_root / name / "releases" / new).exists()
+                assert not (nodes_root / name / "wheels" / wheels[new].name).exists()
+                assert (nodes_root / name / "run" / "appliance.pid").read_text() == pids[name]
         assert (health(url) or {}).get("version") == old
 
         rng = np.random.default_rng(7)
