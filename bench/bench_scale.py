@@ -365,6 +365,17 @@ def peak(r: dict, node: str, states: tuple[str, ...]) -> int:
     return max((r["rss"][s].get(node, 0) for s in states if s in r["rss"]), default=0)
 
 
+def _rows_axes(ax, title: str, unit: str) -> None:
+    """A plot against rows: both axes logarithmic, a grid, the legend."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows (384 dims)")
+    ax.set_ylabel(unit)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plots(results: dict[str, dict]) -> list[str]:
     import matplotlib
 
@@ -395,29 +406,15 @@ def plots(results: dict[str, dict]) -> list[str]:
                    label=f"{state}, recall rule's nprobes")
     for ax, title, unit in ((left, "Latency, 1 client (solid: default nprobes)", "ms per query"),
                             (right, f"Throughput, {CLIENTS} clients (solid: default nprobes)", "queries / s")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("rows (384 dims)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _rows_axes(ax, title, unit)
     save(fig, "scale-latency-qps.png")
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.plot(xs, [r["build_seconds"] for r in ordered], "o-", label="appliance (POST .../index, flat)")
     left.plot(xs, [r["faiss"]["seconds"] for r in ordered], "s-", label="faiss IVF,Flat (same nlist/sample/iters)")
-    left.set_title("Index build time (1 thread)")
-    left.set_ylabel("seconds")
     right.plot(xs, [r["ingest_rows_per_s"] for r in ordered], "o-", label="appliance load (.npy + payload)")
-    right.set_title("Ingest")
-    right.set_ylabel("rows / s")
-    for ax in (left, right):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("rows (384 dims)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    _rows_axes(left, "Index build time (1 thread)", "seconds")
+    _rows_axes(right, "Ingest", "rows / s")
     save(fig, "scale-build.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -430,13 +427,7 @@ def plots(results: dict[str, dict]) -> list[str]:
     ax.plot(xs, [r["data_bytes"] / GIB for r in ordered], "k:", label="the vectors (rows x 384 x 4 B)")
     ax.plot(xs, [r["data_bytes"] / 4 / EXECUTORS / GIB for r in ordered], "k--", alpha=0.5,
             label="NVMe-warm RAM tier per executor (data / 4 / 2)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rows (384 dims)")
-    ax.set_ylabel("GiB")
-    ax.set_title("Memory: peak RSS (VmHWM) of one process")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _rows_axes(ax, "Memory: peak RSS (VmHWM) of one process", "GiB")
     save(fig, "scale-memory.png")
     return names
 

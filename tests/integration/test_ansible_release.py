@@ -5,6 +5,7 @@ on a localhost inventory, against moto's server on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -62,7 +63,7 @@ def test_a_rollout_records_its_release_for_new_hosts(tmp_path: Path, moto_url: s
 def test_a_wheel_on_the_controller_needs_a_value_hosts_can_install(tmp_path: Path, moto_url: str) -> None:
     wheel = tmp_path / "vector_appliance-0.4.0-py3-none-any.whl"
     failed = play(tmp_path, moto_url, "record_release.yml", "-e",
-                  "{\"record_release_value\": \"\", \"common_wheel\": \"%s\"}" % wheel)
+                  json.dumps({"record_release_value": "", "common_wheel": str(wheel)}))
     assert failed.returncode != 0 and "common_release_value" in failed.stdout, failed.stdout
     skipped = play(tmp_path, moto_url, "record_release.yml", "-e",
                    '{"record_release_value": "", "record_release_required": false}')
