@@ -27,7 +27,7 @@ import pyarrow as pa
 import requests
 from tqdm import tqdm
 
-from appliance import __version__
+from appliance import __version__, gunicorn_hooks
 from appliance import load as load_module
 from appliance.config import Settings, add_setting_flags, settings_table_markdown
 from appliance.errors import ApplianceError, TableNotFound
@@ -237,9 +237,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bind = f"{settings.host}:{settings.port}"
     env = {**os.environ, **settings.to_env()}
     workers = settings.query_workers if args.role == "query" else 1
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers), "--worker-class", "gthread",
-           "--threads", str(threads), "--timeout", str(int(settings.request_timeout) + 30),
-           "--keep-alive", str(settings.keep_alive), *gunicorn_node_args(), app]
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+           "--worker-class", gunicorn_hooks.WORKER_CLASS, "--threads", str(threads),
+           "--timeout", str(int(settings.request_timeout) + 30), "--keep-alive", str(settings.keep_alive),
+           *gunicorn_node_args(), app]
     print("[appliance] exec " + shlex.join(cmd), flush=True)
     os.execve(sys.executable, cmd, env)
     return 0  # not reached

@@ -24,6 +24,7 @@ from typing import IO
 
 import requests
 
+from appliance import gunicorn_hooks
 from appliance.config import Settings
 from appliance.indexer.pool import IndexerPool
 from appliance.node_state import shm_dir
@@ -228,7 +229,7 @@ class Fleet:
             sys.executable, "-m", "gunicorn",
             "--bind", f"{node.host}:{node.port}",
             "--workers", str(self.settings.query_workers if node.role == "query" else 1),
-            "--worker-class", "gthread",
+            "--worker-class", gunicorn_hooks.WORKER_CLASS,
             "--threads", str(node.threads),
             *gunicorn_node_args(),
             "--timeout", str(int(self.settings.request_timeout) + 30),
