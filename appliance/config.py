@@ -135,6 +135,10 @@ class Settings:
     )
     recall_sample_per_second: float = _knob(1.0, "Most searches per second the recall monitor re-runs exactly.")
     recall_window: int = _knob(100, "Samples the recall monitor averages per table (the most recent).")
+    recall_budget: float = _knob(
+        0.02, "Share of the time the recall monitor's exact re-runs may take: one that took t seconds admits the "
+        "next t x (1/budget - 1) seconds later (a re-run scans the whole table, so large tables are sampled less)."
+    )
     routing_eps: float = _knob(0.25, "Bounded-load slack: no executor gets more than (1+eps) x the mean tasks.")
     partition_group_bytes: int = _knob(
         256 * 2**20, "Most bytes of one routing group: a table's IVF partitions (index objects) and its fragments "

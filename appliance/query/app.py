@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                            payload_cache_bytes=settings.payload_cache_bytes)
     service.routing = Routing.from_settings(settings)
     service.recall_monitor = RecallMonitor(service.exact_ids, settings.recall_sample_rate,
-                                           settings.recall_sample_per_second, settings.recall_window)
+                                           settings.recall_sample_per_second, settings.recall_window,
+                                           settings.recall_budget)
     attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")

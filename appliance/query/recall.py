@@ -1,11 +1,14 @@
 """The recall monitor: a query node re-runs a small sample of its live index searches exactly, in the background.
 
 The search path only offers (`offer`): a sampled search's first query vector, k, filter and the ids it
-answered go into a small bounded queue (full: the sample is dropped), at most `sample_rate` of searches and
-at most `per_second` a second. A daemon thread, started on the first offer (so after gunicorn forks), runs
-each sample again with the index bypassed and records recall@k, the share of the exact answer's rows the
-live answer had. A table's recall is the mean over its last `window` samples; it is exported as the gauge
-`appliance_recall_at_k{table}` and in `GET /api/v1/tables/T/index` (`recall_monitor`).
+answered go into a small bounded queue (full: the sample is dropped), at most `sample_rate` of searches and at
+most `per_second` a second, and only while the re-runs keep within `budget`, their share of the time (a re-run
+that took t seconds admits the next one t x (1/budget - 1) seconds later: an exact re-run scans the whole
+table, so on a large table it is rare, and its cost stays a bounded share of the executors'). A daemon thread,
+started on the first offer (so after gunicorn forks), runs each sample again with the index bypassed and
+records recall@k, the share of the exact answer's rows the live answer had. A table's recall is the mean over
+its last `window` samples; it is exported as the gauge `appliance_recall_at_k{table}` and in `GET
+/api/v1/tables/T/index` (`recall_monitor`).
 
 It also closes the loop: the build measured the probe count that reaches the index's `target_recall` on the
 table's own rows (index/tuning.py), but live queries can be harder than rows (queries from another
@@ -44,12 +47,15 @@ Exact = Callable[[str, SearchRequest], np.ndarray]
 
 
 class RecallMonitor:
-    def __init__(self, exact: Exact, sample_rate: float, per_second: float, window: int = 100) -> None:
+    def __init__(self, exact: Exact, sample_rate: float, per_second: float, window: int = 100,
+                 budget: float = 1.0) -> None:
         self._exact = exact
         self.sample_rate = sample_rate
         self._interval = 1.0 / per_second if per_second > 0 else float("inf")
         self.window = window
+        self._rest = 1.0 / budget - 1.0 if budget > 0 else float("inf")  # seconds idle per second of re-run
         self._next = 0.0
+        self._quiet_until = 0.0  # set by the last re-run's duration (the budget)
         self._queue: queue.Queue[tuple[str, SearchRequest, np.ndarray, Breadth | None] | None] = queue.Queue(
             QUEUE_SIZE)
         self._samples: dict[str, deque[float]] = {}
@@ -65,7 +71,7 @@ class RecallMonitor:
         if self.sample_rate <= 0 or request.bypass_index or len(ids) == 0:
             return
         now = time.monotonic()
-        if now < self._next or random.random() >= self.sample_rate:
+        if now < self._next or now < self._quiet_until or random.random() >= self.sample_rate:
             return
         self._next = now + self._interval
         sample = dataclasses.replace(request, queries=request.queries[:1], columns=[], bypass_index=True,
@@ -88,7 +94,12 @@ class RecallMonitor:
                 return
             try:
                 name, request, answered, steer = item
-                exact = self._exact(name, request)
+                started = time.monotonic()
+                try:
+                    exact = self._exact(name, request)
+                finally:
+                    ended = time.monotonic()
+                    self._quiet_until = ended + (ended - started) * self._rest
                 self._record(name, recall_at_k(answered[0], exact[0]), steer)
             except Exception:  # noqa: BLE001 - a failed sample (table dropped, executor down) is just skipped
                 log.debug("recall sample failed", exc_info=True)

@@ -40,7 +40,7 @@ def indexed_table(api: Api, name: str, vectors: np.ndarray, codec: str):
 def fleet_api(tmp_path_factory):
     root = tmp_path_factory.mktemp("recall")
     fleet = start_fleet(root / "data", root / "logs", executors=1, recall_sample_rate=1.0,
-                        recall_sample_per_second=50.0, recall_window=20)
+                        recall_sample_per_second=50.0, recall_window=20, recall_budget=1.0)
     yield Api(fleet.url, fleet.api_key)
     fleet.stop()
 

@@ -160,6 +160,34 @@ def test_the_monitor_samples_at_the_rate_and_computes_recall() -> None:
         monitor.close()
 
 
+def test_the_monitor_keeps_its_exact_reruns_within_its_time_budget() -> None:
+    """A re-run that took t seconds admits the next only t x (1/budget - 1) seconds later, so a table whose
+    exact scan is slow (a large one) is sampled less, whatever the rate and per-second limits allow."""
+    import time
+
+    exact = np.array([[1, 2, 3, 4]], np.uint64)
+
+    def slow_exact(_name, _request):
+        time.sleep(0.2)
+        return exact
+
+    q = np.zeros((1, 4), np.float32)
+    budgeted = RecallMonitor(slow_exact, sample_rate=1.0, per_second=1e9, budget=0.01)  # next after >= 19.8 s
+    free = RecallMonitor(slow_exact, sample_rate=1.0, per_second=1e9, budget=1.0)
+    try:
+        for monitor in (budgeted, free):
+            monitor.offer("t", SearchRequest(queries=q, k=4), exact)
+            assert monitor.wait_idle(30)
+            for _ in range(3):
+                monitor.offer("t", SearchRequest(queries=q, k=4), exact)
+                assert monitor.wait_idle(30)
+        assert budgeted.describe("t")["samples"] == 1
+        assert free.describe("t")["samples"] == 4
+    finally:
+        budgeted.close()
+        free.close()
+
+
 def test_the_monitor_raises_a_tables_breadth_while_its_recall_is_below_target() -> None:
     """Live recall below the index's target widens that index's searches, step by step, up to a bound; a
     sample taken at an older breadth or of an older index version does not steer; a new index starts at 1."""
