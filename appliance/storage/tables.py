@@ -49,7 +49,6 @@ MAX_FILTER_CHARS = limits.MAX_FILTER_CHARS
 _ROW_RANGES: Lru[tuple[int, int]] = Lru(100_000)
 _VERSION_RANGES: Lru[dict[int, tuple[int, int]]] = Lru(256)
 _MATCHES: Lru[np.ndarray] = Lru(64)
-_COUNTS: Lru[int] = Lru(1024)
 
 
 @dataclass(frozen=True)
@@ -148,10 +147,6 @@ class TableSnapshot:
             return np.sort(table.column("_rowid").to_numpy().astype(np.uint64))
 
         return _MATCHES.get_or_load((self.dataset.uri, self.version, predicate), load)
-
-    def live_rows_below(self, watermark: int) -> int:
-        return _COUNTS.get_or_load((self.dataset.uri, self.version, watermark),
-                                   lambda: self.dataset.count_rows(f"_rowid < {int(watermark)}"))
 
     def vectors_of(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the rows still alive at this version among `row_ids`."""
