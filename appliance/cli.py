@@ -27,11 +27,11 @@ import pyarrow as pa
 import requests
 from tqdm import tqdm
 
-from appliance import __version__, gunicorn_hooks
+from appliance import __version__, launch
 from appliance import load as load_module
 from appliance.config import Settings, add_setting_flags, settings_table_markdown
 from appliance.errors import ApplianceError, TableNotFound
-from appliance.fleet import EXECUTOR_APP, QUERY_APP, Fleet, FleetError, gunicorn_node_args
+from appliance.fleet import Fleet, FleetError
 from appliance.index import CODECS, IndexParams, IndexStore
 from appliance.index.builder import build_full
 from appliance.query.admin import cache_table
@@ -123,7 +123,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    print(f"[appliance] starting 1 query node and {settings.executors} executors "
+    print(f"[appliance] starting {max(1, settings.query_nodes)} query node(s) and {settings.executors} executors "
           f"(storage: {settings.data})", flush=True)
     try:
         settings.storage_root().check_reachable()
@@ -230,19 +230,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Replace this process with gunicorn serving one role, with settings passed by environment."""
-    settings = _settings(args)
-    app = QUERY_APP if args.role == "query" else EXECUTOR_APP
-    threads = settings.query_threads if args.role == "query" else settings.executor_threads
-    bind = f"{settings.host}:{settings.port}"
-    env = {**os.environ, **settings.to_env()}
-    workers = settings.query_workers if args.role == "query" else 1
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-           "--worker-class", gunicorn_hooks.WORKER_CLASS, "--threads", str(threads),
-           "--timeout", str(int(settings.request_timeout) + 30), "--keep-alive", str(settings.keep_alive),
-           *gunicorn_node_args(), app]
-    print("[appliance] exec " + shlex.join(cmd), flush=True)
-    os.execve(sys.executable, cmd, env)
+    """Replace this process with gunicorn serving one role on the settings' host and port: the launcher's line
+    (appliance/launch.py), the one `appliance up` starts its nodes with, settings passed by environment."""
+    cmd = launch.node(_settings(args), args.role)
+    print("[appliance] exec " + shlex.join(cmd.argv), flush=True)
+    os.execve(cmd.argv[0], cmd.argv, cmd.env)
     return 0  # not reached
 
 

@@ -24,7 +24,7 @@ from typing import IO
 
 import requests
 
-from appliance import gunicorn_hooks
+from appliance import launch
 from appliance.config import Settings
 from appliance.indexer.pool import IndexerPool
 from appliance.node_state import shm_dir
@@ -33,25 +33,10 @@ from appliance.routing import handover
 from appliance.routing.sources import write_members
 from appliance.storage import BlobStore
 
-QUERY_APP = "appliance.query.app:create_app()"
-EXECUTOR_APP = "appliance.executor.app:create_app()"
 _PR_SET_PDEATHSIG = 1
 # lance warns "lance is not fork-safe" at every fork once imported (an at-fork hook). The launcher forks only
 # to exec a node or an indexer at once (Popen with a preexec_fn), so the child inherits no lance state: noise.
 warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
-
-
-def gunicorn_node_args() -> list[str]:
-    """gunicorn flags of every node the launcher starts (here and `appliance serve`): the hooks that make
-    the state a node's workers share (appliance/gunicorn_hooks.py; they also bind a query node's port with
-    SO_REUSEPORT, so several query nodes share it, and re-execute a node in place), and the workers'
-    heartbeat file in /dev/shm (memory) rather than the temp folder on disk: gunicorn touches it every
-    second or so per worker, and on disk that `os.utime` was 18% of an executor's CPU samples (about 12% of
-    a node's CPU saved); where /dev/shm is absent, the temp folder as before."""
-    # --no-control-socket: gunicorn 27's masters all default to one control socket path
-    # ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl), each node announcing it and taking it from the
-    # last; nothing here uses it (signals drive the nodes), so none.
-    return ["-c", "python:appliance.gunicorn_hooks", "--worker-tmp-dir", shm_dir(), "--no-control-socket"]
 
 
 @dataclass
@@ -59,8 +44,6 @@ class Node:
     role: str
     name: str
     port: int
-    threads: int
-    app: str
     host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
     restarts: int = 0
@@ -86,8 +69,7 @@ class Fleet:
         token = settings.internal_token or secrets.token_urlsafe(24)
         api_key = resolve_api_key(settings, BlobStore(settings.storage_root()))
         self.executors = [
-            Node("executor", f"executor-{i}", settings.executor_base_port + i, settings.executor_threads,
-                 EXECUTOR_APP)
+            Node("executor", f"executor-{i}", settings.executor_base_port + i)
             for i in range(settings.executors)
         ]
         self.settings = settings.replace(
@@ -98,7 +80,7 @@ class Fleet:
             executor_members_file=settings.executor_members_file
             or str(Path(shm_dir()) / f"appliance-{settings.port}" / "executors.json"),
         )
-        self.queries = [Node("query", f"query-{i}", settings.port, settings.query_threads, QUERY_APP, settings.host)
+        self.queries = [Node("query", f"query-{i}", settings.port, settings.host)
                         for i in range(max(1, settings.query_nodes))]
         self.query = self.queries[0]
         self._log_dir = log_dir
@@ -159,8 +141,7 @@ class Fleet:
         """Start one more executor and, once it is ready, name it in the members file: each query node
         prewarms it and then takes it into its ring (appliance/routing/handover.py)."""
         index = 1 + max((int(n.name.rsplit("-", 1)[1]) for n in self.executors), default=-1)
-        node = Node("executor", f"executor-{index}", self.settings.executor_base_port + index,
-                    self.settings.executor_threads, EXECUTOR_APP)
+        node = Node("executor", f"executor-{index}", self.settings.executor_base_port + index)
         _check_port_free(node.host, node.port)
         self._spawn(node)
         try:
@@ -222,28 +203,18 @@ class Fleet:
             if node.log:
                 node.log.close()
 
+    def command(self, node: Node) -> launch.Command:
+        """How `node` is started: the launcher's gunicorn line of its role, with the fleet's settings served on
+        the node's own address (which the node reads back from them)."""
+        return launch.node(self.settings.replace(host=node.host, port=node.port), node.role, node.name)
+
     def _spawn(self, node: Node) -> None:
-        env = {**os.environ, **self.settings.to_env(), "OMP_NUM_THREADS": str(self.settings.kernel_threads),
-               "OPENBLAS_NUM_THREADS": str(self.settings.kernel_threads)}
-        cmd = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"{node.host}:{node.port}",
-            "--workers", str(self.settings.query_workers if node.role == "query" else 1),
-            "--worker-class", gunicorn_hooks.WORKER_CLASS,
-            "--threads", str(node.threads),
-            *gunicorn_node_args(),
-            "--timeout", str(int(self.settings.request_timeout) + 30),
-            "--keep-alive", str(self.settings.keep_alive),
-            "--graceful-timeout", "10",
-            "--log-level", self.settings.log_level,
-            "--name", f"appliance-{node.name}",
-            node.app,
-        ]
+        cmd = self.command(node)
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             node.log = open(self._log_dir / f"{node.name}.log", "ab")  # noqa: SIM115 - closed in stop()
         node.process = subprocess.Popen(
-            cmd, env=env, stdout=node.log, stderr=subprocess.STDOUT if node.log else None,
+            cmd.argv, env=cmd.env, stdout=node.log, stderr=subprocess.STDOUT if node.log else None,
             start_new_session=True, preexec_fn=_die_with_parent,
         )
 

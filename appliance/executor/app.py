@@ -1,17 +1,16 @@
 """The executor's HTTP surface: health, one endpoint that runs a batch of tasks, and its cache's stats.
 
-Run it with gunicorn: `gunicorn 'appliance.executor.app:create_app()'`; settings come from the
-environment (`appliance up` sets them).
+Run it with gunicorn: `appliance serve executor` (appliance/launch.py); settings come from the environment,
+its own address (`host`, `port`) too: `appliance up` sets them per executor.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.internal_token:
         raise RuntimeError("APPLIANCE_INTERNAL_TOKEN must be set for an executor")
     root = settings.storage_root()
-    runner = TaskRunner(TableStore(root), IndexStore(root), open_cache(settings, bound_port(sys.argv, settings.port)))
+    runner = TaskRunner(TableStore(root), IndexStore(root), open_cache(settings))
     app = Flask("appliance.executor")
     install_common(app, "executor", settings.max_body_bytes)
     metrics = metrics_of(app)
@@ -115,7 +114,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         require_secret(INTERNAL_TOKEN_HEADER, settings.internal_token, Forbidden)
         return json_response({**runner.cache.stats(), "load": batches.load()})
 
-    host, port = bound_address(sys.argv, settings.host, settings.port)
     if settings.flight_port_offset:
         # the data plane: task batches over Arrow Flight, beside this HTTP control plane (appliance/executor/flight.py)
         try:
@@ -125,13 +123,13 @@ def create_app(settings: Settings | None = None) -> Flask:
                             "path": FLIGHT_SEARCH_PATH, "endpoint": FLIGHT_SEARCH_PATH, "status": status,
                             "ms": round(seconds * 1000, 2)})
 
-            flight = start_flight_server(host, port + settings.flight_port_offset, settings.internal_token, batches,
-                                         drain_state(app), answered)
+            flight = start_flight_server(settings.host, settings.port + settings.flight_port_offset,
+                                         settings.internal_token, batches, drain_state(app), answered)
             advertised["flight_port"] = flight.port
         except (pa.ArrowException, OSError) as exc:  # FlightError is an ArrowException
             # a port taken by another process: this executor still serves, its batches coming over HTTP
             log.error("no Arrow Flight server on %s:%d (%s); query nodes will send task batches over HTTP",
-                      host, port + settings.flight_port_offset, exc)
+                      settings.host, settings.port + settings.flight_port_offset, exc)
     return app
 
 
@@ -196,24 +194,10 @@ def _timeout_of(header: dict[str, object], default: float) -> float:
     return float(raw) / 1000
 
 
-def open_cache(settings: Settings, port: int) -> TieredCache:
-    folder = cache_folder(settings.cache_dir, port)
+def open_cache(settings: Settings) -> TieredCache:
+    """The executor's cache. Its NVMe folder is named by the executor's port (`port` in its settings, the one
+    it serves on: appliance/launch.py), which tells the executors of one machine apart and stays the same
+    across a restart, so a restarted executor finds its NVMe tier again."""
+    folder = cache_folder(settings.cache_dir, settings.port)
     return TieredCache(ram_budget(settings.cache_ram_bytes, settings.executors), folder,
                        disk_budget(settings.cache_disk_bytes, folder, settings.executors))
-
-
-def bound_port(argv: Sequence[str], default: int) -> int:
-    """The port gunicorn serves this executor on (`--bind host:port`, as `appliance up` and `appliance serve`
-    start it): the one thing that tells the executors of one machine apart, and stays the same across a
-    restart, so it names the executor's cache folder. `default` when not started that way."""
-    return bound_address(argv, "", default)[1]
-
-
-def bound_address(argv: Sequence[str], default_host: str, default_port: int) -> tuple[str, int]:
-    """(host, port) gunicorn serves this executor on (`--bind host:port`); the Flight server listens on the
-    same host. The defaults (the `host` and `port` settings) when not started that way."""
-    for flag, value in zip(argv, argv[1:], strict=False):
-        host, _, port = value.rpartition(":")
-        if flag in ("--bind", "-b") and port.isdigit():
-            return host.strip("[]") or "0.0.0.0", int(port)
-    return default_host, default_port

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from appliance import launch
 from appliance.config import Settings
 from appliance.events import EventQueue, QueueStats, open_queue
 
@@ -75,13 +76,11 @@ class IndexerPool:
             return None
 
     def spawn(self) -> subprocess.Popen:
-        threads = str(self.settings.indexer_threads)
-        env = {**os.environ, **self.settings.to_env(), "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-               "LANCE_CPU_THREADS": threads}
+        cmd = launch.indexer(self.settings)
         if self._log_dir is not None and self._log is None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             self._log = open(self._log_dir / "indexer.log", "ab")  # noqa: SIM115 - closed in stop()
-        proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "indexer"], env=env, stdout=self._log,
+        proc = subprocess.Popen(cmd.argv, env=cmd.env, stdout=self._log,
                                 stderr=subprocess.STDOUT if self._log else None, start_new_session=True,
                                 preexec_fn=self._preexec)
         self.processes.append(proc)

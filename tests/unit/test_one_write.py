@@ -93,9 +93,10 @@ def test_the_launchers_gunicorn_hooks_install_it_in_every_worker(tmp_path) -> No
     import subprocess
     import sys
     import time
-    import urllib.request
 
-    from appliance.fleet import gunicorn_node_args
+    import requests
+
+    from appliance.launch import gunicorn_node_args
     from tests.conftest import free_port_block
 
     (tmp_path / "probe_app.py").write_text(APP)
@@ -107,10 +108,9 @@ def test_the_launchers_gunicorn_hooks_install_it_in_every_worker(tmp_path) -> No
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
-                    assert answer.read() == b"OneWriteResponse"
-                    break
-            except OSError:
+                assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).content == b"OneWriteResponse"
+                break
+            except requests.ConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
