@@ -9,6 +9,7 @@ the supervisor, which then stops them gracefully) and die with the supervisor if
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import secrets
 import signal
@@ -78,13 +79,14 @@ class Fleet:
             executor_urls=",".join(n.url for n in self.executors),
             # the query nodes' executors: this file, rewritten as executors come and go (add/remove_executor)
             executor_members_file=settings.executor_members_file
-            or str(Path(shm_dir()) / f"appliance-{settings.port}" / "executors.json"),
+            or str(fleet_dir(settings.port) / "executors.json"),
         )
         self.queries = [Node("query", f"query-{i}", settings.port, settings.host)
                         for i in range(max(1, settings.query_nodes))]
         self.query = self.queries[0]
         self._log_dir = log_dir
         self._stopping = threading.Event()
+        self._port_lock: IO[str] | None = None
         self.indexers = IndexerPool(self.settings, log_dir, preexec=_die_with_parent)
 
     @property
@@ -102,6 +104,14 @@ class Fleet:
     def start(self) -> None:
         if self.settings.executors < 1:
             raise FleetError("a fleet needs at least one executor (APPLIANCE_EXECUTORS >= 1)")
+        self._port_lock = lock_port(self.settings.port)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         ports = [(node.host, node.port) for node in [*self.executors, self.query]]  # query nodes share one
         if self.settings.flight_port_offset:  # each executor's Flight server (appliance/executor/flight.py)
             ports += [(node.host, node.port + self.settings.flight_port_offset) for node in self.executors]
@@ -113,11 +123,7 @@ class Fleet:
         write_members(self.settings.executor_members_file, [n.url for n in self.executors])
         for node in self.nodes:
             self._spawn(node)
-        try:
-            self.wait_ready(self.settings.startup_timeout)
-        except FleetError:
-            self.stop()
-            raise
+        self.wait_ready(self.settings.startup_timeout)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -202,6 +208,9 @@ class Fleet:
             node.process.wait()
             if node.log:
                 node.log.close()
+        if self._port_lock is not None:  # the port is free for another fleet once all of this one's nodes are gone
+            self._port_lock.close()
+            self._port_lock = None
 
     def command(self, node: Node) -> launch.Command:
         """How `node` is started: the launcher's gunicorn line of its role, with the fleet's settings served on
@@ -231,6 +240,36 @@ def _signal_group(node: Node, sig: int) -> None:
         os.killpg(node.process.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def fleet_dir(port: int) -> Path:
+    """The folder of the fleet serving `port` on this machine (memory where /dev/shm is): its members file and
+    its port lock."""
+    return Path(shm_dir()) / f"appliance-{port}"
+
+
+def lock_port(port: int) -> IO[str]:
+    """Hold `port` for this fleet until the returned file is closed, or raise FleetError naming the fleet that
+    holds it. A query node binds its port with SO_REUSEPORT (appliance/gunicorn_hooks.py), so that the
+    fleet's query nodes, and a node and its re-executed master, share it; a second fleet on the same port
+    would share it too, silently, as would one started while a node of the first restarts. So `appliance
+    up` takes this exclusive lock first, before its port check and its nodes; the kernel drops it when the
+    supervisor exits, however it exits (the file is opened close-on-exec: no node inherits it)."""
+    path = fleet_dir(port) / "fleet.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise FleetError(f"port {port} is served by another fleet on this machine (appliance up, pid {holder}; "
+                         f"lock {path}); stop it, or pick another port with --port") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -159,3 +159,33 @@ def test_faiss_loader_lines_stay_out_of_the_log() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "kept" in done.stderr
     assert not re.search(NOISE["faiss's loader"], done.stderr), done.stderr
+
+
+def test_a_second_fleet_on_a_served_port_is_refused(tmp_path) -> None:
+    """`appliance up` on the port of a running fleet exits 1 naming that fleet, and leaves it serving: even in
+    the moment the first fleet's query node is down and its port free (the supervisor restarting it), which
+    no check of the port can see. Without the fleet's port lock, the second fleet's query node would take
+    the port beside the first's (both bind it with SO_REUSEPORT) and share its members file."""
+    import requests
+    from conftest import start_fleet
+
+    fleet = start_fleet(tmp_path / "first", tmp_path / "logs", executors=1)
+    try:
+        port = fleet.settings.port
+        os.killpg(fleet.query.process.pid, signal.SIGKILL)  # the query node dies; a supervisor would restart it
+        fleet.query.process.wait()
+        other = free_port_block(1)
+        env = {**os.environ, "APPLIANCE_PORT": str(port), "APPLIANCE_EXECUTORS": "1",
+               "APPLIANCE_EXECUTOR_BASE_PORT": str(other), "APPLIANCE_DATA": str(tmp_path / "second"),
+               "APPLIANCE_LOG_LEVEL": "warning"}
+        second = subprocess.run([sys.executable, "-m", "appliance.cli", "up"], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 1, second
+        assert (f"error: port {port} is served by another fleet on this machine (appliance up, pid {os.getpid()};"
+                in second.stderr), second.stderr
+        fleet._spawn(fleet.query)  # the restart: the port is still this fleet's
+        fleet.wait_ready(120)
+        resp = requests.get(f"{fleet.url}/api/v1/tables", headers={"x-api-key": fleet.api_key}, timeout=60)
+        assert resp.status_code == 200 and resp.json() == {"tables": []}, resp.text
+    finally:
+        fleet.stop()

@@ -1,5 +1,5 @@
 """appliance/launch.py: `appliance up`'s supervisor and `appliance serve` start a node with the same gunicorn
-line and settings, the node's own address among them."""
+line and settings, the node's own address among them; and appliance/fleet.py's port lock."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import free_port_block
 
 from appliance import launch
 from appliance.config import Settings
-from appliance.fleet import Fleet
+from appliance.fleet import Fleet, FleetError, lock_port
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -80,3 +80,20 @@ def test_an_indexer_gets_its_thread_budget() -> None:
 def test_bind_address_brackets_ipv6() -> None:
     assert launch.bind_address("::1", 8080) == "[::1]:8080"
     assert launch.bind_address("0.0.0.0", 8080) == "0.0.0.0:8080"
+
+
+def test_one_fleet_holds_a_port() -> None:
+    port = free_port_block(1)
+    held = lock_port(port)
+    try:
+        with pytest.raises(FleetError, match=rf"port {port} is served by another fleet .*pid {os.getpid()}"):
+            lock_port(port)
+        # a child started while the lock is held (as the fleet's nodes are) does not keep it
+        child = subprocess.Popen(["sleep", "60"])
+    finally:
+        held.close()
+    try:
+        lock_port(port).close()
+    finally:
+        child.kill()
+        child.wait()
