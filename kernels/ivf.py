@@ -123,6 +123,10 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, metric: str = "l2",
     if len(centroids) == 0:
         raise ValueError("assign needs at least one centroid")
     xp = array_module(resolve(device))
+    if xp is np and cpu_faiss.enabled("assign") and np.shape(x)[1] == np.shape(centroids)[1]:
+        found = cpu_faiss.assign(x, centroids, metric)
+        if found is not None:
+            return found
     labels, dists = _assign(xp, xp.asarray(x, dtype=np.float32), xp.asarray(centroids, dtype=np.float32), metric)
     return to_host(labels), to_host(dists)
 

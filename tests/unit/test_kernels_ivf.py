@@ -87,6 +87,21 @@ def test_assign_works_in_blocks(monkeypatch):
     np.testing.assert_array_equal(whole[1], blocked[1])
 
 
+@pytest.mark.parametrize("metric", EXACT_METRICS)
+def test_assign_ties_go_to_the_lower_label_across_faiss_blocks(metric):
+    # Enough rows and centroids for faiss's BLAS path, which takes centroids 1,024 at a time: every centroid
+    # appears three times (number c, c + 700, c + 1,400), so each row's nearest are tied within and across
+    # blocks, and the lowest number must win, as numpy's argmin decides.
+    rng = np.random.default_rng(5)
+    distinct = rng.integers(-3, 4, (700, 4)).astype(np.float32)
+    centroids = np.concatenate([distinct, distinct, distinct])
+    x = rng.integers(-3, 4, (5000, 4)).astype(np.float32)
+    labels, distances = assign(x, centroids, metric=metric, device="cpu")
+    want = reference_distances(x, centroids, metric)[0]
+    np.testing.assert_array_equal(labels, np.argmin(want, axis=1))
+    np.testing.assert_array_equal(distances, want.min(axis=1).astype(np.float32))
+
+
 # ------------------------------------------------------------------------------------------------ probe
 
 
