@@ -104,6 +104,12 @@ class Settings:
         "closing one just as a client reuses it fails that request (\"connection closed before message completed\")."
     )
     kernel_threads: int = _knob(1, "BLAS/faiss threads per executor, so executors do not oversubscribe cores.")
+    build_threads: int = _knob(
+        0, "BLAS/faiss threads of an explicit index build (`POST .../index`, the LanceDB client's `create_index`) on "
+        "the query node, while it runs; 0: every core the node may use. The build then competes with the node's "
+        "searches for those cores (their latency rises until it ends): set 1 where a query node shares its cores "
+        "with serving that must not slow down. The indexers' background builds keep `indexer_threads`."
+    )
     cache_ram_bytes: int = _knob(
         0, "RAM tier of each executor's cache, in bytes. 0: 25% of the machine's memory split over `executors`."
     )

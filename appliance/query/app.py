@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                            batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
                            payload_cache_bytes=settings.payload_cache_bytes)
     service.routing = Routing.from_settings(settings)
+    service.build_threads = settings.build_threads
     service.recall_monitor = RecallMonitor(service.exact_ids, settings.recall_sample_rate,
                                            settings.recall_sample_per_second, settings.recall_window,
                                            settings.recall_budget)

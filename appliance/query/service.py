@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from appliance.query.payload import PayloadCache
 from appliance.query.recall import RecallMonitor
 from appliance.query.request import SearchRequest, validate
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
+from kernels.threads import thread_budget
 
 WIDEN_ATTEMPTS = 3
 GROUP_COMMIT_ROWS = 262_144
@@ -190,6 +192,7 @@ class QueryService:
 
     routing = Routing()  # how plans group tasks for routing; app.py sets it from the settings
     recall_monitor: RecallMonitor | None = None  # app.py sets it from the settings
+    build_threads: int | None = None  # app.py sets it from the settings; None: builds keep the process's threads
 
     def _bind(self, request: SearchRequest) -> tuple[TableSnapshot, SnapshotStats, SearchRequest]:
         """Pin the request's version (a warm latest one makes no storage call, tables.py), take its
@@ -261,7 +264,8 @@ class QueryService:
         (overwrite, restore, an updating merge_insert). The indexers are told afterwards, to index what
         was written while it ran."""
         indexes = self.catalog.indexes
-        with indexes.explicit_build(name):
+        threads = nullcontext() if self.build_threads is None else thread_budget(self.build_threads)
+        with indexes.explicit_build(name), threads:
             manifest = build_full(self.store, indexes, name, params, progress, metric,
                                   requested={"params": params.to_json(), "metric": metric}, rebase=True)
         self.catalog.forget(name)
