@@ -1,8 +1,10 @@
 """Keep-alive HTTP connections from a query node to its executors, without `requests`.
 
 Every search crosses this hop once per executor, so its cost is paid on every query: `requests` spends
-about 2 ms of Python per call on loopback (sessions, adapters, urllib3 pools, proxy settings read from
-the environment on every call), a bare `http.client` connection a tenth of that. The pool keeps idle
+Python on sessions, adapters, urllib3 pools and proxy settings read from the environment on every call.
+Measured on loopback (2,000 kept-alive GETs of a small JSON /healthz from gunicorn gthread, client CPU per
+request, two runs of 4-6 interleaved rounds, machine load 11-20): this pool 0.20-0.23 ms, urllib3's HTTPConnectionPool
+(`urlopen` or `request`, no retries) 0.33-0.39 ms (+65%), a `requests.Session` 1.07 ms. The pool keeps idle
 connections per executor, last used first, and retries a request once on a fresh connection when a
 reused one turns out to be closed by the server (gunicorn drops idle keep-alive connections after a few
 seconds). Only idempotent requests go through it (executor searches are read-only, probes are GETs), so
