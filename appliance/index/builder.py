@@ -79,14 +79,18 @@ class PartitionWriter:
                 for ref in refs:
                     self._store.delete_object(ref.key)
 
-    def to_graphs(self, codec_name: str, metric: str, m: int) -> None:
+    def to_graphs(self, codec_name: str, metric: str, m: int, probe: RecallProbe | None = None) -> None:
         """Replace each partition's (consolidated, flat) object by one holding its ids and the HNSW graph of
-        its rows (graph codecs; call after `consolidate`)."""
+        its rows (graph codecs; call after `consolidate`); each graph is searched by `probe` once built."""
         for p, refs in enumerate(self.refs):
             if refs:
                 (ref,) = refs
                 rows = self._store.get_object(ref)[0]
                 graph = codec.graph(codec_name, rows["codes"], metric, m)
+                if probe is not None:
+                    loaded, ids = kernels.hnsw_load(graph), rows["ids"]
+                    probe.observe_graph(p, lambda q, k, ef, g=loaded, i=ids: codec.search_graph(
+                        g, codec.prepare_queries(q, metric), i, k, ef))
                 self.refs[p] = [self._store.put_object(self._table, {"ids": rows["ids"], "graph": graph},
                                                        rows=len(rows["ids"]))]
                 self._store.delete_object(ref.key)
@@ -117,8 +121,6 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
     indexed, watermark = _assign_all(_batches(snap, p.batch_rows), metric, centroids, codec_params, p, writer,
                                      progress, probe)
     writer.consolidate()
-    if p.codec in codec.GRAPH_CODECS:
-        writer.to_graphs(p.codec, metric, p.hnsw_m)
     recall = None
     if probe is not None:  # the probe count that reaches the table's target recall (tuning.py)
         recall = probe.tune(centroids, p.target_recall)
@@ -127,6 +129,15 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
             # the measurement only ever raises the size rule's default (params.py): the sample is the table's own
             # rows, and queries from elsewhere (another distribution than the rows) may need more partitions
             p = dataclasses.replace(p, nprobes=max(p.nprobes, recall["nprobes"]))
+    if p.codec in codec.GRAPH_CODECS:
+        if probe is not None:  # the graphs are searched as they are built, at the probe count searches are held to
+            probe.probe_graphs(centroids, p.nprobes if params.nprobes else recall["nprobes"])
+        writer.to_graphs(p.codec, metric, p.hnsw_m, probe)
+        if probe is not None:  # and the breadth that reaches the target through them (tuning.py), the same way
+            recall.update(probe.tune_ef(p.target_recall))
+            recall["min_ef"] = 0 if params.ef else recall["ef"]
+            if not params.ef:
+                p = dataclasses.replace(p, ef=max(p.ef, recall["ef"]))
     manifest = IndexManifest(
         table=name, index_version=indexes.next_version(name), metric=metric, dimension=snap.dimension,
         codec=p.codec, params=p.to_json(), table_version=snap.version, row_id_watermark=watermark,

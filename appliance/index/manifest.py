@@ -47,12 +47,18 @@ class IndexManifest:
     requested: dict[str, Any] | None = None  # the user's explicit {"params", "metric"}; rebuilds reuse them
     # what the full build measured on rows of the table (index/tuning.py): target_recall, nprobes (the
     # smallest reaching it on the sample), sample_recall, and min_nprobes, the probe count searches are
-    # raised to (0 when the user fixed nprobes); partial builds keep it
+    # raised to (0 when the user fixed nprobes); graph codecs add ef (the smallest breadth reaching it through
+    # the graphs), ef_sample_recall, ef_recalls (the ladder) and min_ef, the ef searches are raised to (0 when
+    # the user fixed ef); partial builds keep it
     recall: dict[str, Any] | None = None
 
     @property
     def min_nprobes(self) -> int:
         return int((self.recall or {}).get("min_nprobes", 0))
+
+    @property
+    def min_ef(self) -> int:
+        return int((self.recall or {}).get("min_ef", 0))
 
     @property
     def nlist(self) -> int:

@@ -20,6 +20,12 @@ GRAPH_CODECS = ("hnsw_flat", "hnsw_sq")
 GRAPH_PARTITION_ROWS = 262_144
 MAX_HNSW_M = 128  # neighbours per graph node: each costs 4 bytes per row (8 on the bottom layer)
 DEFAULT_HNSW_M = 16  # debian-minilm, one graph, ef 40: recall@10 0.970 (m 32: 0.975, 7-23 % more memory)
+# A graph's default search breadth is at least this, as the default probe count is at least nlist / 6: the
+# build measures the ef that reaches the target on the table's own rows (tuning.py), but queries unlike the rows
+# need a wider walk (test_indexer's clustered table queried from other clusters, 6,000 x 32, one graph: the rows
+# reach 0.97 at ef 24, those queries 0.85 at ef 40 and 0.97 at 128; debian-minilm's held-out queries: 0.984 at
+# 128, 0.36 ms of graph search vs 0.25 at the measured 48). docs/BENCHMARKS.md "default codec".
+GRAPH_EF_FLOOR = 128
 
 # Each parameter's (low, high) when given (0 means "the default" where the field's comment says so).
 BOUNDS = {
@@ -32,6 +38,7 @@ BOUNDS = {
     "seed": (0, 2**32 - 1),
     "batch_rows": (1, limits.MAX_BUILD_BATCH_ROWS),
     "hnsw_m": (0, MAX_HNSW_M),
+    "ef": (0, limits.MAX_EF),
 }
 
 
@@ -75,6 +82,9 @@ class IndexParams:
     seed: int = 0
     batch_rows: int = 65_536  # rows read and assigned at a time, so memory stays bounded
     hnsw_m: int = 0  # graph codecs: neighbours per node (faiss HNSW M); 0 = DEFAULT_HNSW_M
+    # graph codecs: default search breadth; 0 = what the build measures reaching target_recall (tuning.py), at
+    # least GRAPH_EF_FLOOR; searches are raised to the measured ef
+    ef: int = 0
     # recall@10 the build's probe count must reach (tuning.py); searches are raised to that probe count
     target_recall: float = DEFAULT_TARGET_RECALL
 
@@ -101,8 +111,9 @@ class IndexParams:
             raise InvalidInput(f"codec must be one of {', '.join(CODECS)}, got {params.codec!r}")
         return params
 
-    # The parameters chosen from a table's size (0 = "choose for this size"): a rebuild chooses them anew.
-    SIZED = ("nlist", "nprobes", "sample_rows")
+    # The parameters chosen from a table's size or measured on it (0 = "choose for this table"): a rebuild
+    # chooses them anew.
+    SIZED = ("nlist", "nprobes", "sample_rows", "ef")
 
     @classmethod
     def for_rebuild(cls, built: dict[str, Any]) -> IndexParams:
@@ -129,7 +140,8 @@ class IndexParams:
         sample = self.sample_rows or min(max(rows, 1), 256 * nlist, limits.MAX_SAMPLE_ROWS)
         resolved = dataclasses.replace(self, nlist=nlist, nprobes=min(nprobes, nlist), pq_m=pq_m,
                                        refine_factor=refine, sample_rows=sample,
-                                       hnsw_m=self.hnsw_m or DEFAULT_HNSW_M)
+                                       hnsw_m=self.hnsw_m or DEFAULT_HNSW_M,
+                                       ef=self.ef or (GRAPH_EF_FLOOR if self.codec in GRAPH_CODECS else 0))
         resolved.check()
         return resolved
 

@@ -14,11 +14,19 @@ and PQ is re-ranked (params.py), so the served recall is close to it.
 Rows used as queries are easier than unseen queries (a row sits where the data is dense, and its own
 neighbourhood was clustered with it), so the sample must reach a higher bar than the table's target:
 `sample_target` = target + (1 - target) / 2 (0.975 for the default 0.95), i.e. half the allowed misses.
+
+Graph codecs (hnsw_flat, hnsw_sq) lose recall inside a partition too: a graph's walk visits `ef` candidates and
+may miss a true neighbour. So their full build also measures the breadth: each partition's graph, once built,
+is searched for the sample queries that probe it (at the measured probe count) at every ef of `EF_LADDER`
+(`observe_graph`), and `tune_ef` picks the smallest ef whose recall@k on the sample reaches the same
+`sample_target`. Where no ef reaches it (hnsw_sq's 8-bit codes lose a little that no breadth buys back), it
+picks the smallest ef within `EF_PLATEAU` of the best the ladder measured: past it, more breadth buys nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +37,8 @@ from appliance.storage.tables import TableSnapshot
 
 SAMPLE_QUERIES = 200
 K = 10
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+EF_PLATEAU = 0.0025  # 5 of the sample's 2,000 neighbours: below it, a wider walk is noise, not recall
 
 
 def sample_target(target: float) -> float:
@@ -48,6 +58,8 @@ class RecallProbe:
         self._ids = np.full((nq, k + 1), kernels.NO_ID, dtype=np.uint64)
         self._dists = np.full((nq, k + 1), np.inf, dtype=np.float32)
         self._label_of: dict[int, int] = {}
+        self._probing: list[np.ndarray] | None = None  # per partition, the sample queries that probe it
+        self._graph_top: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per ef: merged top k + 1 so far
 
     @classmethod
     def sample(cls, snap: TableSnapshot, rows: int, seed: int, metric: str, n: int = SAMPLE_QUERIES,
@@ -78,7 +90,7 @@ class RecallProbe:
         """[nq, k] partitions of each query's exact k nearest other rows (-1 where fewer exist)."""
         out = np.full((len(self.queries), self.k), -1, dtype=np.int64)
         for q, (row, own) in enumerate(zip(self._ids, self.query_ids, strict=True)):
-            others = [int(i) for i in row if i != own and i != kernels.NO_ID][: self.k]
+            others = self._others(row, own)
             out[q, : len(others)] = [self._label_of[i] for i in others]
         return out
 
@@ -101,6 +113,54 @@ class RecallProbe:
             recall = float(np.count_nonzero(ranks < nprobes) / len(ranks))
         return {"target_recall": target, "sample_target": round(goal, 6), "nprobes": nprobes,
                 "sample_recall": round(recall, 4), "sample_queries": len(self.queries), "k": self.k}
+
+
+    def probe_graphs(self, centroids: np.ndarray, nprobes: int) -> None:
+        """Before the graphs are searched (`observe_graph`): which sample queries probe which partition, at
+        `nprobes` (the probe count searches use)."""
+        nlist = len(centroids)
+        order = kernels.probe(self.queries, centroids, min(nprobes, nlist), metric=self.metric)
+        self._probing = [np.flatnonzero((order == p).any(axis=1)) for p in range(nlist)]
+        empty = (np.full((len(self.queries), self.k + 1), kernels.NO_ID, dtype=np.uint64),
+                 np.full((len(self.queries), self.k + 1), np.inf, dtype=np.float32))
+        self._graph_top = dict.fromkeys(EF_LADDER, empty)
+
+    def observe_graph(self, partition: int, search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+                      ) -> None:
+        """Search one partition's graph for the sample queries that probe it, at every ef of the ladder;
+        `search(queries, k, ef)` answers (ids, distances) [nq, k] (`codec.search_graph` over the graph)."""
+        if self._probing is None:
+            raise RuntimeError("probe_graphs must come before observe_graph")
+        rows = self._probing[partition]
+        if not len(rows):
+            return
+        for ef, (ids, dists) in self._graph_top.items():
+            got_ids, got_d = search(self.queries[rows], self.k + 1, ef)
+            part_ids = np.full_like(ids, kernels.NO_ID)
+            part_d = np.full_like(dists, np.inf)
+            part_ids[rows], part_d[rows] = got_ids, got_d
+            self._graph_top[ef] = kernels.merge_topk([(ids, dists), (part_ids, part_d)], self.k + 1)
+
+    def tune_ef(self, target: float) -> dict[str, Any]:
+        """The smallest ef of the ladder whose recall@k on the sample, through the graphs observed, reaches
+        `sample_target(target)` (or, where none does, comes within EF_PLATEAU of the best one), with the
+        recall of every ef measured."""
+        truth = [self._others(row, own) for row, own in zip(self._ids, self.query_ids, strict=True)]
+        total = sum(len(t) for t in truth)
+        recalls = {}
+        for ef, (ids, _) in self._graph_top.items():
+            hits = sum(len(set(self._others(row, own)) & set(t))
+                       for row, own, t in zip(ids, self.query_ids, truth, strict=True))
+            recalls[ef] = hits / total if total else 1.0
+        goal = sample_target(target)
+        reach = min(goal, max(recalls.values()) - EF_PLATEAU)
+        ef = min(e for e, r in recalls.items() if r >= reach)
+        return {"ef": ef, "ef_sample_recall": round(recalls[ef], 4),
+                "ef_recalls": [[e, round(r, 4)] for e, r in sorted(recalls.items())]}
+
+    def _others(self, row: np.ndarray, own: int) -> list[int]:
+        """A top k + 1 row's first k ids that are not the query's own row."""
+        return [int(i) for i in row if i != own and i != kernels.NO_ID][: self.k]
 
 
 def _ascending(ids: np.ndarray) -> bool:

@@ -404,12 +404,14 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
         fetch_k *= int(min(20, max(2, np.ceil(1 / max(selectivity or 0.5, 1e-3)))))
     elif verify:
         fetch_k += max(request.limit, fetch_k // 4)
-    # graph tasks carry a client's ef, or one the breadth raised; else executors default it from their k
+    # a graph's breadth: the client's ef raised to the one the build measured reaching the table's target
+    # (index/tuning.py), else the index's default (at least that, params.py) and default_ef; tasks carry it
+    # unless it is the executors' own default
     graph = manifest.codec in GRAPH_CODECS
-    ef = request.ef or default_ef(fetch_k)
+    ef = max(request.ef or max(int(manifest.params.get("ef", 0)), default_ef(fetch_k)), manifest.min_ef)
     if breadth > 1:
         ef = min(math.ceil(ef * breadth), limits.MAX_EF)
-    task_ef = ef if graph and (request.ef or breadth > 1) else 0
+    task_ef = ef if graph and ef != default_ef(fetch_k) else 0
     tasks = [Task(PARTITION, key, stats.table, stats.version, index_version=manifest.index_version,
                   partition=p, queries=probing[p], ef=task_ef)
              for p, key in zip(partitions, keys, strict=False)]
