@@ -62,6 +62,7 @@ from fleet_support import REPO, CpuMeter, _tree, fleet_processes, free_port_bloc
 from report import load_average, machine_line, write_section
 
 from appliance.config import Settings
+from appliance.index.params import default_codec
 
 TABLE = "scale"
 SIZES = {"100k": 100_000, "1M": 1_000_000, "4M": 4_000_000}
@@ -298,7 +299,7 @@ def bench_size(label: str, rows: int, queries: np.ndarray, one_client: int, watc
                     result["ingest_rows_per_s"] = rows / seconds
                     print(f"{label}: loaded {rows:,} rows in {seconds:.0f} s ({rows / seconds:,.0f} rows/s)",
                           flush=True)
-                    info, seconds = build_index(api, TABLE, codec=defaults.indexer_codec)
+                    info, seconds = build_index(api, TABLE, codec=default_codec(defaults.indexer_codec, rows))
                     result["build_seconds"] = seconds
                     result["index"] = {"params": info["params"], "recall": info.get("recall")}
                     p = info["params"]
@@ -516,7 +517,7 @@ them too: latency and QPS move by tens of percent between runs. CPU milliseconds
 Data: {scale_data.RECIPE}; ground truth exact (faiss IndexFlatIP, chunked). Per size a fresh fleet root (a
 local folder, which is also the "object storage" of the cold state: its files sit in the OS page cache, so
 cold measures fetch + decode of each partition object, not a network); rows loaded with `appliance load`
-(Arrow inserts of 16 MiB), the index the indexers build (`{Settings().indexer_codec}` codec, default
+(Arrow inserts of 16 MiB), the index the indexers build (`{Settings().indexer_codec}` codec rule, default
 parameters) built with `POST .../index` on the query node (1 thread). Cache states, each a fresh start of
 the fleet (1 query node, {EXECUTORS} executors): **RAM-warm** RAM tier per executor larger than the index
 (from 4M rows 0.6 of it: each executor's share, within the run's memory cap), after one pass of the

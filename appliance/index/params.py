@@ -27,6 +27,25 @@ DEFAULT_HNSW_M = 16  # debian-minilm, one graph, ef 40: recall@10 0.970 (m 32: 0
 # 128, 0.36 ms of graph search vs 0.25 at the measured 48). docs/BENCHMARKS.md "default codec".
 GRAPH_EF_FLOOR = 128
 
+# The indexers' default codec ("auto", appliance/config.py `indexer_codec`): a graph up to the rows one graph
+# partition holds, IVF flat above. Up to there hnsw_sq searches for about half the CPU of IVF flat at its probe
+# floor, at higher recall (debian-minilm, 62k rows: 0.984 at ef 128, 3.3 ms of fleet CPU a query, vs 0.978 and
+# 4.6), and builds in minutes at most (14 s of one core for 62k rows, 81 s for 200k; flat: 5 and 13 s). Above
+# it a table is several graphs, each probed one walked, and builds grow to ~7 min of a core per million rows
+# (flat: ~1), redone at every doubling. docs/BENCHMARKS.md "default codec".
+AUTO_CODEC = "auto"
+AUTO_CODECS = ("hnsw_sq", "flat")  # what the rule chooses from (a rebuild under it may switch between them)
+GRAPH_TABLE_ROWS = GRAPH_PARTITION_ROWS
+
+
+def default_codec(setting: str, rows: int) -> str:
+    """The codec of an index the indexers build for a table of `rows` rows under their `setting` (a codec,
+    or AUTO_CODEC: the size rule above)."""
+    if setting != AUTO_CODEC:
+        return setting
+    graph, ivf = AUTO_CODECS
+    return graph if rows <= GRAPH_TABLE_ROWS else ivf
+
 # Each parameter's (low, high) when given (0 means "the default" where the field's comment says so).
 BOUNDS = {
     "nlist": (0, limits.MAX_NLIST),

@@ -14,12 +14,16 @@ from appliance.events.event import DELETED, OPTIMIZE, REBUILD, Event
 
 SMALL_FRAGMENT_ROWS = 1024 * 1024  # Lance's default target; fragments below it are worth merging
 DELETED_FRACTION = 0.1  # a fragment with more of its rows deleted than this is worth rewriting
+# A graph index's deltas are flat rows every search scans whole (a graph partition is one of few), not a
+# probed share as IVF's are: rebuilt once its table grew this much (10k delta rows of 384-d cost ~1.5 ms of
+# CPU a search, 4x a 62k-row graph's walk at ef 128)
+GRAPH_GROWTH = 0.25
 
 
 @dataclass(frozen=True)
 class Policy:
     min_rows: int = 4096
-    codec: str = "flat"
+    codec: str = "auto"  # a codec, or "auto": by the table's size (index/params.default_codec)
     growth: float = 1.0
     max_deltas: int = 32
     compact_fragments: int = 16
@@ -40,6 +44,7 @@ class TableState:
     trained_rows: int = 0  # rows the centroids were trained on
     deltas: int = 0  # partial versions since the last full build
     full_built_at: float | None = None  # when the current full build started (None for a partial index)
+    graph: bool = False  # the index is a graph codec's (its deltas are scanned whole by every search)
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ def decide(state: TableState, event: Event, policy: Policy) -> Work:
         full = state.rows >= policy.min_rows or asked_rebuild or asked_optimize
         partial = False
     else:
-        grown = state.rows >= state.trained_rows * (1 + policy.growth)
+        growth = min(policy.growth, GRAPH_GROWTH) if state.graph else policy.growth
+        grown = state.rows >= state.trained_rows * (1 + growth)
         full = asked_rebuild or grown or state.deltas >= policy.max_deltas
         partial = not full and state.unindexed > 0
     compact = (state.small_fragments >= policy.compact_fragments

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
 from appliance.indexer.policy import DELETED_FRACTION, SMALL_FRAGMENT_ROWS, TableState
 from appliance.storage.tables import TableSnapshot
@@ -26,5 +27,5 @@ def read_state(snap: TableSnapshot, manifest: IndexManifest | None) -> TableStat
     return TableState(
         rows=rows, unindexed=unindexed, small_fragments=small, deleted_heavy_fragments=heavy, has_index=True,
         trained_rows=manifest.trained_rows, deltas=deltas,
-        full_built_at=manifest.created_at if manifest.kind == "full" else None,
+        full_built_at=manifest.created_at if manifest.kind == "full" else None, graph=manifest.codec in GRAPH_CODECS,
     )

@@ -25,7 +25,7 @@ from appliance.errors import ApplianceError, TableNotFound
 from appliance.events.event import Event
 from appliance.index.builder import build_full, build_partial
 from appliance.index.manifest import IndexManifest
-from appliance.index.params import IndexParams
+from appliance.index.params import AUTO_CODEC, AUTO_CODECS, IndexParams, default_codec
 from appliance.index.store import IndexStore, Pointer
 from appliance.indexer.cleanup import cleanup_index_versions, cleanup_table_versions
 from appliance.indexer.compaction import compact
@@ -88,7 +88,8 @@ class TableWorker:
         except TableNotFound:
             return {"skipped": "table does not exist"}
         base = None if pointer.version is None else indexes.manifest(event.table, pointer.version)
-        work = decide(read_state(snap, base), event, self.policy)
+        state = read_state(snap, base)
+        work = decide(state, event, self.policy)
         report: dict[str, Any] = {"work": work.summary, "table_version": snap.version}
         if (work.full or work.partial) and indexes.explicit_builds(event.table):
             report["yielded"] = "an explicit build of the table is running"
@@ -106,7 +107,7 @@ class TableWorker:
         try:
             if work.full:
                 self._on_step("building-full")
-                params, metric, requested = self._full_params(event, pointer, base)
+                params, metric, requested = self._full_params(event, pointer, base, state.rows)
                 report["index"] = build_full(self.tables, indexes, event.table, params, progress, metric,
                                              base=pointer, requested=requested).describe()
             elif work.partial:
@@ -127,12 +128,13 @@ class TableWorker:
         report["seconds"] = round(time.time() - started, 3)
         return report
 
-    def _full_params(self, event: Event, pointer: Pointer, base: IndexManifest | None
+    def _full_params(self, event: Event, pointer: Pointer, base: IndexManifest | None, rows: int
                      ) -> tuple[IndexParams, str | None, dict[str, Any] | None]:
         """Parameters, metric and the user's choice to record, for a full build. An explicit request's
         parameters (and they become the user's choice); else the user's last explicit choice, as they gave
-        it (sizes they left at 0 are chosen anew for the table's size); else the current index's codec
-        and knobs with the sizes chosen anew; else the indexer's default codec."""
+        it (sizes they left at 0 are chosen anew for the table's size); else the current index's codec and
+        knobs with the sizes chosen anew (under "auto", a codec of the size rule is chosen again for the
+        table's `rows`); else the indexers' default codec for `rows` (`default_codec`)."""
         if event.params:
             params = IndexParams.from_json(dict(event.params))
             return params, None, {"params": params.to_json(), "metric": None}
@@ -140,5 +142,8 @@ class TableWorker:
             chosen = pointer.requested
             return IndexParams.from_json(dict(chosen.get("params") or {})), chosen.get("metric"), None
         if base is None:
-            return IndexParams(codec=self.policy.codec), None, None
-        return IndexParams.for_rebuild({**base.params, "codec": base.codec}), base.metric, None
+            return IndexParams(codec=default_codec(self.policy.codec, rows)), None, None
+        codec = base.codec
+        if self.policy.codec == AUTO_CODEC and codec in AUTO_CODECS:  # the size rule's, chosen again for the size
+            codec = default_codec(AUTO_CODEC, rows)
+        return IndexParams.for_rebuild({**base.params, "codec": codec}), base.metric, None

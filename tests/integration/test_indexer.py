@@ -121,15 +121,24 @@ def auto_api(auto: Fleet) -> Api:
 
 
 def test_index_appears_by_itself_with_high_recall(auto_api: Api) -> None:
+    """The indexers' default codec for a small table is a graph (index/params.default_codec), whose build
+    measured the ef reaching the target on the rows; searches use the index's default ef (at least 128, for
+    queries unlike the rows: these come from other clusters than the table's) and are never narrower than
+    the measured one."""
     vectors = clustered(6000, 32, seed=1)
     auto_api.create("fresh", 32, "l2", {"row": "int64"})
     load(auto_api, "fresh", vectors, chunk=3000)
     s = wait_for("the indexer to index 'fresh'", lambda: fully_indexed(auto_api, "fresh"))
     assert s["indexed_rows"] == 6000 and s["index_version"] >= 1 and s["last_build_time"] > 0
     assert s["indexer"]["state"] in ("idle", "working", "cleaning")
+    index = s["index"]
+    assert index["codec"] == "hnsw_sq" and index["recall"]["min_ef"] == index["recall"]["ef"] >= 16
+    assert index["params"]["ef"] == max(128, index["recall"]["ef"])
     queries = clustered(50, 32, seed=2)
     plan = auto_api.post("/api/v1/tables/fresh/explain", {"vector": queries[0].tolist()}).json()
-    assert plan["strategy"] == "ivf"
+    assert plan["strategy"] == "ivf" and plan["ef"] == index["params"]["ef"]
+    narrow = auto_api.post("/api/v1/tables/fresh/explain", {"vector": queries[0].tolist(), "ef": 1}).json()
+    assert narrow["ef"] == index["recall"]["min_ef"]
     got = search_rows(auto_api, "fresh", queries)
     exact = search_rows(auto_api, "fresh", queries, bypass_vector_index=True)
     recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
