@@ -37,7 +37,9 @@ from appliance import node_state, one_write
 RELEASE_LINK_ENV = "APPLIANCE_RELEASE_LINK"  # e.g. /opt/appliance/current -> releases/<version>
 ENV_FILE_ENV = "APPLIANCE_ENV_FILE"  # KEY=VALUE lines (shell quoting), as ansible's appliance.env
 READY_POLL = 0.2
-WORKER_CLASS = "gthread"  # the gunicorn worker class of every node (the launchers pass it as --worker-class)
+# the gunicorn worker class of every node (the launchers pass it as --worker-class): gthread, with each
+# keep-alive connection served on one thread (appliance/worker.py)
+WORKER_CLASS = "appliance.worker.PinnedThreadWorker"
 
 _server: Any = None  # the arbiter, as this process (the master, or a worker forked from it) last saw it
 
