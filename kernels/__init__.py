@@ -6,7 +6,15 @@ and the CPU route is numpy's BLAS for the matrix products plus faiss where it wa
 (`kernels.cpu_faiss.OPS`). `python -m kernels info` reports what the running process uses, op by op.
 """
 
-from kernels.backend import cuda_available, resolve
+import os
+
+# faiss's OpenMP threads (libgomp reads this once, when faiss loads) sleep while they wait instead of
+# spinning 300,000 times first: a 2-thread k-means (256,000 x 128, 1,000 centroids) on 2 cores shared with
+# other processes took 16-18 s of CPU spinning and 10 s sleeping, as long either way (a 1-thread one: 9 s).
+# The environment's own setting wins; a single-thread budget (the executors', the indexers') has no team.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from kernels.backend import cuda_available, resolve  # noqa: E402 - after the OpenMP setting above
 from kernels.codecs import fp16_decode, fp16_encode, sq8_decode, sq8_encode, sq8_train
 from kernels.distance import METRICS, pairwise_distances
 from kernels.hnsw import hnsw_build, hnsw_load, hnsw_search

@@ -163,3 +163,18 @@ def test_overlapping_blocks_keep_the_processs_blas_budget_until_the_last_leaves(
     out = subprocess.run([sys.executable, "-c", OVERLAP], env=env, capture_output=True, text=True, timeout=120,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert json.loads(out.stdout) == {"both_in": [3], "after_a_left": [3], "after_both_left": [1]}
+
+
+@pytest.mark.parametrize("policy, spins", [(None, "'0'"), ("ACTIVE", None)])
+def test_faiss_threads_sleep_while_they_wait_unless_the_environment_says(policy, spins):
+    # libgomp reads its wait policy once, when faiss loads; unset, its threads spin 300,000 times per wait
+    # (GOMP_SPINCOUNT), which on cores shared with serving burns CPU for nothing. It reports the count it
+    # took on stderr with OMP_DISPLAY_ENV=VERBOSE.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    out = subprocess.run([sys.executable, "-c", "import kernels, faiss"], env=env, capture_output=True, text=True,
+                         timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    count = next(line.split("=", 1)[1].strip() for line in out.stderr.splitlines() if "GOMP_SPINCOUNT" in line)
+    assert count == spins if spins else count != "'0'"
