@@ -9,7 +9,9 @@ client ever has to parse an HTML error page.
 from __future__ import annotations
 
 import atexit
+import functools
 import hmac
+import itertools
 import json
 import logging
 import logging.handlers
@@ -18,7 +20,6 @@ import queue
 import sys
 import threading
 import time
-import uuid
 
 import orjson
 from flask import Flask, Response, g, request
@@ -55,11 +56,15 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
     """Error handlers, request ids and access logs for an app of the given role."""
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    # Flask asks inspect.iscoroutinefunction of every hook, view and error handler on every request it runs
+    # (2 us each, 8 per request here); the answer per function never changes, so it is kept (bounded: a
+    # function made per request, as after_this_request's, must not pile up).
+    app.ensure_sync = functools.lru_cache(maxsize=512)(app.ensure_sync)  # type: ignore[method-assign]
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     @app.before_request
     def _start() -> None:
-        g.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        g.request_id = request.headers.get(REQUEST_ID_HEADER) or _new_request_id()
         g.started = time.perf_counter()
 
     install_gate(app, role)  # drain: refuse new work while drained, count what is in flight (appliance/drain.py)
@@ -103,6 +108,26 @@ def install_common(app: Flask, role: str, max_body_bytes: int) -> None:
             return json_response({"error": "storage unavailable", "code": "storage_unavailable",
                                   "detail": str(exc)[:500]}, 503)
         return json_response({"error": "internal error", "code": "internal", "detail": str(exc)[:500]}, 500)
+
+
+class _RequestIds:
+    """Ids of requests that bring no x-request-id: 32 hex digits, a random prefix drawn once per process (again
+    in a forked child) and a counter: unique like uuid4's, for 2-3 us where uuid4 took 9-16 us (a system
+    call for os.urandom and a UUID object per request; 90 us under cProfile on a loaded machine)."""
+
+    def __init__(self) -> None:
+        self._draw()
+        os.register_at_fork(after_in_child=self._draw)
+
+    def _draw(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_new_request_id = _RequestIds()
 
 
 def require_secret(header: str, expected: str, error: type[ApplianceError] = Unauthorized) -> None:
