@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +184,45 @@ def s3() -> Iterator[S3Endpoint]:
     yield S3Endpoint(f"http://127.0.0.1:{port}")
     server.stop()
 
+
+def build_wheel(tmp: Path, version: str, broken: bool = False) -> Path:
+    """A wheel of the working tree with another version string (and, broken, nodes that cannot start)."""
+    src = tmp / f"src-{version}"
+    for part in ("appliance", "kernels"):
+        shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements.txt", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    init = src / "appliance" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
+    pyproject = src / "pyproject.toml"
+    pyproject.write_text(re.sub(r'(?m)^version = "[^"]+"', f'version = "{version}"', pyproject.read_text()))
+    if broken:
+        for app in ("query/app.py", "executor/app.py"):
+            path = src / "appliance" / app
+            text = path.read_text()
+            head = "def create_app(settings: Settings | None = None) -> Flask:\n"
+            assert head in text
+            path.write_text(text.replace(head, head + '    raise RuntimeError("deliberately broken release")\n'))
+    out = tmp / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "--disable-pip-version-check", "-w", str(out), str(src)], check=True, capture_output=True)
+    (wheel,) = out.glob(f"vector_appliance-{version}-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """build_wheel(version, broken), each wheel built once per session: the Ansible tests of several modules
+    install the same releases."""
+    tmp = tmp_path_factory.mktemp("release-wheels")
+    built: dict[tuple[str, bool], Path] = {}
+
+    def wheel(version: str, broken: bool = False) -> Path:
+        if (version, broken) not in built:
+            built[version, broken] = build_wheel(tmp, version, broken)
+        return built[version, broken]
+
+    return wheel
 
 @pytest.fixture(scope="module")
 def storage(request: pytest.FixtureRequest) -> str:

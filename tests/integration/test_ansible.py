@@ -18,13 +18,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,8 @@ BIN = Path(sys.executable).parent
 PLAYBOOKS = ["site.yml", "upgrade.yml", "rollback.yml"]
 API_KEY = "sk-ansible-test"
 TOKEN = "internal-ansible-test"
+# The release a rollout goes to (one wheel per session: test_upgrade_local.py rolls to it too).
+NEW_VERSION = f"{__version__}+rollout1"
 
 pytestmark = pytest.mark.skipif(not (BIN / "ansible-playbook").exists(), reason="ansible-core is not installed")
 
@@ -47,31 +48,6 @@ def ansible_env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_HOME": str(tmp / "ansible-home"),
             "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def build_wheel(tmp: Path, version: str, broken: bool = False) -> Path:
-    """A wheel of the working tree with another version string (and, broken, nodes that cannot start)."""
-    src = tmp / f"src-{version}"
-    for part in ("appliance", "kernels"):
-        shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "requirements.txt", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    init = src / "appliance" / "__init__.py"
-    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
-    pyproject = src / "pyproject.toml"
-    pyproject.write_text(re.sub(r'(?m)^version = "[^"]+"', f'version = "{version}"', pyproject.read_text()))
-    if broken:
-        for app in ("query/app.py", "executor/app.py"):
-            path = src / "appliance" / app
-            text = path.read_text()
-            head = "def create_app(settings: Settings | None = None) -> Flask:\n"
-            assert head in text
-            path.write_text(text.replace(head, head + '    raise RuntimeError("deliberately broken release")\n'))
-    out = tmp / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "--disable-pip-version-check", "-w", str(out), str(src)], check=True, capture_output=True)
-    (wheel,) = out.glob(f"vector_appliance-{version}-*.whl")
-    return wheel
 
 
 def playbook(tmp: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -150,9 +126,9 @@ def health(url: str) -> dict | None:
 
 
 @pytest.mark.slow
-def test_rolling_upgrade_with_no_failed_query(tmp_path: Path) -> None:
-    old, new, bad = __version__, f"{__version__}+rollout1", f"{__version__}+broken1"
-    wheels = {v: build_wheel(tmp_path, v, broken=v == bad) for v in (old, new, bad)}
+def test_rolling_upgrade_with_no_failed_query(tmp_path: Path, release_wheel: Callable[..., Path]) -> None:
+    old, new, bad = __version__, NEW_VERSION, f"{__version__}+broken1"
+    wheels = {v: release_wheel(v, broken=v == bad) for v in (old, new, bad)}
 
     # The inventory, generated from outputs shaped like `terraform output -json` of the local environment.
     base = free_port_block(5)

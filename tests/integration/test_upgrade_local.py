@@ -15,13 +15,14 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from conftest import free_port_block, start_fleet
-from test_ansible import ANSIBLE, API_KEY, BIN, TOKEN, Balancer, build_wheel, health, playbook
+from test_ansible import ANSIBLE, API_KEY, BIN, NEW_VERSION, TOKEN, Balancer, health, playbook
 
 from appliance import __version__
 
@@ -49,9 +50,9 @@ def ctl_status(root: Path, name: str) -> str:
 
 
 @pytest.mark.parametrize("query_nodes", [1, 2])
-def test_rolling_upgrade_fails_no_query(tmp_path: Path, query_nodes: int) -> None:
-    old, new = __version__, f"{__version__}+rolling{query_nodes}"
-    wheels = {v: build_wheel(tmp_path, v) for v in (old, new)}
+def test_rolling_upgrade_fails_no_query(tmp_path: Path, query_nodes: int, release_wheel: Callable[..., Path]) -> None:
+    old, new = __version__, NEW_VERSION
+    wheels = {v: release_wheel(v) for v in (old, new)}
     base = free_port_block(3)  # the query nodes' port, two executors (one is drained at a time)
     query_port = base
     queries_hosts = [f"query-{i}" for i in range(query_nodes)]
