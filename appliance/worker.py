@@ -54,6 +54,10 @@ class PinnedThreadWorker(ThreadWorker):
         super().handle_exit(sig, frame)
         self._ask_release(self.cfg.threads)  # every waiting thread hands its connection to the stopping path
 
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        self._ask_release(self.cfg.threads)  # the pool's threads must end for the process to exit at once
+        super().handle_quit(sig, frame)
+
     def enqueue_req(self, conn: Any) -> None:
         with self._lock:
             self._queued += 1
