@@ -3,7 +3,8 @@
 The cache itself is agnostic: each `get` names the codec of its value. What the executors cache today (a
 fragment's row ids and vectors, an IVF index object) are dicts of numpy arrays, so `ARRAYS` covers them,
 stored as a frame (`appliance.storage.frames`): decoding is a zero-copy view of the bytes read from disk,
-with no pickle and nothing executable in a file.
+with no pickle and nothing executable in a file. A fragment's payload columns (what search results return)
+are an Arrow table, stored as an Arrow IPC stream (`ARROW`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol, TypeVar
 
 import numpy as np
+import pyarrow as pa
 
 from appliance.storage import frames
 
@@ -47,3 +49,26 @@ class ArraysCodec:
 
 
 ARRAYS = ArraysCodec()
+
+
+class ArrowCodec:
+    """An Arrow table (e.g. a fragment's payload columns), stored as an Arrow IPC stream: decoding is a
+    zero-copy view of the bytes read from disk."""
+
+    def encode(self, value: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write_table(value)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, data: bytes) -> pa.Table:
+        try:
+            return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        except pa.ArrowException as exc:
+            raise ValueError(f"not a cached Arrow table: {exc}") from exc
+
+    def nbytes(self, value: pa.Table) -> int:
+        return int(value.nbytes)
+
+
+ARROW = ArrowCodec()

@@ -103,9 +103,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         if len(arrays) != 1 or arrays[0].ndim != 2 or arrays[0].dtype != np.float32:
             raise InvalidInput("a task batch carries exactly one float32 [nq, dimension] query matrix")
         ids, dists, stats = batches.run(header, arrays[0], client_gone(request.environ))
+        payload = [] if stats.payload is None else [np.frombuffer(wire.payload_bytes(stats.payload), np.uint8)]
         body = wire.encode(
-            {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds},
-            [ids, dists],
+            {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds,
+             "short": stats.short},
+            [ids, dists, *payload],
         )
         return Response(body, mimetype=wire.CONTENT_TYPE)
 
@@ -158,6 +160,7 @@ class BatchRunner:
         try:
             tasks = [Task.from_json(t) for t in header["tasks"]]
             k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
+            finish = wire.Finish.from_header(header, k)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         check_batch(tasks, queries, k)
@@ -165,7 +168,7 @@ class BatchRunner:
         with self._lock:
             self.in_flight += 1
         try:
-            ids, dists, stats = self._runner.run(tasks, queries, k, metric, predicate, deadline.check)
+            ids, dists, stats = self._runner.run(tasks, queries, k, metric, predicate, deadline.check, finish)
         except MemoryError as exc:
             raise TooExpensive("the task batch needs more memory than this executor has",
                                f"{type(exc).__name__}: {exc}"[:500]) from exc

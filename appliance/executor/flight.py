@@ -151,8 +151,9 @@ class SearchServer(flight.FlightServerBase):
         except Exception as exc:
             log.exception("unhandled error on a Flight batch (request %s)", request_id)
             return (*_error(500, "internal", "internal error", str(exc)[:500]), 500, request_id)
-        stats_doc = {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds}
-        return wire.result_batch(ids, dists), orjson.dumps(stats_doc), 200, request_id
+        stats_doc = {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds,
+                     "short": stats.short}
+        return wire.result_batch(ids, dists), wire.answer_metadata(stats_doc, stats.payload), 200, request_id
 
     def close(self, grace: float) -> bool:
         """Refuse new batches, let those running finish (up to `grace` seconds), then shut down. False when

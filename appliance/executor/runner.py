@@ -1,37 +1,89 @@
-"""Runs a batch of search tasks (fragment flat scans, IVF partition scans) and keeps the top k.
+"""Runs a batch of search tasks (fragment flat scans, IVF partition scans), finishes its candidates and
+returns the payload columns of what it keeps.
 
 Everything a task scans comes through the executor's tiered cache, under keys that name immutable objects:
-a fragment's data files and deletion file at the pinned version, an index object's id.
+a fragment's data files and deletion file at the pinned version, an index object's id. Finishing reads
+through the same cache: an IVF batch's candidates are looked up in their fragments' cached live rows
+(`_rowid` + vectors, the entries exact scans use; a row id's fragment is found from the fragments'
+row-id spans, stable row ids being unique at a version), which drops rows deleted since the index was
+built, and gives the exact vectors a refine re-ranks with; a post-filter keeps the candidates among the
+fragment's cached matching ids. The payload columns of the rows kept come from the fragment's columns,
+cached as an Arrow table (`<fragment key>?columns=...`). So a warm search reads nothing through Lance,
+here or on the query node.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 from lance.fragment import LanceFragment
 
 import kernels
 from appliance.cache import TieredCache
+from appliance.cache.codec import ARROW
 from appliance.errors import InvalidInput
 from appliance.index.manifest import ObjectRef
 from appliance.index.partition import PartitionScanner
 from appliance.index.store import CorruptIndexObject, IndexStore
 from appliance.lru import Lru
 from appliance.planner.plan import FRAGMENT, PARTITION, Task
+from appliance.planner.wire import Finish
 from appliance.storage.tables import TableSnapshot, TableStore, fragment_cache_key, read_fragment_vectors
+from kernels.refine import candidate_distances
 
 log = logging.getLogger("appliance.executor")
 
 
 @dataclass
 class BatchStats:
+    """What a batch did, and what its answer carries besides ids and distances: the queries whose finished
+    results came up short of `keep` while their candidate list was full (more candidates may exist: the
+    query node searches wider), and the payload columns of the results kept (None when none were asked)."""
+
     tasks: int = 0
     rows_scanned: int = 0
     seconds: float = 0.0
+    short: list[int] = field(default_factory=list)
+    payload: pa.Table | None = None
+
+
+class _Version:
+    """A pinned table version as this executor reads it: its snapshot, and, worked out once, its
+    fragments' row-id spans and cache keys (what finishing needs to find a row id's fragment)."""
+
+    def __init__(self, snapshot: TableSnapshot) -> None:
+        self.snapshot = snapshot
+        self._spans: list[tuple[int, int, int]] | None = None
+        self._fragments: dict[int, tuple[LanceFragment, str] | None] = {}
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(fragment id, smallest, largest live row id) of every fragment holding live rows."""
+        if self._spans is None:
+            self._spans = [(fid, lo, hi) for fid, (lo, hi) in sorted(self.snapshot.fragment_row_ranges().items())
+                           if hi >= lo]
+        return self._spans
+
+    def holding(self, row_ids: np.ndarray) -> Iterator[tuple[int, LanceFragment, str, int, int]]:
+        """(fragment id, fragment, cache key, first, last) of each fragment whose row-id span holds some of
+        `row_ids` (sorted, unique): row_ids[first:last]. Spans may overlap (compaction keeps row ids)."""
+        for fragment_id, lo, hi in self.spans():
+            first, last = int(np.searchsorted(row_ids, lo)), int(np.searchsorted(row_ids, hi, "right"))
+            known = self.fragment(fragment_id) if first < last else None
+            if known is not None:
+                yield fragment_id, *known, first, last
+
+    def fragment(self, fragment_id: int) -> tuple[LanceFragment, str] | None:
+        """The fragment and its cache key (None when the version has no such fragment)."""
+        if fragment_id not in self._fragments:
+            fragment = self.snapshot.dataset.get_fragment(fragment_id)
+            self._fragments[fragment_id] = None if fragment is None else (
+                fragment, fragment_cache_key(self.snapshot.name, fragment))
+        return self._fragments[fragment_id]
 
 
 class TaskRunner:
@@ -41,19 +93,23 @@ class TaskRunner:
         self.cache = cache
         self._store = store
         self._indexes = indexes
-        self._snapshots: Lru[TableSnapshot] = Lru(64)
+        self._versions: Lru[_Version] = Lru(64)
+        self._orders: Lru[np.ndarray | None] = Lru(4096)  # cached ids' sort order (None: sorted), per key
         self._partitions = PartitionScanner(indexes, load=self._index_object)
 
     def run(
         self, tasks: list[Task], queries: np.ndarray, k: int, metric: str, predicate: str | None,
-        check: Callable[[], None] | None = None,
+        check: Callable[[], None] | None = None, finish: Finish | None = None,
     ) -> tuple[np.ndarray, np.ndarray, BatchStats]:
-        """Top-k over all tasks' rows, merged here so only nq x k results go back over the network.
+        """The top `finish.keep` per query of all tasks' rows, finished here, so only nq x keep results
+        (and their payload columns) go back over the network.
 
-        The filter applies to fragment tasks (exact prefilter); partition tasks return unfiltered
-        candidates, which the query node post-filters. `check` runs before every task (and every index's
-        partitions) and raises to stop the batch: its deadline passed, or the query node hung up.
+        The filter applies to fragment tasks (exact prefilter); partition tasks find `k` unfiltered
+        candidates per query, which `finish` post-filters, checks for deletion and refines as it says
+        (`_finish`). `check` runs before every task (and every index's partitions) and raises to stop the
+        batch: its deadline passed, or the query node hung up.
         """
+        finish = finish or Finish(k)
         check = check or _no_check
         started = time.perf_counter()
         stats = BatchStats()
@@ -76,8 +132,92 @@ class TaskRunner:
         if not parts:
             parts.append(_no_rows(queries, metric, k))
         ids, dists = kernels.merge_topk(parts, k) if len(parts) > 1 else parts[0]
+        if tasks:
+            check()
+            version = self._version(tasks[0].table, tasks[0].version)  # a plan pins one version
+            ids, dists, stats.short = self._finish(version, queries, ids, dists, metric, predicate, finish)
+            if finish.columns:
+                stats.payload = self._payload(version, ids, list(finish.columns))
+        else:
+            ids, dists = ids[:, :finish.keep], dists[:, :finish.keep]
         stats.seconds = time.perf_counter() - started
         return ids, dists, stats
+
+    def _finish(self, version: _Version, queries: np.ndarray, ids: np.ndarray, dists: np.ndarray, metric: str,
+                predicate: str | None, finish: Finish) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The best `finish.keep` (ids, distances) per query of the candidates, after dropping rows gone at
+        the pinned version (`verify`), rows failing the filter (`postfilter`), re-ranked by exact distance
+        (`refine`); and the queries that came up short while their candidate list was full."""
+        valid = ids != kernels.NO_ID
+        if not finish.drops or not valid.any():
+            return ids[:, :finish.keep], dists[:, :finish.keep], []
+        candidates = np.unique(ids[valid])
+        keep = np.zeros(len(candidates), bool)  # alive at the version (and matching the post-filter)
+        vectors = np.zeros((len(candidates), queries.shape[1]), np.float32) if finish.refine else None
+        for found in self._locate(version, candidates):
+            hit = np.flatnonzero(found.at >= 0)
+            if finish.postfilter and predicate is not None:
+                hit = hit[self._matching(found, predicate, candidates[found.lo + hit])]
+            keep[found.lo + hit] = True
+            if vectors is not None:
+                vectors[found.lo + hit] = found.rows["vectors"][found.at[hit]]
+        position = np.searchsorted(candidates, ids)
+        position[~valid] = 0
+        mask = valid & keep[position]
+        if vectors is not None:
+            dists = candidate_distances(queries, vectors[position], metric)
+        ids = np.where(mask, ids, kernels.NO_ID)
+        dists = np.where(mask, dists, np.inf).astype(np.float32)
+        ids, dists = kernels.merge_topk([(ids, dists)], finish.keep)
+        short = ((ids != kernels.NO_ID).sum(axis=1) < finish.keep) & valid[:, -1]
+        return ids, dists, np.flatnonzero(short).tolist()
+
+    def _locate(self, version: _Version, row_ids: np.ndarray) -> Iterator[_Found]:
+        """For each fragment whose row-id span holds some of `row_ids` (sorted, unique), those ids' positions
+        in its cached live rows (-1: not alive there), the rows pinned until the caller asks for the next."""
+        for fragment_id, fragment, key, first, last in version.holding(row_ids):
+            with self.cache.pinned(key, self._fragment_loader(version.snapshot, fragment_id)) as rows:
+                yield _Found(fragment, key, rows, first, self._positions(key, rows["ids"], row_ids[first:last]))
+
+    def _positions(self, key: str, ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """Where each of `wanted` is in `ids` (the cached array under `key`), -1 where it is not."""
+        order = self._orders.get_or_load(key, lambda: None if np.all(ids[1:] >= ids[:-1]) else np.argsort(ids))
+        ordered = ids if order is None else ids[order]
+        if not len(ordered):
+            return np.full(len(wanted), -1, np.int64)
+        at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+        at = np.where(ordered[at] == wanted, at, -1)
+        return at if order is None else np.where(at >= 0, order[at], -1)
+
+    def _matching(self, found: _Found, predicate: str, wanted: np.ndarray) -> np.ndarray:
+        """Which of `wanted` (live rows of the fragment) match the filter: a mask, from the fragment's matching
+        ids, cached as the filtered exact scan caches them."""
+        key = f"{found.key}?filter={predicate}"
+        matching = self.cache.get(key, lambda: {"ids": matching_row_ids(found.fragment, predicate)})["ids"]
+        return self._positions(key, matching, wanted) >= 0
+
+    def _payload(self, version: _Version, ids: np.ndarray, columns: list[str]) -> pa.Table:
+        """The `columns` of the found results (ids not NO_ID), row by row in the order of `ids`, from each
+        fragment's columns (cached as an Arrow table: its live row ids, sorted, then the columns)."""
+        wanted = ids[ids != kernels.NO_ID]
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        tables: list[pa.Table] = []
+        where = np.full(len(unique), -1, np.int64)  # each unique id's row in the tables, concatenated
+        offset = 0
+        for _, fragment, key, first, last in version.holding(unique):
+            key = f"{key}?columns={','.join(columns)}"
+            table = self.cache.get(key, lambda fragment=fragment: _fragment_columns(fragment, columns), ARROW)
+            at = self._positions(key, table.column(0).to_numpy(), unique[first:last])
+            where[first:last] = np.where(at >= 0, offset + at, where[first:last])
+            tables.append(table)
+            offset += table.num_rows
+        if np.any(where < 0):
+            missing, snapshot = unique[where < 0][:5].tolist(), version.snapshot
+            raise RuntimeError(f"results {missing} have no live row in {snapshot.name} v{snapshot.version}")
+        if not tables:
+            schema = version.snapshot.dataset.schema
+            return pa.schema([schema.field(c) for c in columns]).empty_table()
+        return pa.concat_tables(tables).select(columns).take(pa.array(where[inverse]))
 
     def _scan_partitions(self, table: str, index_version: int, group: list[Task], queries: np.ndarray, k: int
                          ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -94,8 +234,16 @@ class TaskRunner:
             self._partitions = PartitionScanner(self._indexes, load=self._index_object)
             return self._partitions.scan_many(table, index_version, work, queries, k, ef)
 
-    def _snapshot(self, table: str, version: int) -> TableSnapshot:
-        return self._snapshots.get_or_load((table, version), lambda: self._store.snapshot(table, version))
+    def _version(self, table: str, version: int) -> _Version:
+        return self._versions.get_or_load((table, version), lambda: _Version(self._store.snapshot(table, version)))
+
+    @staticmethod
+    def _fragment_loader(snapshot: TableSnapshot, fragment_id: int) -> Callable[[], dict[str, np.ndarray]]:
+        def load() -> dict[str, np.ndarray]:
+            ids, vectors = read_fragment_vectors(snapshot, fragment_id)
+            return {"ids": ids, "vectors": vectors}
+
+        return load
 
     def _fragment(self, task: Task, queries: np.ndarray, k: int, metric: str, predicate: str | None
                   ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -104,17 +252,12 @@ class TaskRunner:
         The cache holds the fragment's unfiltered rows, so every filter reuses them; a filter costs only the
         ids of its matching rows, read from the payload columns without the vectors and cached as well.
         """
-        snapshot = self._snapshot(task.table, task.version)
-        fragment = snapshot.dataset.get_fragment(task.fragment_id)
-        if fragment is None:
+        version = self._version(task.table, task.version)
+        known = version.fragment(task.fragment_id)
+        if known is None:
             return (*_no_rows(queries, metric, k), 0)
-        key = fragment_cache_key(task.table, fragment)
-
-        def load() -> dict[str, np.ndarray]:
-            ids, vectors = read_fragment_vectors(snapshot, task.fragment_id)
-            return {"ids": ids, "vectors": vectors}
-
-        with self.cache.pinned(key, load) as rows:
+        fragment, key = known
+        with self.cache.pinned(key, self._fragment_loader(version.snapshot, task.fragment_id)) as rows:
             ids, vectors = rows["ids"], rows["vectors"]
             keep = ids >= task.min_row_id if task.min_row_id else None
             if predicate is not None:
@@ -130,6 +273,28 @@ class TaskRunner:
         """An index object (centroids, partition, delta) through the cache; its storage key is a fresh
         uuid per object, so it is immutable."""
         return self.cache.get(f"index/{ref.key}", lambda: self._indexes.get_object(ref)[0])
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Candidates lo, lo+1, ... (of a sorted array) that fall in one fragment's row-id span: their positions
+    `at` in its cached live rows (-1: not alive)."""
+
+    fragment: LanceFragment
+    key: str
+    rows: dict[str, np.ndarray]
+    lo: int
+    at: np.ndarray
+
+
+def _fragment_columns(fragment: LanceFragment, columns: list[str]) -> pa.Table:
+    """A fragment's live rows' `_rowid` (sorted) and `columns`, in one chunk each: what payloads are taken from."""
+    table = fragment.to_table(columns=columns, with_row_id=True)
+    ids = table.column("_rowid").to_numpy()
+    table = table.select(["_rowid", *columns])
+    if len(ids) > 1 and not np.all(ids[1:] >= ids[:-1]):
+        table = table.take(pa.array(np.argsort(ids, kind="stable")))
+    return table.combine_chunks()
 
 
 def _no_check() -> None:

@@ -29,6 +29,7 @@ from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
 from appliance.index.partition import default_ef
 from appliance.planner.stats import SnapshotStats
+from appliance.planner.wire import Finish
 from appliance.query.request import SearchRequest
 from appliance.routing.ring import replica_key
 
@@ -147,11 +148,12 @@ def _ef(value: object) -> int:
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """What the query node will do: tasks for the executors, and how to finish their candidates.
+    """What the query node will do: tasks for the executors, and how they finish their candidates.
 
-    Executors return `fetch_k` candidates per query; the query node then drops rows deleted since the
-    index was built, applies a post-filter, re-ranks with exact vectors when `refine_factor` > 0, and keeps
-    `k`.
+    Each executor finds `fetch_k` candidates per query over its tasks, then finishes them (`finishing`):
+    drops rows deleted since the index was built (`verify_alive`), applies a post-filter, re-ranks with
+    exact vectors when `refine_factor` > 0, and keeps `k`, with their payload columns; the query node
+    merges the executors' top k.
     """
 
     table: str
@@ -190,6 +192,13 @@ class SearchPlan:
     @property
     def uses_index(self) -> bool:
         return self.index_version is not None
+
+    def finishing(self, columns: Sequence[str] = ()) -> Finish:
+        """How the executors finish this plan's candidates, returning `columns` of the rows they keep."""
+        if not self.uses_index:  # exact scans find exact, live, prefiltered rows: k of them
+            return Finish(self.k, columns=tuple(columns))
+        return Finish(self.k, refine=self.refine_factor > 0, verify=self.verify_alive,
+                      postfilter=self.postfilter and self.filter is not None, columns=tuple(columns))
 
     def explain(self) -> dict[str, object]:
         return {

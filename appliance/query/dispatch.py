@@ -38,12 +38,13 @@ import http.client
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
 import kernels
 from appliance.deadline import Cancelled, Deadline
@@ -90,6 +91,48 @@ class ExecutorsFailed(ApplianceError):
     code = "executor_error"
 
 
+@dataclass(frozen=True)
+class Found:
+    """Finished results of a batch, or of a whole plan once merged: per query the best `keep` row ids and
+    distances ([nq, keep], padded with kernels.NO_ID), the payload columns of the found ones row by row
+    (None when none were asked for), and per query whether it came up short of `keep` while an executor's
+    candidate list for it was full (more candidates may exist: the caller searches wider)."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    payload: pa.Table | None
+    short: np.ndarray
+
+    @classmethod
+    def nothing(cls, nq: int, keep: int, columns: Sequence[str], schema: pa.Schema) -> Found:
+        payload = pa.schema([schema.field(c) for c in columns]).empty_table() if columns else None
+        return cls(np.full((nq, keep), kernels.NO_ID, np.uint64), np.full((nq, keep), np.inf, np.float32),
+                   payload, np.zeros(nq, bool))
+
+
+def merge_found(parts: list[Found], keep: int) -> Found:
+    """The best `keep` per query of the parts (by distance, then row id, as kernels.merge_topk), with the
+    payload rows of the ones kept. Parts hold disjoint rows (their tasks scan disjoint rows)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p.ids for p in parts], axis=1)
+    distances = np.concatenate([p.distances for p in parts], axis=1)
+    order = np.lexsort((ids, np.where(ids == kernels.NO_ID, np.inf, distances)), axis=-1)[:, :keep]
+    ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
+    found = ids != kernels.NO_ID
+    short = (found.sum(axis=1) < keep) & np.any([p.short for p in parts], axis=0)
+    payload = None
+    if parts[0].payload is not None:
+        rows, offset = [], 0  # each candidate's row in the parts' payloads, concatenated
+        for part in parts:
+            hit = (part.ids != kernels.NO_ID).ravel()
+            rows.append((np.cumsum(hit) - 1 + offset).reshape(part.ids.shape))
+            offset += int(hit.sum())
+        at = np.take_along_axis(np.concatenate(rows, axis=1), order, 1)[found]
+        payload = pa.concat_tables([p.payload for p in parts if p.payload is not None]).take(pa.array(at))
+    return Found(ids, distances, payload, short)
+
+
 @dataclass(eq=False)
 class _Batch:
     node: str
@@ -107,17 +150,20 @@ class _WarmPlan:
     fetch_k: int = 1
     filter: str | None = None
 
+    def finishing(self, columns: Sequence[str] = ()) -> wire.Finish:
+        return wire.Finish(1)
+
 
 class _Outcome:
     """What a batch sent from the search's own thread came to, read as a finished future is."""
 
     __slots__ = ("error", "value")
 
-    def __init__(self, value: tuple[np.ndarray, np.ndarray] | None, error: Exception | None = None) -> None:
+    def __init__(self, value: Found | None, error: Exception | None = None) -> None:
         self.value = value
         self.error = error
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
+    def result(self) -> Found:
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]
@@ -217,13 +263,17 @@ class Dispatcher:
         return {node: [t for k in keys for t in by_key[k]] for node, keys in groups.items()}
 
     def search(self, plan: SearchPlan, queries: np.ndarray, request_id: str = "",
-               deadline: Deadline | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Merged top `fetch_k` (row ids, distances) of every task of the plan, padded with kernels.NO_ID.
-        Raises DeadlineExceeded when `deadline` (default: `search_timeout` from now) passes, Cancelled when
-        its client is gone, and the executors' own verdict when they refuse the request."""
+               deadline: Deadline | None = None, columns: Sequence[str] = (),
+               schema: pa.Schema | None = None) -> Found:
+        """The plan's finished results: each executor finishes the candidates of its tasks and returns its
+        top `plan.k` with their payload `columns` (SearchPlan.finishing), and they are merged here. Raises
+        DeadlineExceeded when `deadline` (default: `search_timeout` from now) passes, Cancelled when its
+        client is gone, and the executors' own verdict when they refuse the request. `schema` (the table's)
+        types the columns of a plan with no task."""
         deadline = deadline or Deadline.after(self.search_timeout)
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
-        running: dict[Future[tuple[np.ndarray, np.ndarray]], _Batch] = {}
+        finish = plan.finishing(columns)
+        parts: list[Found] = []
+        running: dict[Future[Found], _Batch] = {}
         ready: list[tuple[_Batch, _Outcome]] = []  # batches sent from this thread, answered
         avoid: set[str] = set()  # members this search sends nothing more to
         hedges = 0
@@ -235,19 +285,19 @@ class Dispatcher:
             if inline and len(assignment) == 1:  # the usual case: no thread hand-off, the watchdog watches it
                 (node, group), = assignment.items()
                 batch = _Batch(node, group, blamed)
-                ready.append((batch, self._send_here(batch, plan, queries, request_id, deadline,
+                ready.append((batch, self._send_here(batch, plan, finish, queries, request_id, deadline,
                                                      hedge=hedges < self._max_hedges)))
                 return
             for node, group in assignment.items():
                 batch = _Batch(node, group, blamed)
-                running[self._pool.submit(self._send, batch, plan, queries, request_id, deadline)] = batch
+                running[self._pool.submit(self._send, batch, plan, finish, queries, request_id, deadline)] = batch
 
         try:
             launch(plan.tasks, inline=True)
             while running or ready:
                 deadline.check()
                 if ready:
-                    finished: list[tuple[_Batch, _Outcome | Future[tuple[np.ndarray, np.ndarray]]]] = [*ready]
+                    finished: list[tuple[_Batch, _Outcome | Future[Found]]] = [*ready]
                     ready.clear()
                 else:
                     done, _ = wait(running, timeout=min(POLL_SECONDS, max(0.0, deadline.remaining())),
@@ -298,9 +348,8 @@ class Dispatcher:
                 batch.call.abort()  # the executor sees its connection close and stops the batch
             raise
         if not parts:
-            return (np.full((len(queries), plan.fetch_k), kernels.NO_ID, np.uint64),
-                    np.full((len(queries), plan.fetch_k), np.inf, np.float32))
-        return kernels.merge_topk(parts, plan.fetch_k)
+            return Found.nothing(len(queries), finish.keep, finish.columns, schema or pa.schema([]))
+        return merge_found(parts, finish.keep)
 
     def prewarm(self, node: str, ring: HashRing, seconds: float) -> PrewarmReport:
         """Have `node`, about to join with `ring`, load the groups `ring` gives it that this query node
@@ -317,8 +366,8 @@ class Dispatcher:
             batch = _Batch(node, prewarm_tasks(warm.tasks))
             plan = _WarmPlan(warm.metric)
             try:
-                self._send_here(batch, plan, warm.query[None, :], f"prewarm-{warm.key}", deadline,  # type: ignore[arg-type]
-                                hedge=False).result()
+                self._send_here(batch, plan, plan.finishing(), warm.query[None, :], f"prewarm-{warm.key}",  # type: ignore[arg-type]
+                                deadline, hedge=False).result()
             except (ApplianceError, ExecutorFailed, ExecutorError, Cancelled) as exc:
                 report.error = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, ExecutorFailed | DeadlineExceeded) or deadline.remaining() <= 0:
@@ -328,32 +377,33 @@ class Dispatcher:
         report.seconds = time.monotonic() - started
         return report
 
-    def _send_here(self, batch: _Batch, plan: SearchPlan, queries: np.ndarray, request_id: str,
-                   deadline: Deadline, hedge: bool) -> _Outcome:
+    def _send_here(self, batch: _Batch, plan: SearchPlan, finish: wire.Finish, queries: np.ndarray,
+                   request_id: str, deadline: Deadline, hedge: bool) -> _Outcome:
         """`_send` on the calling thread, watched by the watchdog (which abandons the batch when the deadline
         passes, the client is gone, or, with `hedge`, its executor is marked down), its outcome kept for the
         search loop, which then treats it as it treats a batch sent from the pool."""
         self._watchdog.watch(batch, deadline, hedge)
         try:
-            return _Outcome(self._send(batch, plan, queries, request_id, deadline))
+            return _Outcome(self._send(batch, plan, finish, queries, request_id, deadline))
         except Exception as exc:  # noqa: BLE001 - the search loop raises or handles it, as a future's
             return _Outcome(None, exc)
         finally:
             self._watchdog.unwatch(batch)
 
-    def _send(self, batch: _Batch, plan: SearchPlan, queries: np.ndarray, request_id: str, deadline: Deadline
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def _send(self, batch: _Batch, plan: SearchPlan, finish: wire.Finish, queries: np.ndarray, request_id: str,
+              deadline: Deadline) -> Found:
         """Run one batch on its executor: over Arrow Flight when the executor's /readyz named a Flight port,
         else over HTTP (an executor of an older version, or Flight turned off). Both transports' failures
         end in the same classes, so who is blamed does not depend on the transport."""
         header = {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
                   "filter": plan.filter, wire.TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)),
-                  wire.REQUEST_ID_FIELD: request_id}
+                  wire.REQUEST_ID_FIELD: request_id, **finish.to_header()}
         location = self._membership.flight_location(batch.node)
         started = time.perf_counter()
         try:
             if location is not None:
-                doc, answer = self._streams.exchange(location, header, wire.queries_batch(queries), batch.call)
+                doc, answer, payload = self._streams.exchange(location, header, wire.queries_batch(queries),
+                                                              batch.call)
                 status = int(doc.get("status", 200))
                 error = (str(doc.get("code", "")), str(doc.get("error", "")), doc.get("detail"))
             else:
@@ -370,11 +420,34 @@ class Dispatcher:
             raise _failure(status, *error)
         try:
             if location is not None:
-                return wire.result_of(answer, len(queries), plan.fetch_k)
-            _, (ids, dists) = wire.decode(content)
-            return ids, dists
+                ids, dists = wire.result_of(answer, len(queries), finish.keep)
+            else:
+                doc, arrays = wire.decode(content)
+                if len(arrays) not in (2, 3):
+                    raise wire.WireError(f"an answer of ids, distances and payload expected, got {len(arrays)} arrays")
+                ids, dists = arrays[0], arrays[1]
+                payload = arrays[2] if len(arrays) == 3 else None
+                if ids.shape != (len(queries), finish.keep) or dists.shape != ids.shape:
+                    raise wire.WireError(f"an answer of {len(queries)} x {finish.keep} expected, got {ids.shape}")
+            return _found(doc, ids, dists, payload, finish)
         except wire.WireError as exc:
             raise ExecutorError("the executor answered a malformed task batch result", str(exc)) from exc
+
+
+def _found(doc: dict[str, object], ids: np.ndarray, dists: np.ndarray, payload: bytes | np.ndarray | None,
+           finish: wire.Finish) -> Found:
+    """One executor's answer read: its payload columns (when asked for) and its short queries."""
+    table = None
+    if finish.columns:
+        if payload is None:
+            raise wire.WireError("the answer carries no payload columns")  # an executor older than this node
+        table = wire.payload_of(payload, int(np.count_nonzero(ids != kernels.NO_ID)))
+    short = np.zeros(len(ids), bool)
+    listed = doc.get("short") or []
+    if not isinstance(listed, list) or not all(isinstance(q, int) and 0 <= q < len(ids) for q in listed):
+        raise wire.WireError(f"the answer's short queries are not query numbers: {str(listed)[:100]}")
+    short[listed] = True
+    return Found(ids, dists, table, short)
 
 
 def _failure(status: int, code: str, message: str, detail: str | None) -> Exception:

@@ -26,8 +26,7 @@ from appliance.planner.plan import Routing, SearchPlan, plan_search
 from appliance.planner.stats import SnapshotStats, estimate_selectivity, snapshot_stats
 from appliance.query.coalesce import Coalescer
 from appliance.query.commits import GroupCommitter
-from appliance.query.dispatch import Dispatcher
-from appliance.query.finish import finish_candidates
+from appliance.query.dispatch import Dispatcher, Found
 from appliance.query.payload import PayloadCache
 from appliance.query.recall import RecallMonitor
 from appliance.query.request import SearchRequest, validate
@@ -45,11 +44,10 @@ COMMIT_RETRY_SECONDS = 20.0
 class SearchResult:
     """Results of one search: per query, rows best first, each with `_rowid`, `_distance` and payload.
 
-    Kept as columns (numpy arrays, and per payload column its values as Python objects, read so from the
-    payload cache) and turned into what the caller asks for: `per_query` builds the JSON answer's rows
-    straight from them, `rows` (an Arrow table) is built only for the callers that want one (an Arrow
-    answer, the LanceDB front). A JSON answer used to pay for the Arrow table and then for reading it back
-    into Python, about 0.1 ms per search."""
+    Kept as columns (numpy arrays, and the payload columns as the Arrow table the executors answered) and
+    turned into what the caller asks for: `per_query` builds the JSON answer's rows straight from them,
+    `rows` (an Arrow table) adds the payload's Arrow columns to the ids and distances without converting
+    them (an Arrow answer, the LanceDB front)."""
 
     table: str
     version: int
@@ -57,8 +55,7 @@ class SearchResult:
     query_index: np.ndarray  # int32 per result row, ascending (rows are ordered by query, best first)
     row_ids: np.ndarray  # uint64 per result row
     distances: np.ndarray  # float32 per result row
-    payload: dict[str, list[Any]]  # per selected column, its value per result row
-    schema: pa.Schema  # the table's schema: the payload columns' types
+    payload: pa.Table  # the selected columns, one row per result row (no column selected: no column)
 
     @functools.cached_property
     def rows(self) -> pa.Table:
@@ -68,14 +65,16 @@ class SearchResult:
             "_rowid": pa.array(self.row_ids, pa.uint64()),
             "_distance": pa.array(self.distances, pa.float32()),
         }
-        for column, values in self.payload.items():
-            arrays[column] = pa.array(values, type=self.schema.field(column).type)
-        return pa.table(arrays)
+        table = pa.table(arrays)
+        for field, column in zip(self.payload.schema, self.payload.columns, strict=True):
+            table = table.append_column(field, column)
+        return table
 
     def per_query(self, nq: int) -> list[list[dict[str, Any]]]:
         grouped: list[list[dict[str, Any]]] = [[] for _ in range(nq)]
-        names = ("_rowid", "_distance", *self.payload)
-        values = zip(self.row_ids.tolist(), self.distances.tolist(), *self.payload.values(), strict=True)
+        names = ("_rowid", "_distance", *self.payload.column_names)
+        values = zip(self.row_ids.tolist(), self.distances.tolist(), *(c.to_pylist() for c in self.payload.columns),
+                     strict=True)
         for query, row in zip(self.query_index.tolist(), values, strict=True):
             grouped[query].append(dict(zip(names, row, strict=True)))
         return grouped
@@ -90,7 +89,7 @@ class SearchResult:
             parts.append(dataclasses.replace(
                 self, query_index=(self.query_index[lo:hi] - bounds[i]).astype(np.int32),
                 row_ids=self.row_ids[lo:hi], distances=self.distances[lo:hi],
-                payload={c: v[lo:hi] for c, v in self.payload.items()}))
+                payload=self.payload.slice(lo, hi - lo) if self.payload.num_columns else self.payload))
         return parts
 
 
@@ -177,18 +176,14 @@ class QueryService:
     def _search_now(self, request: SearchRequest, request_id: str, deadline: Deadline | None = None
                     ) -> SearchResult:
         snapshot, stats, request = self._bind(request)
-        plan, ids, dists = self._execute(snapshot, stats, request, request_id, deadline)
+        plan, answer = self._execute(snapshot, stats, request, request_id, deadline, list(request.columns or ()))
         if self.recall_monitor is not None and plan.uses_index:  # only queues a sample (query/recall.py)
-            self.recall_monitor.offer(request.table, request, ids, plan.index_version, plan.target_recall,
+            self.recall_monitor.offer(request.table, request, answer.ids, plan.index_version, plan.target_recall,
                                       plan.breadth)
-        found = ids != kernels.NO_ID
-        row_ids = ids[found]
-        columns = list(request.columns or ())
-        payload = self.payload.take(snapshot, np.unique(row_ids), columns)
-        hits = [payload[r] for r in row_ids.tolist()]
+        found = answer.ids != kernels.NO_ID
         return SearchResult(snapshot.name, snapshot.version, plan, np.nonzero(found)[0].astype(np.int32),
-                            row_ids.astype(np.uint64), dists[found].astype(np.float32),
-                            {column: [hit[column] for hit in hits] for column in columns}, snapshot.dataset.schema)
+                            answer.ids[found].astype(np.uint64), answer.distances[found].astype(np.float32),
+                            answer.payload if answer.payload is not None else pa.table({}))
 
     routing = Routing()  # how plans group tasks for routing; app.py sets it from the settings
     recall_monitor: RecallMonitor | None = None  # app.py sets it from the settings
@@ -207,7 +202,7 @@ class QueryService:
         """The ids [nq, k] of a search run exactly (the recall monitor's reference answer)."""
         request = dataclasses.replace(request, table=name, version=None, bypass_index=True)
         snapshot, stats, request = self._bind(request)
-        return self._execute(snapshot, stats, request, "recall-monitor")[1]
+        return self._execute(snapshot, stats, request, "recall-monitor")[1].ids
 
     def explain(self, request: SearchRequest) -> SearchPlan:
         """The plan a search of `request` runs now (the same binding and planning as `search`), with the
@@ -237,22 +232,27 @@ class QueryService:
         return plan
 
     def _execute(self, snapshot: TableSnapshot, stats: SnapshotStats, request: SearchRequest, request_id: str,
-                 deadline: Deadline | None = None) -> tuple[SearchPlan, np.ndarray, np.ndarray]:
-        """Run the plan; an IVF plan whose finished candidates come up short is re-run wider, and finally
-        exactly, so deletions and post-filters never cost results that exist. One deadline covers them all."""
+                 deadline: Deadline | None = None, columns: list[str] | None = None) -> tuple[SearchPlan, Found]:
+        """Run the plan: the executors finish their candidates (deleted rows dropped, post-filter, refine)
+        and return their top k with the payload `columns`. An IVF plan some query of which came up short
+        while an executor's candidates were full is re-run wider, and finally exactly, so deletions and
+        post-filters never cost results that exist. One deadline covers them all."""
         deadline = deadline or Deadline.after(self.dispatcher.search_timeout)
+        columns = columns or []
         plan = self._plan(snapshot, stats, request)
         for _ in range(WIDEN_ATTEMPTS):
-            ids, dists = self.dispatcher.search(plan, request.queries, request_id, deadline)
-            if not plan.uses_index:
-                return plan, ids, dists
-            ids, dists, short = finish_candidates(snapshot, plan, request.queries, ids, dists)
-            if not short:
-                return plan, ids, dists
+            answer = self._dispatch(snapshot, plan, request, request_id, deadline, columns)
+            if not plan.uses_index or not answer.short.any():
+                return plan, answer
             plan = dataclasses.replace(plan, fetch_k=plan.fetch_k * 4)
         plan = self._plan(snapshot, stats, dataclasses.replace(request, bypass_index=True))
-        ids, dists = self.dispatcher.search(plan, request.queries, request_id, deadline)
-        return plan, ids, dists
+        return plan, self._dispatch(snapshot, plan, request, request_id, deadline, columns)
+
+    def _dispatch(self, snapshot: TableSnapshot, plan: SearchPlan, request: SearchRequest, request_id: str,
+                  deadline: Deadline, columns: list[str]) -> Found:
+        # the table's schema types the columns of a plan with no task (an empty table); read only then
+        schema = None if plan.tasks else snapshot.dataset.schema
+        return self.dispatcher.search(plan, request.queries, request_id, deadline, columns, schema)
 
     def build_index(self, name: str, params: IndexParams, metric: str | None = None,
                     progress: Progress | None = None) -> IndexManifest:

@@ -92,9 +92,10 @@ class FlightStreams:
         self._lock = threading.Lock()
 
     def exchange(self, location: str, header: dict[str, Any], batch: pa.RecordBatch, call: InFlight
-                 ) -> tuple[dict[str, Any], pa.RecordBatch]:
-        """(app_metadata, record batch) answering one message. Raises StreamBroken when the executor cannot
-        be reached or the stream breaks (or `call` is aborted)."""
+                 ) -> tuple[dict[str, Any], pa.RecordBatch, bytes | None]:
+        """(app_metadata's JSON document, record batch, the payload bytes after the document or None)
+        answering one message (wire.answer_metadata). Raises StreamBroken when the executor cannot be
+        reached or the stream breaks (or `call` is aborted)."""
         meta = orjson.dumps(header)
         stream, reused = self._checkout(location)
         try:
@@ -128,7 +129,7 @@ class FlightStreams:
                 executor.client.close()
 
     def _round_trip(self, stream: _Stream, meta: bytes, batch: pa.RecordBatch, call: InFlight
-                    ) -> tuple[dict[str, Any], pa.RecordBatch]:
+                    ) -> tuple[dict[str, Any], pa.RecordBatch, bytes | None]:
         with transport_errors():
             try:
                 call.on_abort(stream.reader.cancel)
@@ -137,12 +138,13 @@ class FlightStreams:
             stream.writer.write_with_metadata(batch, meta)
             chunk = stream.reader.read_chunk()
         try:
-            doc = orjson.loads(chunk.app_metadata.to_pybytes()) if chunk.app_metadata is not None else {}
+            doc, payload = wire.split_metadata(chunk.app_metadata.to_pybytes()) if chunk.app_metadata is not None else (
+                {}, None)
         except orjson.JSONDecodeError as exc:
             raise StreamBroken(f"the executor answered metadata that is not JSON: {exc}") from exc
         if not isinstance(doc, dict) or chunk.data is None:
             raise StreamBroken("the executor answered a message that is not an answer")
-        return doc, chunk.data
+        return doc, chunk.data, payload
 
     def _checkout(self, location: str) -> tuple[_Stream, bool]:
         with self._lock:

@@ -95,9 +95,9 @@ def test_the_dispatcher_answers_what_executors_refuse_and_marks_none_down(fleet)
                 dispatcher.search(plan, np.ones((1, 8), np.float32))
             assert caught.value.status == 400 and caught.value.code == "limit_exceeded", caught.value.to_json()
             assert membership.down() == set()
-        ids, _ = dispatcher.search(SearchPlan("bad", version, "l2", 5, None, "exact", tasks, fetch_k=5),
-                                   np.ones((1, 8), np.float32))
-        assert len(ids[0]) == 5
+        found = dispatcher.search(SearchPlan("bad", version, "l2", 5, None, "exact", tasks, fetch_k=5),
+                                  np.ones((1, 8), np.float32))
+        assert len(found.ids[0]) == 5
     finally:
         membership.stop()
 

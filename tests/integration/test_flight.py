@@ -100,7 +100,7 @@ def test_errors_answer_the_batch_and_leave_the_stream_usable(fleet: Fleet) -> No
     where = location(fleet, fleet.executors[0])
     one = wire.queries_batch(np.ones((1, DIM), np.float32))
     try:
-        doc, answer = streams.exchange(where, tasks_header(fleet), one, InFlight())
+        doc, answer, _ = streams.exchange(where, tasks_header(fleet), one, InFlight())
         assert "status" not in doc and doc["tasks"] == FRAGMENTS and answer.num_rows == 5, doc
         pooled = streams._executors[where].idle[0]
         # a bound exceeded, a malformed header, a query matrix of another dimension: 4xx, on the same stream
@@ -109,10 +109,10 @@ def test_errors_answer_the_batch_and_leave_the_stream_usable(fleet: Fleet) -> No
                                     (tasks_header(fleet), wire.queries_batch(np.ones((1, 3), np.float32)),
                                      "invalid_input"),
                                     (tasks_header(fleet, timeout_ms="soon"), one, "invalid_input")):
-            doc, answer = streams.exchange(where, header, batch, InFlight())
+            doc, answer, _ = streams.exchange(where, header, batch, InFlight())
             assert doc["status"] == 400 and doc["code"] == code and answer.num_rows == 0, doc
             assert streams._executors[where].idle == [pooled]  # the very same stream, still open
-        doc, answer = streams.exchange(where, tasks_header(fleet), one, InFlight())
+        doc, answer, _ = streams.exchange(where, tasks_header(fleet), one, InFlight())
         assert "status" not in doc and answer.num_rows == 5
         assert streams._executors[where].idle == [pooled]
     finally:
@@ -134,7 +134,7 @@ def test_a_deadline_and_a_cancel_stop_the_batch_on_the_executor(fleet: Fleet) ->
         rate = (sum(cpu_seconds(p) for p in pids) - cpu_began) / full  # CPU s per s while it works
         assert full > 1.5, f"a full batch takes {full:.2f} s: too short to see it stop"
 
-        doc, _ = streams.exchange(where, tasks_header(fleet, k=10, timeout_ms=50), many, InFlight())
+        doc, _, _ = streams.exchange(where, tasks_header(fleet, k=10, timeout_ms=50), many, InFlight())
         assert doc["status"] == 504 and doc["code"] == "deadline_exceeded", doc
 
         call = InFlight()
@@ -161,7 +161,7 @@ def test_a_deadline_and_a_cancel_stop_the_batch_on_the_executor(fleet: Fleet) ->
         # on a busy machine the executor gets only part of a core: compare with what it gets while working
         assert spent < 0.3 * rate * window, (f"the executor kept working: {spent:.2f} CPU s in {window:.1f} s "
                                              f"(working, it spends {rate:.2f} CPU s per s)")
-        doc, answer = streams.exchange(where, tasks_header(fleet), wire.queries_batch(np.ones((1, DIM), np.float32)),
+        doc, answer, _ = streams.exchange(where, tasks_header(fleet), wire.queries_batch(np.ones((1, DIM), np.float32)),
                                        InFlight())
         assert "status" not in doc and answer.num_rows == 5  # and the pool still serves
     finally:
@@ -180,7 +180,7 @@ def test_drain_refuses_new_batches_and_waits_for_running_ones(fleet: Fleet) -> N
         streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())  # warm
 
         def run() -> None:
-            doc, _ = streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())
+            doc, _, _ = streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())
             assert "status" not in doc, doc
             answered.append(time.monotonic())
 
@@ -195,12 +195,12 @@ def test_drain_refuses_new_batches_and_waits_for_running_ones(fleet: Fleet) -> N
         # the time its own answer takes to arrive (a batch is far longer)
         assert answered and answered[0] <= drained + 0.05, ("the drain did not wait for the Flight batch",
                                                             answered[0] - drained)
-        doc, _ = streams.exchange(where, tasks_header(fleet), one, InFlight())
+        doc, _, _ = streams.exchange(where, tasks_header(fleet), one, InFlight())
         assert doc["status"] == 503 and doc["code"] == "draining", doc
     finally:
         requests.post(f"{node.url}/admin/undrain", headers=token, timeout=30)
         streams.close()
-    doc, _ = FlightStreams(fleet.settings.internal_token).exchange(where, tasks_header(fleet), one, InFlight())
+    doc, _, _ = FlightStreams(fleet.settings.internal_token).exchange(where, tasks_header(fleet), one, InFlight())
     assert "status" not in doc
 
 

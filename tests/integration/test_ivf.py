@@ -116,6 +116,52 @@ def test_filtered_search_returns_only_matching_rows(api, minilm) -> None:
         assert len(rows) == 10 and all(r["bucket"] < 50 for r in rows)
 
 
+def test_a_warm_search_reads_nothing_through_lance_on_the_query_node(fleet, minilm, monkeypatch) -> None:
+    """The executors finish an IVF search (rows deleted since the build dropped, the post-filter, the
+    refine) and return the payload columns, from their cache: a query node (here, in the test's process,
+    over the fleet's executors) searching warm makes no Lance read, and answers as before."""
+    import lance
+    from lance.fragment import LanceFragment
+
+    from appliance.index import IndexStore
+    from appliance.index.catalog import IndexCatalog
+    from appliance.query.dispatch import Dispatcher
+    from appliance.query.request import search_request
+    from appliance.query.service import QueryService
+    from appliance.routing.membership import Membership
+    from appliance.storage import TableStore
+
+    base, queries, _ = minilm
+    root = fleet.settings.storage_root()
+    membership = Membership([e.url for e in fleet.executors], interval=0.5)
+    membership.start()
+    try:
+        service = QueryService(TableStore(root, version_check_seconds=3600),
+                               Dispatcher(membership, fleet.settings.internal_token, 60, 0.25),
+                               IndexCatalog(IndexStore(root)))
+        request = search_request("minilm", queries[:5], 10, 1000, filter="bucket < 50", columns=["row", "bucket"],
+                                 refine_factor=3)  # whatever the codec: the exact vectors come from the cache
+        first = service.search(request)
+        plan = first.plan
+        assert plan.strategy == "ivf-postfilter" and plan.refine_factor > 0 and plan.verify_alive
+
+        def no_reads(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the query node read rows through Lance")
+
+        for owner in (lance.LanceDataset, LanceFragment):
+            for name in ("to_table", "scanner", "take", "_take_rows", "count_rows"):
+                if hasattr(owner, name):
+                    monkeypatch.setattr(owner, name, no_reads)
+        again = service.search(request)
+    finally:
+        membership.stop()
+    assert again.per_query(5) == first.per_query(5)
+    for q, rows in zip(queries[:5], first.per_query(5), strict=True):
+        assert len(rows) == 10 and all(r["bucket"] < 50 and r["bucket"] == r["row"] % 100 for r in rows)
+        exact = 1 - base[[r["row"] for r in rows]] @ q / np.linalg.norm(base[[r["row"] for r in rows]], axis=1) / (
+            np.linalg.norm(q))
+        np.testing.assert_allclose([r["_distance"] for r in rows], exact, atol=1e-4)  # refined: exact distances
+
 
 def test_concurrent_searches_batched_together_answer_as_one_by_one(api, minilm) -> None:
     """The query node runs concurrent searches of one shape as one batch (appliance/query/coalesce.py):

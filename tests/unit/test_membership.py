@@ -382,8 +382,8 @@ def test_a_draining_executor_finishes_the_batch_it_runs(executors) -> None:
     a.draining = True
     _wait(lambda: a.url in membership.down(), "the probe sees a draining")
     thread.join(WAIT)
-    [(ids, _)] = answers
-    assert ids.tolist() == [[7]] and b.batches == 0
+    [found] = answers
+    assert found.ids.tolist() == [[7]] and b.batches == 0  # type: ignore[attr-defined]
     membership.stop()
 
 

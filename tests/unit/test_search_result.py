@@ -10,10 +10,9 @@ from appliance.query.service import SearchResult
 
 
 def _result() -> SearchResult:
-    schema = pa.schema([("vector", pa.list_(pa.float32(), 2)), ("row", pa.int64()), ("tag", pa.string())])
+    payload = pa.table({"row": pa.array([70, 40, 90], pa.int64()), "tag": ["a", None, "c"]})
     return SearchResult("t", 3, None, np.array([0, 0, 2], np.int32),  # type: ignore[arg-type]
-                        np.array([7, 4, 9], np.uint64), np.array([0.5, 0.75, 0.1], np.float32),
-                        {"row": [70, 40, 90], "tag": ["a", None, "c"]}, schema)
+                        np.array([7, 4, 9], np.uint64), np.array([0.5, 0.75, 0.1], np.float32), payload)
 
 
 def test_json_rows_match_the_arrow_table_and_skip_building_it() -> None:

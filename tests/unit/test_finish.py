@@ -1,0 +1,117 @@
+"""The executor finishes a batch's candidates (appliance/executor/runner.py): rows deleted since the index was
+built are dropped, a post-filter keeps matching rows, a refine re-ranks by exact distance, and the payload
+columns of the rows kept come back, all from its cache; the query node merges executors' finished lists
+(appliance/query/dispatch.merge_found)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import kernels
+from appliance.cache import TieredCache
+from appliance.executor.runner import TaskRunner
+from appliance.index import IndexStore
+from appliance.index.builder import build_full
+from appliance.index.params import IndexParams
+from appliance.planner.plan import FRAGMENT, PARTITION, Task, fragment_key, partition_key
+from appliance.planner.wire import Finish
+from appliance.query.dispatch import Found, merge_found
+from appliance.storage import StorageRoot, TableStore
+from appliance.storage.schema import rows_to_table
+
+ROWS, DIM = 600, 8  # more rows than a PQ sub-quantizer's 256 codes: PQ distances are not exact
+
+
+@pytest.fixture
+def indexed(tmp_path: Path):
+    """A table of three fragments with a PQ index (a coarse one: refine matters), then rows deleted."""
+    root = StorageRoot.parse(str(tmp_path / "root"))
+    store, indexes = TableStore(root), IndexStore(root)
+    store.create("t", DIM, "l2", {"n": "int64", "tag": "string"})
+    vectors = np.random.default_rng(5).random((ROWS, DIM)).astype(np.float32)
+    schema = store.snapshot("t").dataset.schema
+    for start in range(0, ROWS, 200):
+        store.append("t", rows_to_table([{"vector": v.tolist(), "n": start + i, "tag": f"row-{start + i}"}
+                                         for i, v in enumerate(vectors[start:start + 200])], schema))
+    manifest = build_full(store, indexes, "t", IndexParams(codec="pq", nlist=4, pq_m=2, seed=1))
+    store.delete("t", f"n IN ({', '.join(map(str, DELETED))})")
+    cache = TieredCache(10**7, tmp_path / "cache", 10**7)
+    yield store, TaskRunner(store, indexes, cache), manifest, vectors
+    cache.close()
+
+
+DELETED = (3, 31, 201, 577)
+
+
+def _partitions(store: TableStore, manifest) -> list[Task]:
+    version = store.snapshot("t").version
+    return [Task(PARTITION, partition_key("t", manifest.index_version, p), "t", version,
+                 index_version=manifest.index_version, partition=p) for p in range(manifest.nlist)]
+
+
+def _exact(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return kernels.search_block(queries, vectors[rows], rows.astype(np.uint64), "l2", k)
+
+
+def test_the_executor_drops_deleted_rows_post_filters_refines_and_returns_the_payload(indexed) -> None:
+    store, runner, manifest, vectors = indexed
+    queries = vectors[[3, 31, 202, 576]] + 0.01  # near deleted rows (and rows failing the filter)
+    alive = np.setdiff1d(np.arange(ROWS), DELETED)
+    # without refine: PQ distances, but only live rows matching the filter, k of them
+    finish = Finish(5, verify=True, postfilter=True)
+    ids, _, stats = runner.run(_partitions(store, manifest), queries, 50, "l2", "n % 2 = 1", finish=finish)
+    assert set(ids.ravel().tolist()) <= set(alive[alive % 2 == 1].tolist()) and stats.payload is None
+    # every partition, every candidate, refined: the exact top 5 of the live, matching rows, with their payload
+    finish = Finish(5, refine=True, verify=True, postfilter=True, columns=("tag", "n"))
+    ids, dists, stats = runner.run(_partitions(store, manifest), queries, ROWS, "l2", "n % 2 = 1", finish=finish)
+    expected_ids, expected_dists = _exact(queries, vectors, alive[alive % 2 == 1], 5)
+    assert np.array_equal(ids, expected_ids)
+    np.testing.assert_allclose(dists, expected_dists, rtol=1e-5, atol=1e-6)  # exact, not PQ, distances
+    assert stats.short == []
+    assert stats.payload is not None and stats.payload.column_names == ["tag", "n"]
+    assert stats.payload.column("n").to_pylist() == ids.ravel().tolist()  # row ids are n here
+    assert stats.payload.column("tag").to_pylist() == [f"row-{i}" for i in ids.ravel().tolist()]
+
+
+def test_a_query_short_of_k_with_a_full_candidate_list_is_reported(indexed) -> None:
+    store, runner, manifest, vectors = indexed
+    queries = vectors[[1, 2]] + 0.01
+    finish = Finish(5, refine=True, verify=True, postfilter=True)
+    # 8 candidates a query, of which ~1 in 50 passes: short, and its candidates were full, so a wider
+    # search may find more
+    ids, _, stats = runner.run(_partitions(store, manifest), queries, 8, "l2", "n % 50 = 0", finish=finish)
+    assert ids.shape == (2, 5) and stats.short == [0, 1]
+    assert set(ids[ids != kernels.NO_ID].tolist()) <= set(range(0, ROWS, 50))
+    # more candidates asked for than the index holds: short of 5, but nothing more exists
+    ids, _, stats = runner.run(_partitions(store, manifest), queries[:1], ROWS + 1, "l2", "n >= 597", finish=finish)
+    assert sorted(ids[ids != kernels.NO_ID].tolist()) == [597, 598, 599] and stats.short == []
+
+
+def test_exact_tasks_return_the_payload_of_their_top_k(indexed) -> None:
+    store, runner, _, vectors = indexed
+    snapshot = store.snapshot("t")
+    tasks = [Task(FRAGMENT, fragment_key("t", f), "t", snapshot.version, fragment_id=f)
+             for f in snapshot.fragment_ids()]
+    queries = vectors[[10, 360]]
+    ids, _, stats = runner.run(tasks, queries, 4, "l2", None, finish=Finish(4, columns=("n",)))
+    alive = np.setdiff1d(np.arange(ROWS), DELETED)
+    assert np.array_equal(ids, _exact(queries, vectors, alive, 4)[0])
+    assert stats.payload is not None and stats.payload.column("n").to_pylist() == ids.ravel().tolist()
+
+
+def test_merged_lists_keep_the_best_by_distance_then_row_id_with_their_payload() -> None:
+    none = kernels.NO_ID
+    a = Found(np.array([[5, 9, none], [1, none, none]], np.uint64),
+              np.array([[0.1, 0.5, np.inf], [0.2, np.inf, np.inf]], np.float32),
+              pa.table({"n": [50, 90, 10]}), np.array([False, True]))
+    b = Found(np.array([[4, 8, 2], [none, none, none]], np.uint64),
+              np.array([[0.1, 0.3, 0.9], [np.inf, np.inf, np.inf]], np.float32),
+              pa.table({"n": [40, 80, 20]}), np.array([False, False]))
+    merged = merge_found([a, b], 3)
+    assert merged.ids.tolist() == [[4, 5, 8], [1, none, none]]
+    assert merged.payload is not None and merged.payload.column("n").to_pylist() == [40, 50, 80, 10]
+    assert merged.short.tolist() == [False, True]  # query 1 came up short where a's candidates were full
