@@ -131,10 +131,6 @@ class Settings:
     search_batches_inflight: int = _knob(
         1, "Batches of one search shape running at once on a query node; more searches queue for the next."
     )
-    payload_cache_bytes: int = _knob(
-        256 * 1024 * 1024, "Bytes of payload columns a query node keeps in memory, per fragment, to answer the "
-        "columns of search results without reading them again. 0: read them from the table every time."
-    )
     recall_sample_rate: float = _knob(
         0.01, "Share of index searches a query node re-runs exactly in the background to measure recall@k "
         "(the recall monitor: gauge appliance_recall_at_k, `recall_monitor` in GET .../index). 0: off."

@@ -7,7 +7,6 @@ while the fleet is degraded, which is when it is wanted most.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,8 +22,7 @@ TIERS = ("ram", "nvme")
 SUMMED = ("hits", "misses", "bytes", "budget", "entries", "evictions")
 
 
-def admin_api(membership: Membership, token: str, payload_stats: Callable[[], dict[str, Any]],
-              timeout: float = 5.0) -> Blueprint:
+def admin_api(membership: Membership, token: str, timeout: float = 5.0) -> Blueprint:
     bp = Blueprint("admin", __name__)
     session = requests.Session()
 
@@ -41,8 +39,7 @@ def admin_api(membership: Membership, token: str, payload_stats: Callable[[], di
         urls = list(membership.ring.nodes)
         with ThreadPoolExecutor(max_workers=len(urls)) as pool:
             executors = list(pool.map(executor_stats, urls))
-        # beside the executors' caches, this query node's cache of result payload columns (query/payload.py)
-        return json_response({**fleet_cache_stats(executors), "payload": payload_stats()})
+        return json_response(fleet_cache_stats(executors))
 
     return bp
 

@@ -52,8 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     membership.prewarm = dispatcher.prewarm  # a joining executor loads its groups before the ring takes it
     membership.start()
     service = QueryService(TableStore(root, settings.version_check_seconds), dispatcher, IndexCatalog(IndexStore(root)),
-                           batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight,
-                           payload_cache_bytes=settings.payload_cache_bytes)
+                           batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight)
     service.routing = Routing.from_settings(settings)
     service.build_threads = settings.build_threads
     service.recall_monitor = RecallMonitor(service.exact_ids, settings.recall_sample_rate,
@@ -107,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(console_api(app, lambda: membership.ring,
                                        lambda: service.events.stats() if service.events is not None else None))
-    app.register_blueprint(admin_api(membership, settings.internal_token, service.payload.stats))
+    app.register_blueprint(admin_api(membership, settings.internal_token))
     app.register_blueprint(drain_api(app, lambda: require_admin(admin_key)))
     app.register_blueprint(native_api(service, settings.max_k, settings.max_query_vectors,
                                       settings.max_batch_rows))

@@ -27,7 +27,6 @@ from appliance.planner.stats import SnapshotStats, estimate_selectivity, snapsho
 from appliance.query.coalesce import Coalescer
 from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher, Found
-from appliance.query.payload import PayloadCache
 from appliance.query.recall import RecallMonitor
 from appliance.query.request import SearchRequest, validate
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
@@ -95,16 +94,13 @@ class SearchResult:
 
 class QueryService:
     def __init__(self, store: TableStore, dispatcher: Dispatcher, catalog: IndexCatalog,
-                 prefilter_threshold: float = 0.05, batch_rows: int = 0, batches_inflight: int = 1,
-                 payload_cache_bytes: int = 0) -> None:
+                 prefilter_threshold: float = 0.05, batch_rows: int = 0, batches_inflight: int = 1) -> None:
         """`batch_rows` > 0 batches concurrent searches of the same shape, up to that many query vectors,
-        with at most `batches_inflight` batches of one shape running at a time (coalesce.py);
-        `payload_cache_bytes` > 0 keeps payload columns of fragments in memory (payload.py)."""
+        with at most `batches_inflight` batches of one shape running at a time (coalesce.py)."""
         self.store = store
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.prefilter_threshold = prefilter_threshold
-        self.payload = PayloadCache(payload_cache_bytes)
         self.coalescer: Coalescer[tuple[SearchRequest, str, Deadline | None], SearchResult] | None = (
             Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
         self.commits = GroupCommitter(self._commit_appends, GROUP_COMMIT_ROWS, COMMIT_RETRY_SECONDS,

@@ -1,5 +1,4 @@
-"""The query node's plumbing: cross-request batching (coalesce.py), keep-alive executor connections and the
-payload cache (payload.py)."""
+"""The query node's plumbing: cross-request batching (coalesce.py) and keep-alive executor connections."""
 
 from __future__ import annotations
 
@@ -9,15 +8,11 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from appliance.errors import TableNotFound
 from appliance.query.coalesce import Coalescer
-from appliance.query.payload import PayloadCache
 from appliance.routing.connections import ConnectionPool
-from appliance.storage import StorageRoot, TableStore
-from appliance.storage.schema import rows_to_table
 
 
 class Recorder:
@@ -203,50 +198,3 @@ def test_pool_raises_oserror_when_nothing_listens() -> None:
         pool.request("GET", "ftp://127.0.0.1:21", "/")
 
 
-# --- PayloadCache ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def table(tmp_path) -> TableStore:
-    """Table "t": 3 fragments of 50 rows, vector [i, i, i], payload n = i and a label."""
-    store = TableStore(StorageRoot.parse(str(tmp_path / "root")))
-    store.create("t", 3, "l2", {"n": "int64", "label": "string"})
-    schema = store.snapshot("t").dataset.schema
-    for start in (0, 50, 100):
-        store.append("t", rows_to_table([{"vector": [float(i)] * 3, "n": i, "label": f"row {i}"}
-                                         for i in range(start, start + 50)], schema))
-    return store
-
-
-def test_payload_cache_answers_like_lance_and_serves_repeats_from_memory(table: TableStore) -> None:
-    cache = PayloadCache(64 * 1024 * 1024)
-    snapshot = table.snapshot("t")
-    wanted = np.array([149, 3, 77, 3, 10_000], np.uint64)  # a repeat, and an id no row has
-    expected = snapshot.take(np.unique(wanted), ["n", "label"])
-    assert cache.take(snapshot, wanted, ["n", "label"]) == expected == {
-        3: {"n": 3, "label": "row 3"}, 77: {"n": 77, "label": "row 77"}, 149: {"n": 149, "label": "row 149"}}
-    misses = cache.stats()["misses"]
-    assert cache.take(snapshot, np.array([4, 78], np.uint64), ["label"]) == {4: {"label": "row 4"},
-                                                                            78: {"label": "row 78"}}
-    assert cache.take(snapshot, np.array([5, 79], np.uint64), ["label"]) == {5: {"label": "row 5"},
-                                                                            79: {"label": "row 79"}}
-    stats = cache.stats()
-    assert stats["hits"] >= 2 and stats["misses"] == misses + 2  # the new column set once per fragment
-
-
-def test_payload_cache_never_serves_updated_or_deleted_rows(table: TableStore) -> None:
-    cache = PayloadCache(64 * 1024 * 1024)
-    assert cache.take(table.snapshot("t"), np.array([7, 60], np.uint64), ["label"]) == {
-        7: {"label": "row 7"}, 60: {"label": "row 60"}}
-    table.update("t", "n = 7", {"label": "'seven'"})
-    table.delete("t", "n = 60")
-    assert cache.take(table.snapshot("t"), np.array([7, 60], np.uint64), ["label"]) == {7: {"label": "seven"}}
-
-
-def test_payload_cache_reads_fragments_too_large_for_it_from_the_table(table: TableStore) -> None:
-    cache = PayloadCache(2048)  # a fragment's columns are more than 1/8 of this
-    snapshot = table.snapshot("t")
-    assert cache.take(snapshot, np.array([1, 51, 101], np.uint64), ["n"]) == {1: {"n": 1}, 51: {"n": 51},
-                                                                             101: {"n": 101}}
-    assert cache.stats()["entries"] == 0
-    assert PayloadCache(0).take(snapshot, np.array([2], np.uint64), ["n"]) == {2: {"n": 2}}

@@ -201,7 +201,6 @@ async function refreshCache() {
   const used = (t) => { const u = el("span"); u.append(meter(t.bytes, t.budget), ` ${bytes(t.bytes)} of ${bytes(t.budget)}`); return u; };
   const tier = (name, t) => [name, pct(t.hit_rate), `${t.hits} / ${t.misses}`, used(t), t.entries];
   const rows = [tier("RAM", d.ram), tier("NVMe", d.nvme)];
-  if (d.payload) rows.push(tier("payload (node)", d.payload));
   const down = d.executors.filter((e) => !e.stats).map((e) => el("p", `${e.url}: unreachable (${e.error})`, "error"));
   fill("cache", table(["tier", "hit rate", "hits / misses", "bytes used of budget", "entries"], rows, [0, 1, 1, 0, 1]), el("p", `served without object storage: ${pct(d.hit_rate)} · storage fetches ${d.storage.fetches}, errors ${d.storage.errors}`, "muted"), ...down);
 }
