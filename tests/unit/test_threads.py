@@ -122,8 +122,13 @@ def test_a_block_leaves_other_threads_openmp_budget_alone(one_thread):
 
 OVERLAP = """
 import json, threading
+import numpy as np
 from threadpoolctl import threadpool_info
 from kernels.threads import thread_budget
+
+def work():  # a product BLAS splits over its threads: OpenBLAS has started them (raising spawns them lazily)
+    m = np.ones((512, 512), np.float32)
+    return m @ m
 
 def blas():
     return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"
@@ -134,6 +139,7 @@ seen = {}
 
 def a():
     with thread_budget(3):
+        work()
         steps["a_in"].set()
         steps["b_in"].wait(60)
     seen["after_a_left"] = blas()
@@ -145,6 +151,7 @@ def b():
         seen["both_in"] = blas()
         steps["b_in"].set()
         steps["a_out"].wait(60)
+        work()
     seen["after_both_left"] = blas()
 
 workers = [threading.Thread(target=a), threading.Thread(target=b)]
