@@ -144,14 +144,15 @@ class _Batch:
 
 @dataclass(frozen=True)
 class _WarmPlan:
-    """What `_send` reads of a plan, for a prewarm batch: one candidate per query, no filter."""
+    """What `_send` reads of a plan, for a prewarm batch: one candidate per query, no filter, and the payload
+    columns of the group's last search (so the executor caches them too)."""
 
     metric: str
     fetch_k: int = 1
     filter: str | None = None
 
     def finishing(self, columns: Sequence[str] = ()) -> wire.Finish:
-        return wire.Finish(1)
+        return wire.Finish(1, columns=tuple(columns))
 
 
 class _Outcome:
@@ -250,12 +251,12 @@ class Dispatcher:
         return self._assign(plan.tasks, self._membership.down(), self._membership.ring)
 
     def _assign(self, tasks: list[Task], exclude: set[str], ring: HashRing,
-                remember: tuple[SearchPlan, np.ndarray] | None = None) -> dict[str, list[Task]]:
+                remember: tuple[SearchPlan, np.ndarray, Sequence[str]] | None = None) -> dict[str, list[Task]]:
         by_key: dict[str, list[Task]] = {}  # many tasks share a key: a routing group (planner/plan.py)
         for task in tasks:
             by_key.setdefault(task.key, []).append(task)
         if remember is not None:
-            self.recent.remember(by_key, remember[0].metric, remember[1])
+            self.recent.remember(by_key, remember[0].metric, remember[1], remember[2])
         try:
             groups = ring.assign(list(by_key), eps=self._eps, exclude=exclude)
         except NoLiveNodes as exc:
@@ -281,7 +282,7 @@ class Dispatcher:
 
         def launch(tasks: list[Task], blamed: str | None = None, inline: bool = False) -> None:
             assignment = self._assign(tasks, self._membership.down() | avoid, ring,
-                                      (plan, queries) if inline else None)
+                                      (plan, queries, columns) if inline else None)
             if inline and len(assignment) == 1:  # the usual case: no thread hand-off, the watchdog watches it
                 (node, group), = assignment.items()
                 batch = _Batch(node, group, blamed)
@@ -366,7 +367,7 @@ class Dispatcher:
             batch = _Batch(node, prewarm_tasks(warm.tasks))
             plan = _WarmPlan(warm.metric)
             try:
-                self._send_here(batch, plan, plan.finishing(), warm.query[None, :], f"prewarm-{warm.key}",  # type: ignore[arg-type]
+                self._send_here(batch, plan, plan.finishing(warm.columns), warm.query[None, :], f"prewarm-{warm.key}",  # type: ignore[arg-type]
                                 deadline, hedge=False).result()
             except (ApplianceError, ExecutorFailed, ExecutorError, Cancelled) as exc:
                 report.error = f"{type(exc).__name__}: {exc}"

@@ -32,13 +32,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Warmup:
-    """One routing group to load: its key, the tasks of its last search, that search's metric and first query."""
+    """One routing group to load: its key, the tasks of its last search, that search's metric, first query and
+    payload columns (executors cache a fragment's columns per column set)."""
 
     key: str
     tasks: tuple[Task, ...]
     metric: str
     query: np.ndarray
     batch: tuple[str, ...]  # every key its search routed together (bounded loads place them as a set)
+    columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -69,7 +71,8 @@ class RecentGroups:
         self._items: dict[str, Warmup] = {}
         self._lock = threading.Lock()
 
-    def remember(self, by_key: dict[str, list[Task]], metric: str, queries: np.ndarray) -> None:
+    def remember(self, by_key: dict[str, list[Task]], metric: str, queries: np.ndarray,
+                 columns: Collection[str] = ()) -> None:
         if not by_key or len(queries) == 0:
             return
         query = np.array(queries[0], dtype=np.float32)  # a copy: the request's matrix is not kept alive
@@ -77,7 +80,7 @@ class RecentGroups:
         with self._lock:
             for key, tasks in by_key.items():
                 self._items.pop(key, None)  # to the end: the most recently searched
-                self._items[key] = Warmup(key, tuple(tasks), metric, query, batch)
+                self._items[key] = Warmup(key, tuple(tasks), metric, query, batch, tuple(columns))
             while len(self._items) > self._capacity:
                 del self._items[next(iter(self._items))]
 
