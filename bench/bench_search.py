@@ -297,13 +297,13 @@ def bench_appliance(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.nd
             {"nprobes": nprobes} for nprobes in sorted({*NPROBES, p["nprobes"]})]
         for knob_params in knobs:
             default = knob_params == {"ef": 0} if graph else knob_params["nprobes"] == p["nprobes"]
-            params = {k: v for k, v in knob_params.items() if v}  # ef 0: the executors' default, max(2k, 40)
+            params = {k: v for k, v in knob_params.items() if v}  # ef 0: the index's default (measured, >= 128)
             batched = appliance_recall(api, queries, truth, **params) if default else None
             one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], **params)), n)
             many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], **params)),
                            len(queries) - n, CLIENTS, meter)
             name, value = next(iter(knob_params.items()))
-            knob = (f"{name}={value or 'max(2k, 40)'}" if graph else f"{name}={value}") + (
+            knob = (f"{name}={value or p.get('ef') or 'default'}" if graph else f"{name}={value}") + (
                 " (default)" if default else "")
             rows.append(Row("appliance", f"IVF{p['nlist']} {codec}", knob, refine, both(one, many, truth), one, many,
                             batched))
