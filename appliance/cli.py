@@ -38,6 +38,7 @@ from appliance.query.admin import cache_table
 from appliance.query.auth import API_KEY_BLOB, API_KEY_HEADER, hash_key
 from appliance.storage import BlobStore, TableStore
 from appliance.storage.schema import METRICS
+from kernels.threads import thread_budget
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,7 +182,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     params = IndexParams(codec=args.codec, nlist=args.nlist, nprobes=args.nprobes, pq_m=args.pq_m, seed=args.seed)
     try:
         rows = tables.describe(args.table).rows
-        with tqdm(total=rows, unit="rows", desc=f"indexing {args.table}") as bar:
+        with tqdm(total=rows, unit="rows", desc=f"indexing {args.table}") as bar, \
+                thread_budget(settings.build_threads):
             manifest = build_full(tables, IndexStore(root), args.table, params, progress=bar.update)
     except ApplianceError as exc:
         where = f" in data root {settings.data}" if isinstance(exc, TableNotFound) else ""

@@ -286,7 +286,8 @@ def bench_appliance(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.nd
     for codec in codecs:
         info, seconds = build_index(api, TABLE, codec=codec)
         p = info["params"]
-        builds.append(f"| appliance (`POST .../index`, query node, 1 thread) | IVF {codec}, nlist={p['nlist']}"
+        builds.append("| appliance (`POST .../index`, query node, all cores: `build_threads` 0) | "
+                      f"IVF {codec}, nlist={p['nlist']}"
                       + (f", pq_m={p['pq_m']}" if codec == "pq" else "")
                       + f", sample {p['sample_rows']:,} rows, {p['kmeans_iters']} k-means iterations | {seconds:.1f} |")
         refine = str(p["refine_factor"]) if p["refine_factor"] else "-"
@@ -493,7 +494,7 @@ def bench_synthetic_build(work: Path, api: Api, rows: int) -> tuple[str, list[st
     loaded = load_table(api, "synthetic", data, "l2", SYNTHETIC_BATCH)
     info, seconds = build_index(api, "synthetic", codec="flat")
     p = info["params"]
-    builds = [("appliance (`POST .../index`, query node, 1 thread)",
+    builds = [("appliance (`POST .../index`, query node, all cores: `build_threads` 0)",
                f"IVF{p['nlist']},flat, sample {p['sample_rows']:,} rows, {p['kmeans_iters']} k-means iterations",
                seconds)]
 

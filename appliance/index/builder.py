@@ -1,10 +1,11 @@
 """Builds index versions: full (train centroids and codec, assign every row) and partial (assign the rows
 added since the last version to the existing centroids, as delta objects).
 
-Both stream over the table in batches and spill partition buffers to storage whenever they pass a byte
-budget, so a table larger than RAM indexes in bounded memory. A full build then merges each partition's
-spilled pieces into one object (one partition in memory at a time): executors pay a fixed cost per object
-they scan, so a partition should be one block. Deltas from partial builds stay separate objects.
+Both stream over the table in batches and spill partition buffers to a local temporary file whenever they
+pass a byte budget, so a table larger than RAM indexes in bounded memory, and then write each partition's
+rows as one object (one partition in memory at a time): executors pay a fixed cost per object they scan,
+so a partition should be one block. Deltas from partial builds stay separate objects, one per partition
+and build.
 Graph codecs (hnsw_flat, hnsw_sq) then turn each merged partition into an object holding its HNSW graph;
 their deltas stay flat rows, scanned exactly beside the graph until the next full build.
 """
@@ -12,9 +13,12 @@ their deltas stay flat rows, scanned exactly beside the graph until the next ful
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +38,13 @@ SPILL_BYTES = 256 * 1024 * 1024
 
 
 class PartitionWriter:
-    """Buffers encoded rows per partition and writes them out as objects when the buffer is full."""
+    """Buffers encoded rows per partition and writes each partition out as one object when flushed.
+
+    Past the memory budget the buffer goes to a local temporary file, one sequential write of each
+    partition's rows (a run); `flush` then writes each partition once, from its runs and what is still
+    buffered, one partition in memory at a time. (Spilling to the object store and merging the pieces
+    afterwards wrote, checksummed and synced every row three times and read it back twice: on a
+    1M x 128 flat build, 4,000 objects written and 3,000 deleted for the 1,000 that are kept.)"""
 
     def __init__(self, store: IndexStore, table: str, nlist: int, spill_bytes: int | None = None) -> None:
         self._store = store
@@ -43,11 +53,15 @@ class PartitionWriter:
         self._codes: list[list[np.ndarray]] = [[] for _ in range(nlist)]
         self._buffered = 0
         self._spill_bytes = spill_bytes or SPILL_BYTES
+        self._spill: BinaryIO | None = None  # the temporary file of the runs, made at the first spill
+        self._runs: list[list[tuple[int, int]]] = [[] for _ in range(nlist)]  # per partition: (offset, rows)
+        self._row_shape: tuple[np.dtype, tuple[int, ...]] | None = None  # the codes' dtype and row shape
         self.refs: list[list[ObjectRef]] = [[] for _ in range(nlist)]
 
     def add(self, ids: np.ndarray, codes: np.ndarray, labels: np.ndarray) -> None:
         order = np.argsort(labels, kind="stable")
-        labels, ids, codes = labels[order], ids[order], codes[order]
+        labels, ids, codes = labels[order], ids[order].astype(np.uint64, copy=False), codes[order]
+        self._row_shape = self._row_shape or (codes.dtype, codes.shape[1:])
         bounds = np.searchsorted(labels, np.arange(len(self._ids) + 1))
         for p in np.unique(labels):
             lo, hi = bounds[p], bounds[p + 1]
@@ -55,29 +69,45 @@ class PartitionWriter:
             self._codes[p].append(codes[lo:hi])
         self._buffered += ids.nbytes + codes.nbytes
         if self._buffered >= self._spill_bytes:
-            self.flush()
+            self._spill_buffer()
 
-    def flush(self) -> None:
+    def _spill_buffer(self) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="appliance-build-")  # noqa: SIM115 - closed by flush
         for p, (ids, codes) in enumerate(zip(self._ids, self._codes, strict=True)):
             if ids:
-                all_ids = np.concatenate(ids)
-                ref = self._store.put_object(self._table, {"ids": all_ids, "codes": np.concatenate(codes)},
-                                             rows=len(all_ids))
-                self.refs[p].append(ref)
+                offset = self._spill.tell()
+                rows = sum(len(i) for i in ids)
+                for part in (*ids, *codes):
+                    self._spill.write(np.ascontiguousarray(part).data)
+                self._runs[p].append((offset, rows))
                 self._ids[p], self._codes[p] = [], []
         self._buffered = 0
 
-    def consolidate(self) -> None:
-        """Merge each partition's spilled pieces into one object and delete the pieces (no manifest names
-        them yet); call after the last flush."""
-        for p, refs in enumerate(self.refs):
-            if len(refs) > 1:
-                pieces = [self._store.get_object(ref)[0] for ref in refs]
-                ids = np.concatenate([piece["ids"] for piece in pieces])
-                codes = np.concatenate([piece["codes"] for piece in pieces])
-                self.refs[p] = [self._store.put_object(self._table, {"ids": ids, "codes": codes}, rows=len(ids))]
-                for ref in refs:
-                    self._store.delete_object(ref.key)
+    def _read_run(self, offset: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, codes) of one spilled run: its ids (uint64), then its codes, as `_spill_buffer` wrote them."""
+        dtype, shape = self._row_shape
+        values = rows * math.prod(shape)
+        data = os.pread(self._spill.fileno(), rows * 8 + values * dtype.itemsize, offset)
+        return np.frombuffer(data, np.uint64, rows), np.frombuffer(data, dtype, values, rows * 8).reshape(rows, *shape)
+
+    def flush(self) -> None:
+        """Write each partition's rows (its runs in order, then what is buffered) as one object."""
+        try:
+            for p, (ids, codes) in enumerate(zip(self._ids, self._codes, strict=True)):
+                runs = [self._read_run(*run) for run in self._runs[p]]
+                all_ids = [r[0] for r in runs] + ids
+                if all_ids:
+                    all_ids = np.concatenate(all_ids)
+                    all_codes = np.concatenate([r[1] for r in runs] + codes)
+                    self.refs[p].append(self._store.put_object(self._table, {"ids": all_ids, "codes": all_codes},
+                                                               rows=len(all_ids)))
+                self._ids[p], self._codes[p], self._runs[p] = [], [], []
+        finally:
+            if self._spill is not None:
+                self._spill.close()
+                self._spill = None
+        self._buffered = 0
 
     def to_graphs(self, codec_name: str, metric: str, m: int, probe: RecallProbe | None = None) -> None:
         """Replace each partition's (consolidated, flat) object by one holding its ids and the HNSW graph of
@@ -120,7 +150,6 @@ def build_full(tables: TableStore, indexes: IndexStore, name: str, params: Index
     probe = RecallProbe.sample(snap, rows, p.seed, metric)
     indexed, watermark = _assign_all(_batches(snap, p.batch_rows), metric, centroids, codec_params, p, writer,
                                      progress, probe)
-    writer.consolidate()
     recall = None
     if probe is not None:  # the probe count that reaches the table's target recall (tuning.py)
         recall = probe.tune(centroids, p.target_recall)
