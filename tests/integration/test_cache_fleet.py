@@ -79,7 +79,9 @@ def test_a_ram_tier_smaller_than_the_data_answers_exactly_from_nvme(loaded: Api,
         stats = cache_stats(api)
     finally:
         fleet.stop()
-    assert stats["nvme"]["hits"] >= 7 * QUERIES and stats["storage"]["fetches"] == 8
+    # each of the 8 fragments read from storage once for its rows (vectors), and at most once more for the
+    # payload columns of the results it holds (executors cache a fragment's columns apart from its vectors)
+    assert stats["nvme"]["hits"] >= 7 * QUERIES and 8 < stats["storage"]["fetches"] <= 2 * 8
     assert stats["ram"]["bytes"] <= stats["ram"]["budget"] == 2 * small
     for executor in stats["executors"]:
         nvme = executor["stats"]["nvme"]
