@@ -148,14 +148,6 @@ class TableSnapshot:
 
         return _MATCHES.get_or_load((self.dataset.uri, self.version, predicate), load)
 
-    def vectors_of(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of the rows still alive at this version among `row_ids`."""
-        if not len(row_ids):
-            return np.empty(0, np.uint64), np.empty((0, self.dimension), np.float32)
-        table = self.dataset._take_rows(row_ids.tolist(), columns=[VECTOR_COLUMN, "_rowid"])
-        ids = table.column("_rowid").to_numpy().astype(np.uint64)
-        return ids, vectors_to_numpy(table.column(VECTOR_COLUMN))
-
     def take(self, row_ids: np.ndarray, columns: list[str]) -> dict[int, dict[str, Any]]:
         """Payload columns of the given rows, keyed by row id (rows deleted in this version are absent)."""
         if not len(row_ids) or not columns:
