@@ -251,18 +251,23 @@ def test_inventory_from_terraform_outputs(tmp_path: Path) -> None:
     assert hostvars["query-0"]["common_data"] == "s3://bucket/appliance"
 
 
+def aws_script(monkeypatch: pytest.MonkeyPatch, path: Path):
+    """The Python script at `path` loaded as a module, with fake AWS credentials and region set for moto."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_inventory_lists_autoscaling_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     """terraform/environments/aws outputs autoscaling groups, not instances: their instances are listed."""
     moto = pytest.importorskip("moto")
     import boto3
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    script = ANSIBLE / "inventory" / "terraform_inventory.py"
-    spec = importlib.util.spec_from_file_location("terraform_inventory", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = aws_script(monkeypatch, ANSIBLE / "inventory" / "terraform_inventory.py")
     with moto.mock_aws():
         ec2 = boto3.client("ec2")
         subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
@@ -294,12 +299,7 @@ def test_target_group_script_takes_a_query_node_out_and_back(monkeypatch: pytest
     moto = pytest.importorskip("moto")
     import boto3
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    spec = importlib.util.spec_from_file_location("target_group", ANSIBLE / "roles/common/files/target_group.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = aws_script(monkeypatch, ANSIBLE / "roles/common/files/target_group.py")
     with moto.mock_aws():
         ec2 = boto3.client("ec2")
         vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
