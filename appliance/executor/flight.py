@@ -38,6 +38,7 @@ import pyarrow.flight as flight
 
 from appliance.drain import DrainState
 from appliance.errors import ApplianceError
+from appliance.launch import bind_address
 from appliance.planner import wire
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
@@ -178,7 +179,7 @@ def start_flight_server(host: str, port: int, token: str, handler: BatchHandler,
                         on_batch: BatchObserver | None = None) -> SearchServer:
     """Serve task batches on grpc+tcp://host:port in this process (a gunicorn worker) until it exits;
     `on_batch` hears of every batch answered (metrics, the access log)."""
-    server = SearchServer(f"grpc+tcp://{_bracketed(host)}:{port}", token, handler, drain, on_batch)
+    server = SearchServer(f"grpc+tcp://{bind_address(host, port)}", token, handler, drain, on_batch)
     threading.Thread(target=server.serve, name="flight-server", daemon=True).start()
     log.info("serving task batches over Arrow Flight on %s:%d", host, server.port)
 
@@ -192,7 +193,3 @@ def start_flight_server(host: str, port: int, token: str, handler: BatchHandler,
 
     atexit.register(stop)
     return server
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
