@@ -27,8 +27,8 @@ import kernels
 from appliance.cache import TieredCache
 from appliance.cache.codec import ARROW
 from appliance.errors import InvalidInput
+from appliance.executor.partition import PartitionScanner
 from appliance.index.manifest import ObjectRef
-from appliance.index.partition import PartitionScanner
 from appliance.index.store import CorruptIndexObject, IndexStore
 from appliance.lru import Lru
 from appliance.planner.plan import FRAGMENT, PARTITION, Task

@@ -27,6 +27,13 @@ DEFAULT_HNSW_M = 16  # debian-minilm, one graph, ef 40: recall@10 0.970 (m 32: 0
 # 128, 0.36 ms of graph search vs 0.25 at the measured 48). docs/BENCHMARKS.md "default codec".
 GRAPH_EF_FLOOR = 128
 
+
+def default_ef(k: int) -> int:
+    """A graph search's breadth when the client sends none: twice k, at least 40 (faiss's and LanceDB's
+    default range), within MAX_EF. The planner puts it in graph tasks' `ef`; an executor's scan uses it for a
+    task without one."""
+    return min(max(2 * k, 40), limits.MAX_EF)
+
 # The indexers' default codec ("auto", appliance/config.py `indexer_codec`): a graph up to the rows one graph
 # partition holds, IVF flat above. Up to there hnsw_sq searches for about half the CPU of IVF flat at its probe
 # floor, at higher recall (debian-minilm, 62k rows: 0.984 at ef 128, 3.3 ms of fleet CPU a query, vs 0.978 and

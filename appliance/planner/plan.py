@@ -27,7 +27,7 @@ from appliance.config import Settings
 from appliance.index.catalog import LoadedIndex
 from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
-from appliance.index.partition import default_ef
+from appliance.index.params import default_ef
 from appliance.planner.stats import SnapshotStats
 from appliance.planner.wire import Finish
 from appliance.query.request import SearchRequest

@@ -47,7 +47,7 @@ class SearchRequest:
     include_vector: bool = False
     nprobes: int | None = None  # IVF partitions to probe; None = the index's default
     refine_factor: int | None = None  # re-rank the top k x refine_factor with exact vectors
-    ef: int | None = None  # graph codecs: search breadth per partition; None = partition.default_ef(fetch k)
+    ef: int | None = None  # graph codecs: search breadth per partition; None = params.default_ef(fetch k)
     prefilter: bool = True  # evaluate the filter before the search (exact), else over-fetch and filter after
     bypass_index: bool = False  # exact flat scan even when an index exists
 

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 
 from appliance.errors import InvalidInput
+from appliance.executor.partition import PartitionScanner
 from appliance.index import IndexParams, IndexStore, builder
 from appliance.index.builder import build_full, build_partial
-from appliance.index.partition import PartitionScanner
 from appliance.index.store import CorruptIndexObject
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type
@@ -142,7 +142,8 @@ def test_scanner_finds_each_row_in_its_partition(root) -> None:
 def test_a_batch_over_many_partitions_is_scanned_a_bounded_number_of_bytes_at_a_time(root, monkeypatch) -> None:
     """What one executor batch holds beside the cache stays bounded: flat objects are scanned SCAN_BYTES at a
     time and their top k merged, with the same answer as one scan of them all."""
-    from appliance.index import codec, partition
+    from appliance.executor import partition
+    from appliance.index import codec
 
     tables, indexes = TableStore(root), IndexStore(root)
     tables.create("t", 8, "cosine", {"n": "int64"})

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.index.catalog import LoadedIndex
 from appliance.index.manifest import IndexManifest, ObjectRef
-from appliance.index.partition import default_ef
+from appliance.index.params import default_ef
 from appliance.planner.plan import FRAGMENT, PARTITION, Routing, plan_search
 from appliance.planner.stats import (
     FragmentStats,

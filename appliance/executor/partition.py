@@ -1,5 +1,8 @@
 """Scanning one IVF partition on an executor: its objects (base and deltas) through a loader, then the codec.
 
+Only executors scan partitions, so this lives with them; the index format and codecs, and a graph search's
+default breadth (`params.default_ef`, which the planner uses too), are `appliance/index/`.
+
 A graph codec's base object holds a serialised HNSW graph: it is deserialised once per object and kept,
 with its ids, in an LRU here (deserialising on every search would cost more than the search; while cached
 the object is not read through the loader at all, so the loader's cache lets its copy age out), and
@@ -19,9 +22,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 import kernels
-from appliance import limits
 from appliance.index import codec
 from appliance.index.manifest import IndexManifest, ObjectRef
+from appliance.index.params import default_ef
 from appliance.index.store import IndexStore
 from appliance.lru import Lru
 
@@ -31,12 +34,6 @@ SCAN_BYTES = 64 * 2**20
 """Most bytes of flat partition objects one batch holds before scanning them (and letting them go)."""
 """Deserialised partition graphs kept per executor process (each as large as its object: a few hundred
 KB for a partition of a thousand 384-d rows)."""
-
-
-def default_ef(k: int) -> int:
-    """A graph search's breadth when the client sends none: twice k, at least 40 (faiss's and LanceDB's
-    default range), within MAX_EF."""
-    return min(max(2 * k, 40), limits.MAX_EF)
 
 
 class PartitionScanner:
