@@ -36,8 +36,32 @@ class Cancelled(ApplianceError):
     code = "cancelled"
 
 
+CANCEL_POLL_SECONDS = 0.02  # how often a deadline asks whether the party that asked is gone
+
+
 def _never() -> bool:
     return False
+
+
+class _Polled:
+    """`gone`, asked at most once per `every` seconds, the first time `every` after the deadline is made;
+    in between, the last answer. Asking can cost more than the work it guards: Flight's
+    `ServerCallContext.is_cancelled` took 85 us of wall time (22 us of CPU) per call, and an executor checks
+    its deadline several times per batch, so unpolled it was about half of an executor's Python samples
+    under 8 clients for batches that last a millisecond. A hang-up is still seen within `every`."""
+
+    __slots__ = ("_gone", "_every", "_next", "_seen")
+
+    def __init__(self, gone: Callable[[], bool], every: float) -> None:
+        self._gone, self._every = gone, every
+        self._next = time.monotonic() + every
+        self._seen = False
+
+    def __call__(self) -> bool:
+        if not self._seen and (now := time.monotonic()) >= self._next:
+            self._seen = self._gone()
+            self._next = now + self._every
+        return self._seen
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,11 @@ class Deadline:
     gone: Callable[[], bool] = field(default=_never, compare=False)  # True once nobody waits for the answer
 
     @classmethod
-    def after(cls, seconds: float, gone: Callable[[], bool] | None = None) -> Deadline:
+    def after(cls, seconds: float, gone: Callable[[], bool] | None = None,
+              poll: float = CANCEL_POLL_SECONDS) -> Deadline:
+        """`seconds` from now; `gone` is asked at most every `poll` seconds (0: at every check)."""
+        if gone is not None and poll > 0:
+            gone = _Polled(gone, poll)
         return cls(time.monotonic() + max(0.0, seconds), gone or _never)
 
     @classmethod
