@@ -1,7 +1,7 @@
 """The native JSON API (`/api/v1/...`): tables, rows, deletes and search.
 
 JSON in and out by default; bulk inserts may send an Arrow IPC stream; a search may send its query vectors
-as raw float32 or an Arrow IPC stream (bodies.parse_binary_search), and answers Arrow IPC when the client
+as raw float32 or an Arrow IPC stream (request.parse_binary_search), and answers Arrow IPC when the client
 asks for it with `Accept: application/vnd.apache.arrow.stream`.
 """
 
@@ -14,12 +14,13 @@ from appliance.deadline import requested
 from appliance.errors import InvalidInput, PayloadTooLarge
 from appliance.index.params import IndexParams
 from appliance.planner.plan import SearchPlan
-from appliance.query.bodies import (
+from appliance.query.request import (
     ARROW_STREAM,
     BINARY_SEARCH_TYPES,
     CREATE_TABLE_FIELDS,
     DELETE_FIELDS,
     INSERT_FIELDS,
+    SearchRequest,
     check_fields,
     parse_arrow_stream,
     parse_binary_search,
@@ -29,7 +30,6 @@ from appliance.query.bodies import (
     parse_search,
     search_fields,
 )
-from appliance.query.request import SearchRequest
 from appliance.query.service import QueryService
 from appliance.storage.tables import check_filter_text
 from appliance.web import json_response

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.index.params import CODECS, TARGET_RECALL_BOUNDS, IndexParams
-from appliance.query.bodies import SEARCH_PARAMS
+from appliance.query.request import SEARCH_PARAMS
 from appliance.storage.schema import METRICS
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -78,7 +78,7 @@ LANCE_QUERY = {
         "order_by": {"type": "array", "items": {"type": "object"}},
     },
 }
-# Derived from the declarations the parsers check (bodies.SEARCH_PARAMS, IndexParams), so a field the
+# Derived from the declarations the parsers check (request.SEARCH_PARAMS, IndexParams), so a field the
 # server accepts cannot be missing here.
 _SCHEMA_OF_TYPE = {int: INT, str: STR, bool: BOOL, list: {"type": "array", "items": STR}}
 _SEARCH_SCHEMAS = {name: _SCHEMA_OF_TYPE[kind] for name, kind in SEARCH_PARAMS.items()}
@@ -86,7 +86,7 @@ _SEARCH_SCHEMAS["metric"] = {"enum": list(METRICS)}
 NATIVE_SEARCH = {
     "type": "object",
     "properties": {"vector": VECTOR, "vectors": {"type": "array", "items": VECTOR}, **_SEARCH_SCHEMAS},
-    # strict: an unknown field is a 400 naming it (appliance/query/bodies.py check_fields). A search whose metric
+    # strict: an unknown field is a 400 naming it (appliance/query/request.py check_fields). A search whose metric
     # differs from the index's answers with `warnings` and the x-appliance-warning header (it scans exactly).
     "additionalProperties": False,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.errors import InvalidInput
-from appliance.query.bodies import SEARCH_PARAMS, check_fields, parse_index_request, search_fields
+from appliance.query.request import SEARCH_PARAMS, check_fields, parse_index_request, search_fields
 
 
 def test_an_unknown_field_is_named_with_the_accepted_ones() -> None:

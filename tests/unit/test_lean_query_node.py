@@ -17,7 +17,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.node_state import NodeState
-from appliance.query.bodies import OCTET_STREAM, parse_binary_search
+from appliance.query.request import OCTET_STREAM, parse_binary_search
 from appliance.storage import StorageRoot, TableStore
 from appliance.web import json_bytes
 

@@ -10,8 +10,8 @@ import pytest
 from appliance import limits
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.index.params import IndexParams
-from appliance.query.bodies import json_depth, parse_index_request, parse_json_body, parse_search
 from appliance.query.lancedb.query import parse_query
+from appliance.query.request import json_depth, parse_index_request, parse_json_body, parse_search
 
 
 def nested(depth: int) -> list:

@@ -4,8 +4,8 @@ declarations the parsers check, so a field added to one cannot be missing from t
 from __future__ import annotations
 
 from appliance.index.params import CODECS, IndexParams
-from appliance.query.bodies import search_fields
 from appliance.query.openapi import openapi_document
+from appliance.query.request import search_fields
 
 
 def _body(doc: dict, path: str) -> dict:

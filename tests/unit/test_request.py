@@ -17,10 +17,9 @@ from appliance.index import IndexParams, IndexStore
 from appliance.index.builder import build_full
 from appliance.index.catalog import IndexCatalog
 from appliance.planner.stats import snapshot_stats
-from appliance.query.bodies import parse_search
 from appliance.query.dispatch import Dispatcher
 from appliance.query.lancedb.query import parse_query
-from appliance.query.request import search_request, validate
+from appliance.query.request import parse_search, search_request, validate
 from appliance.query.service import QueryService
 from appliance.routing import HashRing
 from appliance.storage import StorageRoot, TableStore

@@ -22,9 +22,8 @@ from appliance import limits
 from appliance.deadline import requested
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.planner.plan import SearchPlan
-from appliance.query.bodies import parse_vectors
 from appliance.query.lancedb.wire import HUGE_K, optional_bool, optional_float, optional_int, optional_str
-from appliance.query.request import SearchRequest, search_request, type_check_filter
+from appliance.query.request import SearchRequest, parse_vectors, search_request, type_check_filter
 from appliance.query.service import QueryService
 from appliance.storage.schema import VECTOR_COLUMN
 from appliance.storage.tables import TableSnapshot, check_filter_text, clean_lance_message, raise_if_rejected

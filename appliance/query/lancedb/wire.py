@@ -13,7 +13,7 @@ import pyarrow as pa
 from flask import Response, request
 
 from appliance.errors import InvalidInput, LimitExceeded, PayloadTooLarge
-from appliance.query.bodies import parse_arrow_stream, parse_json_body, shown
+from appliance.query.request import parse_arrow_stream, parse_json_body, shown
 from appliance.storage.tables import check_filter_text
 
 ARROW_FILE = "application/vnd.apache.arrow.file"
