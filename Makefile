@@ -14,7 +14,7 @@ APPLIANCE_DATA ?= ./data
 APPLIANCE_EXECUTORS ?= 2
 export APPLIANCE_PORT APPLIANCE_DATA APPLIANCE_EXECUTORS APPLIANCE_API_KEY
 
-.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-s3 bench-indexer bench-ingest bench-scale lint venv clean
+.PHONY: run test test-fast bench bench-kernels bench-cache bench-search bench-floor bench-s3 bench-indexer bench-ingest bench-scale lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Benchmarks write their sections of docs/BENCHMARKS.md (machine, data set and date included).
-bench: bench-kernels bench-cache bench-search bench-s3 bench-indexer bench-ingest
+bench: bench-kernels bench-cache bench-search bench-floor bench-s3 bench-indexer bench-ingest
 
 bench-kernels: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_kernels.py
@@ -60,6 +60,10 @@ bench-cache: $(VENV)/.installed-test
 
 bench-search: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_search.py $(SEARCH_ARGS)  # e.g. SEARCH_ARGS=--quick while developing
+
+# What each layer of a search costs at least (front, hop, scan) beside the real search, on one fleet (~5 min).
+bench-floor: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_floor.py $(FLOOR_ARGS)  # e.g. FLOOR_ARGS="--rows 5000 --rounds 1 --no-write"
 
 bench-s3: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_s3.py
