@@ -413,8 +413,9 @@ def derived(layers: dict[str, Layer]) -> list[str]:
         planned = query_cpu(explain)
         shared = f" of {statistics.median(real.per_batch):.1f} searches" if real.per_batch else ""
         plan_part = (f" An explain costs it {planned:.3f} ms a request, {planned - front_cpu:.3f} above the front: "
-                     f"reading and parsing the body, binding the table version and planning, for each request alone "
-                     f"(a search binds and plans once per coalesced batch{shared}).")
+                     f"reading and parsing the body, binding the table version, planning and routing, and the plan's "
+                     f"JSON answer, for each request alone (a search binds and plans once per coalesced "
+                     f"batch{shared}).")
     lines.append(
         f"- By side, JSON search: **query node {query:.3f} ms** against its floors, the front {front_cpu:.3f} + the "
         f"hop's client half {hop_client:.3f} = {front_cpu + hop_client:.3f} (the client half is this process's CPU "
@@ -465,7 +466,7 @@ divided by the requests answered; the scan's is its thread's CPU time per query.
 
 - **1. front**: `GET /healthz` on the query node: gunicorn + Flask, no work, the HTTP front's floor.
   **1b.** `POST .../explain` with the search bodies: the front, reading and parsing the JSON body, the
-  table version check and the plan, and a JSON answer (the plan, about as long as a search's answer); no hop.
+  table version check, the plan and its routing, and a JSON answer (the plan); no hop.
 - **2. / 3.** the search bench's requests (JSON bodies, as `make bench-search` sends), and the same with raw
   float32 bodies (`application/octet-stream`, the other fields in the query string). Concurrent searches
   are coalesced by the query node (`search_batch_rows`), so the executors see fewer batches than searches.
