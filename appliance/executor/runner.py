@@ -198,26 +198,41 @@ class TaskRunner:
 
     def _payload(self, version: _Version, ids: np.ndarray, columns: list[str]) -> pa.Table:
         """The `columns` of the found results (ids not NO_ID), row by row in the order of `ids`, from each
-        fragment's columns (cached as an Arrow table: its live row ids, sorted, then the columns)."""
+        fragment's columns (cached as an Arrow table: its live row ids, sorted, then the columns).
+
+        Rows are gathered per fragment and column: fixed-width numeric columns with numpy on the cached
+        arrays' memory, others with one Arrow `take` per fragment. Taking from the fragments' tables
+        concatenated (a chunked table) cost ~250 us for 10 results over 8 fragments, since Arrow's take
+        joins a chunked column's chunks first; this path ~10x less for numeric columns."""
         wanted = ids[ids != kernels.NO_ID]
         unique, inverse = np.unique(wanted, return_inverse=True)
-        tables: list[pa.Table] = []
-        where = np.full(len(unique), -1, np.int64)  # each unique id's row in the tables, concatenated
-        offset = 0
+        found = np.zeros(len(unique), bool)
+        pieces: list[tuple[pa.Table, np.ndarray, np.ndarray]] = []  # (table, which of unique, their rows in it)
         for _, fragment, key, first, last in version.holding(unique):
             key = f"{key}?columns={','.join(columns)}"
             table = self.cache.get(key, lambda fragment=fragment: _fragment_columns(fragment, columns), ARROW)
-            at = self._positions(key, table.column(0).to_numpy(), unique[first:last])
-            where[first:last] = np.where(at >= 0, offset + at, where[first:last])
-            tables.append(table)
-            offset += table.num_rows
-        if np.any(where < 0):
-            missing, snapshot = unique[where < 0][:5].tolist(), version.snapshot
+            if not table.num_rows:
+                continue
+            row_ids = _one_chunk(table.column(0)).to_numpy()
+            span = unique[first:last]
+            at = np.minimum(np.searchsorted(row_ids, span), len(row_ids) - 1)
+            hit = (row_ids[at] == span) & ~found[first:last]
+            if hit.any():
+                found[first:last] |= hit
+                pieces.append((table, first + np.flatnonzero(hit), at[hit]))
+        if not found.all():
+            missing, snapshot = unique[~found][:5].tolist(), version.snapshot
             raise RuntimeError(f"results {missing} have no live row in {snapshot.name} v{snapshot.version}")
-        if not tables:
-            schema = version.snapshot.dataset.schema
+        schema = version.snapshot.dataset.schema
+        if not pieces:
             return pa.schema([schema.field(c) for c in columns]).empty_table()
-        return pa.concat_tables(tables).select(columns).take(pa.array(where[inverse]))
+        gathered = np.concatenate([which for _, which, _ in pieces])  # the gathered rows, as positions in unique
+        rank = np.empty(len(unique), np.int64)
+        rank[gathered] = np.arange(len(gathered))
+        order = rank[inverse]  # each result's row among the gathered ones
+        return pa.table([_gather([_one_chunk(t.column(c)) for t, _, _ in pieces], [rows for _, _, rows in pieces],
+                                 order) for c in columns], schema=pa.schema([pieces[0][0].schema.field(c)
+                                                                               for c in columns]))
 
     def _scan_partitions(self, table: str, index_version: int, group: list[Task], queries: np.ndarray, k: int
                          ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -295,6 +310,20 @@ def _fragment_columns(fragment: LanceFragment, columns: list[str]) -> pa.Table:
     if len(ids) > 1 and not np.all(ids[1:] >= ids[:-1]):
         table = table.take(pa.array(np.argsort(ids, kind="stable")))
     return table.combine_chunks()
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _gather(arrays: list[pa.Array], rows: list[np.ndarray], order: np.ndarray) -> pa.Array:
+    """rows[i] of arrays[i], concatenated, then reordered by `order`."""
+    kind = arrays[0].type
+    if (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and not any(a.null_count for a in arrays):
+        values = np.concatenate([a.to_numpy(zero_copy_only=True)[r] for a, r in zip(arrays, rows, strict=True)])
+        return pa.array(values[order], type=kind)
+    taken = pa.concat_arrays([a.take(pa.array(r)) for a, r in zip(arrays, rows, strict=True)])
+    return taken.take(pa.array(order))
 
 
 def _no_check() -> None:

@@ -115,3 +115,17 @@ def test_merged_lists_keep_the_best_by_distance_then_row_id_with_their_payload()
     assert merged.ids.tolist() == [[4, 5, 8], [1, none, none]]
     assert merged.payload is not None and merged.payload.column("n").to_pylist() == [40, 50, 80, 10]
     assert merged.short.tolist() == [False, True]  # query 1 came up short where a's candidates were full
+
+
+@pytest.mark.parametrize("values", [
+    [[10, 11, 12], [20, 21]],  # fixed-width: gathered with numpy
+    [["a", "b", "c"], ["d", "e"]],  # variable width: Arrow take
+    [[1.5, None, 3.5], [4.5, 5.5]],  # nulls: Arrow take
+])
+def test_payload_rows_are_gathered_per_fragment_in_the_results_order(values) -> None:
+    from appliance.executor.runner import _gather
+    arrays = [pa.array(v) for v in values]
+    rows = [np.array([2, 0]), np.array([1])]  # fragment 0's rows 2 and 0, then fragment 1's row 1
+    order = np.array([2, 0, 0, 1])  # results: fragment 1's row, then fragment 0's row 2 twice, then its row 0
+    got = _gather(arrays, rows, order).to_pylist()
+    assert got == [values[1][1], values[0][2], values[0][2], values[0][0]]
