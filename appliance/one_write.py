@@ -8,15 +8,35 @@ that never writes a body (HEAD, 204, 304, an empty body) or that gunicorn sends 
 close or before the file, as before. Chunked responses are left to gunicorn's own framing.
 
 `install()` swaps the class gunicorn's `wsgi.create` builds; the launcher's gunicorn hooks call it in the
-master before it forks its workers (appliance/gunicorn_hooks.py).
+master before it forks its workers (appliance/gunicorn_hooks.py). It also makes gunicorn's `Date` header
+once per second instead of once per response (`email.utils.formatdate`, 1.5% of the query node's
+Python samples under 8 clients).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.util import to_bytestring
+
+_format_date = util.http_date
+_date: tuple[int, str] = (0, "")  # (second, its Date header value), replaced whole
+
+
+def http_date(timestamp: float | None = None) -> str:
+    """gunicorn's `util.http_date`, made once per second for the current time."""
+    global _date
+    if timestamp is not None:
+        return _format_date(timestamp)
+    now = int(time.time())
+    second, text = _date
+    if second != now:
+        text = _format_date(now)
+        _date = (now, text)
+    return text
 
 
 class OneWriteResponse(wsgi.Response):
@@ -59,3 +79,4 @@ class OneWriteResponse(wsgi.Response):
 def install() -> None:
     """Make gunicorn build OneWriteResponse for every request of this process and the workers it forks."""
     wsgi.Response = OneWriteResponse  # type: ignore[misc]
+    util.http_date = http_date  # wsgi.Response.default_headers calls it as util.http_date()

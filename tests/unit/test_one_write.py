@@ -117,3 +117,18 @@ def test_the_launchers_gunicorn_hooks_install_it_in_every_worker(tmp_path) -> No
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_date_header_is_made_once_per_second(monkeypatch) -> None:
+    import email.utils
+
+    from appliance import one_write
+    made: list[float] = []
+    monkeypatch.setattr(one_write, "_format_date", lambda t: made.append(t) or email.utils.formatdate(t, usegmt=True))
+    monkeypatch.setattr(one_write, "_date", (0, ""))
+    first = one_write.http_date()
+    for _ in range(100):
+        assert one_write.http_date() in (first, one_write._date[1])
+    assert 1 <= len(made) <= 2  # once, or twice if a second turned meanwhile
+    assert first == email.utils.formatdate(made[0], usegmt=True)
+    assert one_write.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # an explicit time is formatted as asked
