@@ -45,6 +45,20 @@ class Metrics:
                                   "Seconds a query node waited for one executor's batch, per outcome.",
                                   ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        """One answered request. The labelled children are kept per (method, endpoint, status), a bounded set
+        (endpoints are route rules): prometheus_client's `labels()` checks and locks on every call."""
+        key = (method, endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(self.role, method, endpoint, str(status)),
+                self.latency.labels(self.role, method, endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
+
     def observe_batch(self, seconds: float, kinds: Iterable[str]) -> None:
         """One executor batch: its latency, and a count per task kind."""
         self.task_batches.observe(seconds)
@@ -68,20 +82,16 @@ class _Live(Collector):
 
 
 def install_metrics(app: Flask, role: str) -> Metrics:
-    """Count and time every request of the app and serve `/metrics`; returns the app's Metrics."""
+    """Count and time every request of the app (from `g.started`, set by web.install_common's first hook)
+    and serve `/metrics`; returns the app's Metrics."""
     metrics = Metrics(role)
     app.extensions[EXTENSION] = metrics
-
-    @app.before_request
-    def _clock() -> None:
-        g.metrics_started = time.perf_counter()
 
     @app.after_request
     def _count(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unrouted"
-        seconds = time.perf_counter() - g.get("metrics_started", time.perf_counter())
-        metrics.requests.labels(role, request.method, endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(role, request.method, endpoint).observe(seconds)
+        now = time.perf_counter()
+        metrics.observe_request(request.method, endpoint, response.status_code, now - g.get("started", now))
         return response
 
     @app.get(METRICS_PATH)
