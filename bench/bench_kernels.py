@@ -185,8 +185,11 @@ def bench_backends(x: np.ndarray, q: np.ndarray, repeats: int, quick: bool) -> s
     lo, scale = kernels.sq8_train(x)
     train = x[np.random.default_rng(SEED).choice(n, min(n, 256 * 64), replace=False)]
     codebooks = kernels.pq_train(train, PQ_M, iters=5, seed=SEED, device="cpu")
-    encoded = {"flat": x, "sq8": kernels.sq8_encode(x, lo, scale), "pq": kernels.pq_encode(x, codebooks)}
-    params = {"flat": {}, "sq8": {"sq8_lo": lo, "sq8_scale": scale}, "pq": {"pq_codebooks": codebooks}}
+    codebooks4 = kernels.pq_train(train, 2 * PQ_M, nbits=4, iters=5, seed=SEED, device="cpu")  # pq4: as many bytes
+    encoded = {"flat": x, "sq8": kernels.sq8_encode(x, lo, scale), "pq": kernels.pq_encode(x, codebooks),
+               "pq4": kernels.pq4_pack(kernels.pq_encode(x, codebooks4))}
+    params = {"flat": {}, "sq8": {"sq8_lo": lo, "sq8_scale": scale}, "pq": {"pq_codebooks": codebooks},
+              "pq4": {"pq_codebooks": codebooks4}}
     probed = kernels.probe(q, centroids, NPROBE, metric="dot")
     # each partition's arrays once (as an executor caches them), shared by every query that probes it
     parts = {codec: [(ids[rows], np.ascontiguousarray(codes[rows]), None) for rows in members]
@@ -207,6 +210,8 @@ def bench_backends(x: np.ndarray, q: np.ndarray, repeats: int, quick: bool) -> s
         ("scan_lists/sq8", f"1 query x {NPROBE} lists, SQ8, dot (cosine), k {K}", per_query("sq8", "dot"), True),
         ("scan_lists/sq8", f"1 query x {NPROBE} lists, SQ8, l2, k {K}", per_query("sq8", "l2"), True),
         ("scan_lists/pq", f"1 query x {NPROBE} lists, PQ m={PQ_M}, l2, k {K}", per_query("pq", "l2"), True),
+        ("scan_lists/pq4", f"1 query x {NPROBE} lists, PQ4 (4-bit) m={2 * PQ_M}, l2, k {K}", per_query("pq4", "l2"),
+         True),
         ("kmeans", f"{len(km_rows):,} x {dim}, {NLIST} centroids, 5 iterations",
          lambda: kernels.kmeans(km_rows, NLIST, iters=5, seed=SEED, tol=0, device="cpu"), False),
         ("pq_train", f"{len(train):,} x {dim}, m={PQ_M}, 5 iterations",

@@ -19,7 +19,7 @@ from kernels.codecs import fp16_decode, fp16_encode, sq8_decode, sq8_encode, sq8
 from kernels.distance import METRICS, pairwise_distances
 from kernels.hnsw import hnsw_build, hnsw_load, hnsw_search
 from kernels.ivf import assign, kmeans, probe
-from kernels.pq import pq_decode, pq_distances, pq_encode, pq_train
+from kernels.pq import pq4_pack, pq4_unpack, pq_decode, pq_distances, pq_encode, pq_train
 from kernels.refine import candidate_distances
 from kernels.scan import CODECS, code_distances, scan_lists, search_codes
 from kernels.threads import set_thread_budget
@@ -28,7 +28,7 @@ from kernels.topk import NO_ID, merge_topk, search_block, topk
 __all__ = [
     "CODECS", "METRICS", "NO_ID", "assign", "candidate_distances", "code_distances", "cuda_available",
     "fp16_decode", "fp16_encode", "hnsw_build", "hnsw_load", "hnsw_search",
-    "kmeans", "merge_topk", "pairwise_distances", "pq_decode", "pq_distances",
+    "kmeans", "merge_topk", "pairwise_distances", "pq4_pack", "pq4_unpack", "pq_decode", "pq_distances",
     "pq_encode", "pq_train", "probe", "resolve", "scan_lists", "search_block", "search_codes", "set_thread_budget",
     "sq8_decode", "sq8_encode", "sq8_train", "topk",
 ]

@@ -9,10 +9,10 @@ import numpy as np
 from kernels import cpu_faiss
 from kernels.codecs import fp16_decode, sq8_decode
 from kernels.distance import pairwise_distances
-from kernels.pq import pq_distances
+from kernels.pq import pq4_unpack, pq_distances
 from kernels.topk import NO_ID, search_block, topk
 
-CODECS = ("flat", "fp16", "sq8", "pq")
+CODECS = ("flat", "fp16", "sq8", "pq", "pq4")
 
 
 def code_distances(queries: np.ndarray, codes: np.ndarray, *, codec: str, params: Mapping[str, np.ndarray],
@@ -21,6 +21,9 @@ def code_distances(queries: np.ndarray, codes: np.ndarray, *, codec: str, params
     blocks (IVF partitions) concatenates before one top-k, instead of a top-k and a merge per block."""
     if codec == "pq":
         return pq_distances(queries, codes, params["pq_codebooks"], metric, device="cpu")
+    if codec == "pq4":  # rows of `pq4_pack`ed codes
+        codebooks = params["pq_codebooks"]
+        return pq_distances(queries, pq4_unpack(codes, len(codebooks)), codebooks, metric, device="cpu")
     if codec == "sq8" and metric == "dot":
         return _sq8_dot_distances(queries, codes, params["sq8_lo"], params["sq8_scale"])
     return pairwise_distances(queries, _decoded(codes, codec, params), metric)
@@ -52,10 +55,10 @@ def search_codes(queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
     """(ids uint64 [nq, k], distances float32 [nq, k]) of the k nearest encoded rows, ordered like `topk`.
 
     Scalar codes are decoded and scanned exactly (a partition is small, and decoding costs less than the
-    distance product); PQ codes are scanned through lookup tables without decoding. `params` holds the
-    codec's trained arrays: `sq8_lo`/`sq8_scale`, or `pq_codebooks`.
+    distance product); PQ codes (8-bit, or 4-bit `pq4_pack`ed) are scanned through lookup tables without
+    decoding. `params` holds the codec's trained arrays: `sq8_lo`/`sq8_scale`, or `pq_codebooks`.
     """
-    if codec == "pq":
+    if codec in ("pq", "pq4"):
         return topk(code_distances(queries, codes, codec=codec, params=params, metric=metric), ids, k)
     return search_block(queries, _decoded(codes, codec, params), ids, metric, k)
 
@@ -71,8 +74,9 @@ def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec:
     (NO_ID, inf) where a query reaches fewer than k rows. The rows must be finite.
 
     flat lists with l2 or dot run on faiss (`cpu_faiss.scan_flat_lists`: a heap per list on the list's
-    own array, one merge), SQ8 and PQ lists on faiss's IVF scanners (`cpu_faiss.scan_coded_lists`); fp16,
-    and rows faiss leaves undecided, run `_scan_lists_numpy`.
+    own array, one merge), SQ8 and PQ lists on faiss's IVF scanners (`cpu_faiss.scan_coded_lists`), 4-bit
+    PQ lists on faiss's fast-scan (`cpu_faiss.scan_pq4_lists`: its uint8 lookup tables' top k, within their
+    rounding of the ADC distances); fp16, and rows faiss leaves undecided, run `_scan_lists_numpy`.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
@@ -94,6 +98,15 @@ def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec:
     if codec in ("sq8", "pq") and metric in ("l2", "dot") and cpu_faiss.enabled(f"scan_lists/{codec}") and lists \
             and k and len(q) and np.isfinite(q).all():
         found = cpu_faiss.scan_coded_lists(q, lists, k, codec, params, metric)
+        if found is not None:
+            out_ids, out_distances, unsure = found
+            if len(unsure):
+                again = _scan_lists_numpy(q[unsure], _restricted(lists, unsure), k, codec, params, metric)
+                out_ids[unsure], out_distances[unsure] = again
+            return out_ids, out_distances
+    if codec == "pq4" and metric in ("l2", "dot") and cpu_faiss.enabled("scan_lists/pq4") and lists and k and len(q) \
+            and np.isfinite(q).all():
+        found = cpu_faiss.scan_pq4_lists(q, lists, k, np.asarray(params["pq_codebooks"]), metric)
         if found is not None:
             out_ids, out_distances, unsure = found
             if len(unsure):

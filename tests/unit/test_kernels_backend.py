@@ -216,10 +216,12 @@ def test_assign_twin(fake_cuda, metric, ints):
           assign(x, centroids, metric=metric, device="cpu"))
 
 
-def test_pq_twins(fake_cuda):
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_pq_twins(fake_cuda, nbits):
     x = _data(4, n=400, dim=12)
-    codebooks = pq_train(x, 3, iters=3, seed=2, device="cpu")
-    _same(_host_result(pq_train(x, 3, iters=3, seed=2, device="cuda")), codebooks)
+    codebooks = pq_train(x, 3, nbits=nbits, iters=3, seed=2, device="cpu")
+    assert codebooks.shape == (3, 1 << nbits, 4)
+    _same(_host_result(pq_train(x, 3, nbits=nbits, iters=3, seed=2, device="cuda")), codebooks)
     codes = pq_encode(x, codebooks, device="cpu")
     _same(_host_result(pq_encode(x, codebooks, device="cuda")), codes)
     queries = _data(5, n=9, dim=12)

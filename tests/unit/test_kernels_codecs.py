@@ -191,8 +191,8 @@ def test_pq_rejects_bad_arguments():
     x = np.zeros((4, 6), np.float32)
     with pytest.raises(ValueError, match="divisible"):
         pq_train(x, 4)
-    with pytest.raises(ValueError, match="8-bit"):
-        pq_train(x, 3, nbits=4)
+    with pytest.raises(ValueError, match="4 or 8 bits"):
+        pq_train(x, 3, nbits=6)
     with pytest.raises(ValueError, match="at least one vector"):
         pq_train(np.zeros((0, 6), np.float32), 3)
     codebooks = np.zeros((3, CODES_PER_SUBSPACE, 2), np.float32)

@@ -28,12 +28,12 @@ METRICS = ("l2", "dot")
 
 
 @st.composite
-def pq_list_cases(draw, max_nq=5, max_lists=5, max_rows=9):
-    """(queries [nq, m * sub], lists of (ids, codes [n, m], query rows), codebooks [m, 256, sub], k)."""
-    m, sub = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+def pq_list_cases(draw, max_nq=5, max_lists=5, max_rows=9, ksub=256, max_m=5):
+    """(queries [nq, m * sub], lists of (ids, codes [n, m], query rows), codebooks [m, ksub, sub], k)."""
+    m, sub = draw(st.integers(1, max_m)), draw(st.integers(1, 3))
     pool = draw(arrays(np.float32, (draw(st.integers(1, 5)), sub), elements=small_ints))
-    codebooks = pool[draw(arrays(np.intp, (m, 256), elements=st.integers(0, len(pool) - 1)))]
-    code_pool = draw(arrays(np.uint8, (draw(st.integers(1, 4)), m), elements=st.integers(0, 255)))
+    codebooks = pool[draw(arrays(np.intp, (m, ksub), elements=st.integers(0, len(pool) - 1)))]
+    code_pool = draw(arrays(np.uint8, (draw(st.integers(1, 4)), m), elements=st.integers(0, ksub - 1)))
     nq = draw(st.integers(0, max_nq))
     queries = draw(arrays(np.float32, (nq, m * sub), elements=small_ints))
     sizes = draw(st.lists(st.integers(0, max_rows), max_size=max_lists))
