@@ -18,6 +18,10 @@ import numpy as np
 
 import kernels
 
+PQ_CODECS = {"pq": 8, "pq4": 4}
+"""PQ codec: bits per code. pq4's 4-bit codes are scanned with faiss's SIMD fast-scan on the CPU (twice the
+sub-vectors of pq in as many bytes: the same recall after refine for a fraction of the scan; docs/BENCHMARKS.md)."""
+
 GRAPH_CODECS = {"hnsw_flat": "flat", "hnsw_sq": "sq"}
 """Graph codec: the storage of its graphs' rows (`kernels.hnsw_build`)."""
 
@@ -59,8 +63,8 @@ def train(codec: str, sample: np.ndarray, metric: str, pq_m: int, seed: int, ite
     if codec == "sq8":
         lo, scale = kernels.sq8_train(data)
         return {"sq8_lo": lo, "sq8_scale": scale}
-    if codec == "pq":
-        return {"pq_codebooks": kernels.pq_train(data, pq_m, seed=seed, iters=iters)}
+    if codec in PQ_CODECS:
+        return {"pq_codebooks": kernels.pq_train(data, pq_m, nbits=PQ_CODECS[codec], seed=seed, iters=iters)}
     return {}
 
 
@@ -75,6 +79,8 @@ def encode(codec: str, vectors: np.ndarray, params: dict[str, np.ndarray], metri
         return kernels.sq8_encode(data, params["sq8_lo"], params["sq8_scale"])
     if codec == "pq":
         return kernels.pq_encode(data, params["pq_codebooks"])
+    if codec == "pq4":  # two codes a byte, as faiss stores 4-bit PQ codes
+        return kernels.pq4_pack(kernels.pq_encode(data, params["pq_codebooks"]))
     raise ValueError(f"unknown codec {codec!r}")
 
 
@@ -89,8 +95,8 @@ def scan(codec: str, prepared: np.ndarray, lists: list[tuple[np.ndarray, np.ndar
     each scanned for its queries only (from `prepare_queries`): `kernels.scan_lists` in the scan metric."""
     if metric != "cosine":
         return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric=metric)
-    if codec == "pq":  # l2 of unit vectors is 2 - 2cos: halving is exact and keeps the order
-        ids, dists = kernels.scan_lists(prepared, lists, k, codec="pq", params=params, metric="l2")
+    if codec in PQ_CODECS:  # l2 of unit vectors is 2 - 2cos: halving is exact and keeps the order
+        ids, dists = kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="l2")
         return ids, dists / np.float32(2)
     return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="dot")
 
@@ -100,6 +106,6 @@ def distances(codec: str, prepared: np.ndarray, codes: np.ndarray, params: dict[
     """Distances float32 [nq, n] of every query (from `prepare_queries`) to one partition's encoded rows."""
     if metric != "cosine":
         return kernels.code_distances(prepared, codes, codec=codec, params=params, metric=metric)
-    if codec == "pq":
-        return kernels.code_distances(prepared, codes, codec="pq", params=params, metric="l2") / 2
+    if codec in PQ_CODECS:
+        return kernels.code_distances(prepared, codes, codec=codec, params=params, metric="l2") / 2
     return kernels.code_distances(prepared, codes, codec=codec, params=params, metric="dot")

@@ -27,8 +27,8 @@ PQ_MIN_ROWS = 256
 # refuses IVF_HNSW_PQ itself in favour of IVF_HNSW_SQ; the user still gets the graph they asked for.
 VECTOR_TYPES = {"IVF_FLAT": "flat", "IVF_PQ": "pq", "IVF_SQ": "sq8", "IVF_HNSW_SQ": "hnsw_sq",
                 "IVF_HNSW_PQ": "hnsw_sq", "IVF_HNSW_FLAT": "hnsw_flat"}
-CODEC_TYPES = {"flat": "IVF_FLAT", "fp16": "IVF_FLAT", "pq": "IVF_PQ", "sq8": "IVF_SQ", "hnsw_sq": "IVF_HNSW_SQ",
-               "hnsw_flat": "IVF_HNSW_FLAT"}
+CODEC_TYPES = {"flat": "IVF_FLAT", "fp16": "IVF_FLAT", "pq": "IVF_PQ", "pq4": "IVF_PQ", "sq8": "IVF_SQ",
+               "hnsw_sq": "IVF_HNSW_SQ", "hnsw_flat": "IVF_HNSW_FLAT"}
 SCALAR_TYPES = ("BTREE", "BITMAP", "LABEL_LIST")
 LANCE_TYPES = {"btree": "BTREE", "bitmap": "BITMAP", "labellist": "LABEL_LIST", "inverted": "FTS", "fts": "FTS"}
 FTS_OPTIONS = ("with_position", "base_tokenizer", "language", "max_token_length", "lower_case", "stem",
