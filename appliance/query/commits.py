@@ -21,7 +21,7 @@ commits the writes of one table one round at a time, as a database's group commi
   RetryableConflict (a commit conflict) or 503 Overloaded (too many writers), both with Retry-After,
   which the lancedb client and other HTTP clients retry. Never 400: the request was fine.
 
-A round is led by the thread of its first member, like the search batches of coalesce.py.
+A round is led by the thread of its first member, like the search batches of service.Coalescer.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class SearchRequest:
         return self.k + self.offset
 
     def shape(self) -> tuple[Any, ...]:
-        """Everything but the query vectors: searches of one shape can run as one batch (coalesce.py)."""
+        """Everything but the query vectors: searches of one shape can run as one batch (service.Coalescer)."""
         columns = None if self.columns is None else tuple(self.columns)
         return (*(getattr(self, f) for f in self.SHAPE), columns, self.queries.shape[1])
 

@@ -164,7 +164,7 @@ def test_a_warm_search_reads_nothing_through_lance_on_the_query_node(fleet, mini
 
 
 def test_concurrent_searches_batched_together_answer_as_one_by_one(api, minilm) -> None:
-    """The query node runs concurrent searches of one shape as one batch (appliance/query/coalesce.py):
+    """The query node runs concurrent searches of one shape as one batch (appliance/query/service.py):
     each must still get exactly its own answer, in its own response."""
     _, queries, _ = minilm
     chosen = queries[:64]

@@ -1,4 +1,4 @@
-"""The query node's plumbing: cross-request batching (coalesce.py) and keep-alive executor connections."""
+"""The query node's plumbing: cross-request batching (service.Coalescer) and keep-alive executor connections."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from appliance.errors import TableNotFound
-from appliance.query.coalesce import Coalescer
+from appliance.query.service import Coalescer
 from appliance.routing.connections import ConnectionPool
 
 
