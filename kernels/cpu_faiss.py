@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
@@ -431,9 +432,10 @@ this many tie."""
 class _Pq4Scanner:
     """A faiss IndexIVFPQFastScan (no residuals) holding our 4-bit codebooks, whose inverted lists are slots:
     each list scanned is packed into faiss's block layout once (`kernels.pq.pq4_blocks`) and kept in a slot
-    with its ids, keyed by the identity of its code array (kept referenced with its id array, so neither
-    identity is reused; the executors never modify an object's arrays), and later scans of the same object
-    search it in place."""
+    with its ids, keyed by the identity of its code array, and later scans of the same object search it in
+    place (the executors never modify an object's arrays). The arrays are only weakly referenced: a slot
+    serves while they live (an id reused by a later array does not match a dead reference), so the slots
+    do not keep objects the executor's cache has let go; a dead slot goes when the bound needs its room."""
 
     def __init__(self, codebooks: np.ndarray, metric: str) -> None:
         faiss = faiss_module()
@@ -447,7 +449,7 @@ class _Pq4Scanner:
         self.index.is_trained = True
         self.lists = faiss.downcast_InvertedLists(self.index.invlists)
         # id(codes) -> (slot, codes, ids, bytes), least recently scanned first
-        self.slots: OrderedDict[int, tuple[int, np.ndarray, np.ndarray, int]] = OrderedDict()
+        self.slots: OrderedDict[int, tuple[int, weakref.ref, weakref.ref, int]] = OrderedDict()
         self.free = list(range(PQ4_SLOTS - 1, -1, -1))
         self.held = 0
 
@@ -457,7 +459,7 @@ class _Pq4Scanner:
         from kernels.pq import pq4_blocks
 
         hit = self.slots.get(id(codes))
-        if hit is not None and hit[1] is codes and hit[2] is ids:
+        if hit is not None and hit[1]() is codes and hit[2]() is ids:
             self.slots.move_to_end(id(codes))
             return hit[0]
         if hit is not None:  # an evicted array's id, reused, or the codes with other ids
@@ -472,7 +474,7 @@ class _Pq4Scanner:
             return -1
         slot = self.free.pop()
         self.lists.add_entries(slot, len(codes), _ptr(np.ascontiguousarray(ids).view(np.int64)), _ptr(blocks))
-        self.slots[id(codes)] = (slot, codes, ids, blocks.nbytes)
+        self.slots[id(codes)] = (slot, weakref.ref(codes), weakref.ref(ids), blocks.nbytes)
         self.held += blocks.nbytes
         return slot
 
@@ -540,7 +542,7 @@ def scan_pq4_lists(queries: np.ndarray, lists: Sequence[tuple[np.ndarray, np.nda
         held, scanning = scanner.slots, set()
         for j, (ids, codes, _) in enumerate(lists):
             hit = held.get(id(codes))
-            if hit is not None and hit[1] is codes and hit[2] is ids:
+            if hit is not None and hit[1]() is codes and hit[2]() is ids:
                 held.move_to_end(id(codes))
                 slot = hit[0]
             else:

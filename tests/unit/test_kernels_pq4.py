@@ -195,3 +195,38 @@ def test_pq4_backend_is_listed(monkeypatch):
     assert kernels.cpu_faiss.backends()["scan_lists/pq4"] == "faiss"
     monkeypatch.setenv("KERNELS_CPU", "numpy")
     assert kernels.cpu_faiss.backends()["scan_lists/pq4"] == "numpy"
+
+
+def test_pq4_scanner_keeps_no_object_alive():
+    # the slots hold the lists' arrays weakly: an object the executor's cache lets go is freed
+    import gc
+    import weakref
+
+    codebooks, lists, queries = _real_case(np.random.default_rng(7))
+    watched = [weakref.ref(codes) for _, codes, _ in lists]
+    scan_lists(queries, lists, 10, codec="pq4", params={"pq_codebooks": codebooks}, metric="l2")
+    del lists
+    gc.collect()
+    assert all(ref() is None for ref in watched)
+
+
+def test_pq4_scans_from_many_threads_agree(monkeypatch):
+    # scans running at once each take a scanner of their own: none changes a faiss index another searches
+    # (with room for one list, every scan refills its scanner's slots)
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(kernels.cpu_faiss, "PQ4_SLOT_BYTES", 1)
+    kernels.cpu_faiss._pq4_pool.clear()
+    codebooks, lists, queries = _real_case(np.random.default_rng(8))
+    params = {"pq_codebooks": codebooks}
+    want = scan_lists(queries, lists, 10, codec="pq4", params=params, metric="dot")
+    fresh = [[(ids.copy(), codes.copy(), rows) for ids, codes, rows in lists] for _ in range(4)]  # new slots too
+
+    def scan(i: int):
+        return scan_lists(queries, fresh[i % 4] if i % 2 else lists, 10, codec="pq4", params=params, metric="dot")
+
+    with ThreadPoolExecutor(8) as pool:
+        for got in pool.map(scan, range(64)):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    kernels.cpu_faiss._pq4_pool.clear()
