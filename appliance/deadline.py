@@ -2,7 +2,7 @@
 
 Every search gets a `Deadline` when it arrives (the `search_timeout` setting, or less when the client asks
 for less) and carries it through the plan: the query node stops waiting for executors when it passes, and
-each task batch carries the time left (`wire.TIMEOUT_FIELD`), from which the executor makes a deadline of
+each task batch carries the time left (`plan.TIMEOUT_FIELD`), from which the executor makes a deadline of
 its own and checks it between tasks. Time left, not a wall-clock instant, crosses the wire (as gRPC's
 `grpc-timeout` does), so clocks of different hosts never need to agree; within a process the deadline is an
 instant on the monotonic clock.

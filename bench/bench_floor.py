@@ -19,7 +19,7 @@ client threads of this process, each with its own keep-alive connection or strea
 4. a bare Arrow Flight DoExchange round trip through the query node's own client
    (`appliance.routing.flight_client.FlightStreams`) to an echo server this script starts in a process of
    its own, with the executors' token middleware (`appliance.executor.flight.TokenCheck`): it reads the
-   header JSON and the query matrix (`wire.queries_of`) and answers a prepared message of a search's answer
+   header JSON and the query matrix (`plan.queries_of`) and answers a prepared message of a search's answer
    size (10 ids and distances, the batch's stats, the payload column `row` as Arrow IPC), each message the
    size of a one-query search's (its header built from the plan `POST .../explain` reports, the query's
    record batch built per round trip as the dispatcher does): the hop's floor;
@@ -187,24 +187,24 @@ def serve_echo(token: str, answer_rows: int, payload_rows: int) -> None:
     import pyarrow.flight as flight
 
     from appliance.executor.flight import TokenCheck
-    from appliance.planner import wire
+    from appliance.planner.plan import RESULT_SCHEMA, answer_metadata, queries_of, result_batch
 
     rng = np.random.default_rng(0)
-    answer = wire.result_batch(rng.integers(0, 2**40, answer_rows).astype(np.uint64),
-                               rng.random(answer_rows, dtype=np.float32))
+    answer = result_batch(rng.integers(0, 2**40, answer_rows).astype(np.uint64),
+                          rng.random(answer_rows, dtype=np.float32))
     payload = pa.table({"row": pa.array(rng.integers(0, 2**20, payload_rows), pa.int64())})
-    meta = wire.answer_metadata({"tasks": 1, "rows_scanned": 61666, "seconds": 0.000412, "short": False}, payload)
+    meta = answer_metadata({"tasks": 1, "rows_scanned": 61666, "seconds": 0.000412, "short": False}, payload)
 
     class Echo(flight.FlightServerBase):
         def do_exchange(self, context, descriptor, reader, writer) -> None:  # noqa: ANN001 - pyarrow's API
-            writer.begin(wire.RESULT_SCHEMA)
+            writer.begin(RESULT_SCHEMA)
             while True:
                 try:
                     chunk = reader.read_chunk()
                 except (StopIteration, flight.FlightError, pa.ArrowException):
                     return
                 orjson.loads(chunk.app_metadata.to_pybytes())  # what an executor reads of every batch
-                wire.queries_of(chunk.data)
+                queries_of(chunk.data)
                 try:
                     writer.write_with_metadata(answer, meta)
                 except (flight.FlightError, pa.ArrowException):
@@ -243,7 +243,7 @@ def start_echo(token: str, answer_rows: int, payload_rows: int) -> EchoServer:
 def search_header(plan: dict, request_timeout_ms: int = 10_000) -> dict:
     """A task batch's header as the query node sends it for `plan` (an `explain` answer), its tasks rebuilt
     from their names (`T/index/v<N>/partition/<p>`, `T/fragment/<id>`): the same fields, about the same bytes."""
-    from appliance.planner import wire
+    from appliance.planner.plan import REQUEST_ID_FIELD, TIMEOUT_FIELD, Finish
 
     tasks = []
     for name in plan["tasks"]:
@@ -256,21 +256,21 @@ def search_header(plan: dict, request_timeout_ms: int = 10_000) -> dict:
         else:
             doc.update(fragment=int(parts[-1]), min_row_id=0, index_version=-1, partition=-1)
         tasks.append(doc)
-    finish = wire.Finish(plan["k"], refine=plan.get("refine_factor", 0) > 0, columns=("row",))
+    finish = Finish(plan["k"], refine=plan.get("refine_factor", 0) > 0, columns=("row",))
     return {"tasks": tasks, "k": plan["fetch_k"], "metric": plan["metric"], "filter": plan["filter"],
-            wire.TIMEOUT_FIELD: request_timeout_ms, wire.REQUEST_ID_FIELD: uuid.uuid4().hex, **finish.to_header()}
+            TIMEOUT_FIELD: request_timeout_ms, REQUEST_ID_FIELD: uuid.uuid4().hex, **finish.to_header()}
 
 
 def hop_sender(location: str, streams: FlightStreams, header: dict, queries: np.ndarray) -> Callable[[], Sender]:
     """Every client thread sends through one `FlightStreams` (appliance/routing/flight_client.py; a query node's
     threads share one too), each round trip on an idle stream of its pool (one per thread under 8 threads),
-    the query's record batch built per round trip as the dispatcher builds it (`wire.queries_batch`)."""
-    from appliance.planner import wire
+    the query's record batch built per round trip as the dispatcher builds it (`plan.queries_batch`)."""
+    from appliance.planner.plan import queries_batch
     from appliance.routing.connections import InFlight
 
     def make() -> Sender:
         def send(i: int) -> list[int]:
-            batch = wire.queries_batch(queries[i % len(queries)][None, :])
+            batch = queries_batch(queries[i % len(queries)][None, :])
             doc, answer, payload = streams.exchange(location, header, batch, InFlight())
             if doc.get("status", 200) != 200 or payload is None:
                 raise RuntimeError(f"echo answered {doc}")

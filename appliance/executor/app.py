@@ -28,8 +28,7 @@ from appliance.executor.flight import start_flight_server
 from appliance.executor.runner import BatchStats, TaskRunner
 from appliance.index import IndexStore
 from appliance.metrics import Metrics, cache_metrics, metrics_of
-from appliance.planner import wire
-from appliance.planner.plan import Task
+from appliance.planner.plan import CONTENT_TYPE, TIMEOUT_FIELD, Finish, Task, WireError, decode, encode, payload_bytes
 from appliance.storage import TableStore
 from appliance.storage.tables import raise_if_rejected
 from appliance.web import access_log, configure_logging, install_common, json_response, require_secret
@@ -97,19 +96,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     def search() -> Response:
         require_secret(INTERNAL_TOKEN_HEADER, settings.internal_token, Forbidden)
         try:
-            header, arrays = wire.decode(request.get_data())
-        except wire.WireError as exc:
+            header, arrays = decode(request.get_data())
+        except WireError as exc:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         if len(arrays) != 1 or arrays[0].ndim != 2 or arrays[0].dtype != np.float32:
             raise InvalidInput("a task batch carries exactly one float32 [nq, dimension] query matrix")
         ids, dists, stats = batches.run(header, arrays[0], client_gone(request.environ))
-        payload = [] if stats.payload is None else [np.frombuffer(wire.payload_bytes(stats.payload), np.uint8)]
-        body = wire.encode(
+        payload = [] if stats.payload is None else [np.frombuffer(payload_bytes(stats.payload), np.uint8)]
+        body = encode(
             {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds,
              "short": stats.short},
             [ids, dists, *payload],
         )
-        return Response(body, mimetype=wire.CONTENT_TYPE)
+        return Response(body, mimetype=CONTENT_TYPE)
 
     @app.get("/cache/stats")
     def cache_stats() -> Response:
@@ -160,7 +159,7 @@ class BatchRunner:
         try:
             tasks = [Task.from_json(t) for t in header["tasks"]]
             k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
-            finish = wire.Finish.from_header(header, k)
+            finish = Finish.from_header(header, k)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         check_batch(tasks, queries, k)
@@ -189,11 +188,11 @@ class BatchRunner:
 
 def _timeout_of(header: dict[str, object], default: float) -> float:
     """Seconds the query node still waits for this batch (`timeout_ms`; absent from an older query node)."""
-    raw = header.get(wire.TIMEOUT_FIELD)
+    raw = header.get(TIMEOUT_FIELD)
     if raw is None:
         return default
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
-        raise InvalidInput(f"malformed task batch: {wire.TIMEOUT_FIELD} must be a number of milliseconds")
+        raise InvalidInput(f"malformed task batch: {TIMEOUT_FIELD} must be a number of milliseconds")
     return float(raw) / 1000
 
 

@@ -6,7 +6,7 @@ itself, once per query per executor, runs here, where a round trip costs about h
 request under gunicorn (issue 15).
 
 A query node keeps DoExchange streams open (appliance/routing/flight_client.py) and sends one task batch per
-message; each message is answered by one message on the same stream (appliance/planner/wire.py has the
+message; each message is answered by one message on the same stream (appliance/planner/plan.py has the
 format), an error included, so a refused batch leaves the stream usable. Per call, the server middleware
 checks the internal token (`x-appliance-token`, in constant time); per message, the drain gate counts the
 batch in (or refuses it while drained, answered 503 `draining` as the HTTP path does, which the dispatcher
@@ -39,7 +39,15 @@ import pyarrow.flight as flight
 from appliance.drain import DrainState
 from appliance.errors import ApplianceError
 from appliance.launch import bind_address
-from appliance.planner import wire
+from appliance.planner.plan import (
+    EMPTY_RESULT,
+    REQUEST_ID_FIELD,
+    RESULT_SCHEMA,
+    WireError,
+    answer_metadata,
+    queries_of,
+    result_batch,
+)
 
 INTERNAL_TOKEN_HEADER = "x-appliance-token"
 EXIT_GRACE_SECONDS = 5.0  # how long an exiting worker lets the batches it runs finish
@@ -87,7 +95,7 @@ class SearchServer(flight.FlightServerBase):
 
     def do_exchange(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
                     reader: flight.MetadataRecordBatchReader, writer: flight.MetadataRecordBatchWriter) -> None:
-        writer.begin(wire.RESULT_SCHEMA)
+        writer.begin(RESULT_SCHEMA)
         while True:
             try:
                 chunk = reader.read_chunk()
@@ -132,12 +140,12 @@ class SearchServer(flight.FlightServerBase):
             try:
                 header = orjson.loads(chunk.app_metadata.to_pybytes() if chunk.app_metadata is not None else b"")
                 if not isinstance(header, dict):
-                    raise wire.WireError("its header is not a JSON object")
-                request_id = str(header.get(wire.REQUEST_ID_FIELD, ""))[:64]
+                    raise WireError("its header is not a JSON object")
+                request_id = str(header.get(REQUEST_ID_FIELD, ""))[:64]
                 if chunk.data is None:
-                    raise wire.WireError("it carries no query matrix")
-                queries = wire.queries_of(chunk.data)
-            except (orjson.JSONDecodeError, wire.WireError, pa.ArrowException) as exc:
+                    raise WireError("it carries no query matrix")
+                queries = queries_of(chunk.data)
+            except (orjson.JSONDecodeError, WireError, pa.ArrowException) as exc:
                 return (*_error(400, "invalid_input", f"malformed task batch: {exc}"), 400, request_id)
             ids, dists, stats = self._handler.run(header, queries, gone)
         except ApplianceError as exc:
@@ -154,7 +162,7 @@ class SearchServer(flight.FlightServerBase):
             return (*_error(500, "internal", "internal error", str(exc)[:500]), 500, request_id)
         stats_doc = {"tasks": stats.tasks, "rows_scanned": stats.rows_scanned, "seconds": stats.seconds,
                      "short": stats.short}
-        return wire.result_batch(ids, dists), wire.answer_metadata(stats_doc, stats.payload), 200, request_id
+        return result_batch(ids, dists), answer_metadata(stats_doc, stats.payload), 200, request_id
 
     def close(self, grace: float) -> bool:
         """Refuse new batches, let those running finish (up to `grace` seconds), then shut down. False when
@@ -172,7 +180,7 @@ def _error(status: int, code: str, message: str, detail: str | None = None) -> t
     doc: dict[str, object] = {"status": status, "code": code, "error": message}
     if detail:
         doc["detail"] = detail
-    return wire.EMPTY_RESULT, orjson.dumps(doc)
+    return EMPTY_RESULT, orjson.dumps(doc)
 
 
 def start_flight_server(host: str, port: int, token: str, handler: BatchHandler, drain: DrainState,

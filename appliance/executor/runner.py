@@ -31,8 +31,7 @@ from appliance.executor.partition import PartitionScanner
 from appliance.index.manifest import ObjectRef
 from appliance.index.store import CorruptIndexObject, IndexStore
 from appliance.lru import Lru
-from appliance.planner.plan import FRAGMENT, PARTITION, Task
-from appliance.planner.wire import Finish
+from appliance.planner.plan import FRAGMENT, PARTITION, Finish, Task
 from appliance.storage.tables import TableSnapshot, TableStore, fragment_cache_key, read_fragment_vectors
 from kernels.refine import candidate_distances
 

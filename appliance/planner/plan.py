@@ -1,6 +1,11 @@
-"""The planner: a pure function of (validated request, snapshot statistics, index) -> plan, and how a plan's
-tasks are grouped for routing. It reads nothing from storage: what it knows of the table comes from
-`stats.SnapshotStats`, gathered once per version, and the filter's selectivity is an estimate passed in.
+"""The planner: statistics in, a plan out, and the plan's wire form.
+
+Three sections, in the order a search uses them: a table version's statistics (`SnapshotStats`, gathered
+once per version, and the filter's selectivity estimate); the planner, a pure function of (validated
+request, snapshot statistics, index) -> plan, and how a plan's tasks are grouped for routing (it reads
+nothing from storage: what it knows of the table comes from `SnapshotStats`, and the filter's selectivity
+is an estimate passed in); and the wire format a plan's task batches and their answers travel in between
+query node and executor (`Finish`, `queries_batch`, `answer_metadata`, ...), which executors import too.
 
 Routing works on *groups*, not single tasks: a table's IVF partitions are cut into groups of consecutive
 partitions whose index objects add up to at most `partition_group_bytes`, and its fragments likewise, and
@@ -14,24 +19,158 @@ query node computes the same keys.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
+import pyarrow as pa
 import xxhash
 
 import kernels
 from appliance import limits
+from appliance.cache.codec import ARROW
 from appliance.config import Settings
 from appliance.index.catalog import LoadedIndex
 from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import default_ef
-from appliance.planner.stats import SnapshotStats
-from appliance.planner.wire import Finish
+from appliance.lru import Lru
 from appliance.query.request import SearchRequest
 from appliance.routing.ring import replica_key
+from appliance.storage import lance_errors
+from appliance.storage.frames import FrameError as WireError
+from appliance.storage.frames import decode as decode  # the wire's frames (HTTP transport): callers import them here
+from appliance.storage.frames import encode as encode
+from appliance.storage.tables import TableSnapshot
+
+# ---- Statistics in: what the planner knows of a pinned table version -------------------------------------
+# Gathered once per snapshot.
+#
+# `SnapshotStats` is everything a plan needs from the table (schema facts, per fragment its rows and row-id
+# span, the live row count), read once per (table, version) and kept immutable, so that planning itself
+# (`plan_search`) is a pure function without storage I/O. `estimate_selectivity` is the one statistic
+# that depends on a filter: the share of rows matching it, counted (not materialised) on a sample of the
+# version's fragments, once per (version, filter).
+
+SELECTIVITY_SAMPLE_ROWS = 65_536
+"""Rows of a version a selectivity estimate counts a filter on (whole fragments, spread over the table);
+a table this small or smaller is counted whole, so the estimate is exact."""
+
+_STATS: Lru[SnapshotStats] = Lru(256)
+_SELECTIVITY: Lru[float] = Lru(1024)
+_OF_SNAPSHOT: weakref.WeakKeyDictionary[TableSnapshot, SnapshotStats] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class FragmentStats:
+    """One fragment of the version: its id, physical rows (deleted ones included: what a scan reads) and
+    the smallest and largest live row id ((0, -1) when none is alive)."""
+
+    fragment_id: int
+    rows: int
+    first_row_id: int
+    last_row_id: int
+
+
+@dataclass(frozen=True)
+class SnapshotStats:
+    """The facts of one table version that validation and planning use (no handle to storage)."""
+
+    table: str
+    version: int
+    dimension: int
+    metric: str  # the table's own metric (schema metadata)
+    columns: tuple[str, ...]  # every column, the vector included
+    payload_columns: tuple[str, ...]  # every column but the vector
+    fragments: tuple[FragmentStats, ...]  # in fragment id order
+    live_rows: int
+    identity: str | None = None  # the version's manifest digest (TableSnapshot.identity): what memos key on
+
+    def key(self, uri: str, *more: object) -> tuple[object, ...]:
+        """A memo key for something true of this version of the table at `uri` (and `more`)."""
+        return (uri, self.version, self.identity, *more)
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of one row's vector (float32)."""
+        return self.dimension * 4
+
+    def rows_from(self, watermark: int) -> dict[int, int]:
+        """Per fragment holding rows with ids at or past `watermark` (the rows an index lacks), at most how
+        many: ids ascend within a fragment, so its span past the watermark bounds them."""
+        return {f.fragment_id: f.last_row_id - max(f.first_row_id, watermark) + 1 for f in self.fragments
+                if f.last_row_id >= watermark}
+
+
+def snapshot_stats(snapshot: TableSnapshot) -> SnapshotStats:
+    """The statistics of a pinned version, gathered on its first search and remembered for the version
+    (keyed by the version's manifest digest as well, so a table dropped and created again under its name
+    never meets its predecessor's). A snapshot object searched again (the query node's cached latest
+    version) finds them without computing even the digest."""
+    known = _OF_SNAPSHOT.get(snapshot)
+    if known is not None:
+        return known
+    identity = snapshot.identity()
+    key = (snapshot.dataset.uri, snapshot.version, identity)
+    known = _STATS.get(key) if identity else None
+    if known is not None:
+        _OF_SNAPSHOT[snapshot] = known
+        return known
+    ranges = snapshot.fragment_row_ranges()  # cached per fragment data file (storage/tables.py)
+    fragments = tuple(sorted(
+        (FragmentStats(f.fragment_id, f.metadata.physical_rows, *ranges.get(f.fragment_id, (0, -1)))
+         for f in snapshot.dataset.get_fragments()), key=lambda f: f.fragment_id))
+    schema = snapshot.dataset.schema
+    stats = SnapshotStats(table=snapshot.name, version=snapshot.version, dimension=snapshot.dimension,
+                          metric=snapshot.metric, columns=tuple(schema.names),
+                          payload_columns=tuple(snapshot.payload_columns), fragments=fragments,
+                          live_rows=snapshot.dataset.count_rows(), identity=identity)
+    if identity:
+        _STATS.put(key, stats)
+    _OF_SNAPSHOT[snapshot] = stats
+    return stats
+
+
+def sample_fragments(stats: SnapshotStats, rows: int = SELECTIVITY_SAMPLE_ROWS) -> list[int]:
+    """Ids of whole fragments, spread evenly over the version, holding at least `rows` rows (all of them
+    when the table is no larger)."""
+    fragments = [f for f in stats.fragments if f.rows]
+    total = sum(f.rows for f in fragments)
+    stride = max(1, total // max(1, rows))  # every stride-th fragment first, then the rest, until enough
+    chosen: list[int] = []
+    taken = 0
+    for f in fragments[::stride] + [f for i, f in enumerate(fragments) if i % stride]:
+        if taken >= rows:
+            break
+        chosen.append(f.fragment_id)
+        taken += f.rows
+    return chosen
+
+
+def estimate_selectivity(snapshot: TableSnapshot, stats: SnapshotStats, predicate: str) -> float:
+    """The share of live rows matching a filter: counted by Lance on a sample of fragments (the whole
+    version when small), never materialising the matching row ids; once per (version, filter). A filter
+    that fails on the data (a bad regex, a division by zero) is a 400, as everywhere else."""
+    key = stats.key(snapshot.dataset.uri, predicate)
+
+    def count() -> float:
+        fragments = [f for f in map(snapshot.dataset.get_fragment, sample_fragments(stats, SELECTIVITY_SAMPLE_ROWS))
+                     if f is not None]
+        live = sum(f.count_rows() for f in fragments)  # from the fragments' metadata
+        if not live:
+            return 0.0
+        with lance_errors.map_lance_errors("the filter"):  # one scan of the sample: 3-4x faster than per fragment
+            matching = snapshot.dataset.scanner(filter=predicate, fragments=fragments, columns=[],
+                                                with_row_id=True).count_rows()
+        return matching / live
+
+    return _SELECTIVITY.get_or_load(key, count)
+
+
+# ---- The plan: tasks, their routing groups, and plan_search ---------------------------------------------
 
 FRAGMENT = "fragment"
 PARTITION = "partition"
@@ -433,3 +572,148 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
         postfilter=postfilter, verify_alive=verify, selectivity=selectivity, groups=touched, work_bytes=work,
         fanout=fanout, replica=replica,
     )
+
+
+# ---- The plan's wire form: query node <-> executor, on both transports -----------------------------------
+# A task batch's header holds its tasks, k (candidates per query), the metric, the filter, `timeout_ms` (the
+# time the query node still waits for it, appliance/deadline.py, from which the executor makes its own
+# deadline), the request id, and how the executor finishes its candidates (`finish`: results kept per query,
+# and whether to drop deleted rows, post-filter, refine with exact vectors) and which payload columns it
+# returns for the results it keeps (`columns`). Over HTTP (`POST /internal/v1/search`) the header and the
+# float32 query matrix travel as one frame (appliance/storage/frames.py), and so do the answer's ids,
+# distances and payload (the Arrow IPC stream's bytes as a third, uint8, array).
+#
+# Over Arrow Flight (appliance/executor/flight.py, appliance/routing/flight_client.py) one batch is one
+# message of a DoExchange stream: the header, as JSON, is the message's app_metadata, and the query matrix is
+# a record batch of one `vector: list<float32>` column (a variable list, so one stream schema serves every
+# dimension), built and read without copying the floats. The answer is a record batch of `ids: uint64` and
+# `distances: float32`, nq x kept flattened row by row, whose app_metadata holds the batch's stats (JSON),
+# followed, when payload columns were asked for, by a newline and an Arrow IPC stream of one record batch: the
+# columns of the found results (ids not NO_ID) in that order (`answer_metadata`, `split_metadata`; one stream
+# has one schema, and the columns change from batch to batch); or, when the executor refused or failed the
+# batch, an empty batch whose app_metadata is `{"status", "code", "error", "detail"}` (an HTTP status and the
+# JSON error the HTTP path would have answered), so the stream stays usable for the next batch.
+
+CONTENT_TYPE = "application/x-appliance-tasks"
+TIMEOUT_FIELD = "timeout_ms"
+REQUEST_ID_FIELD = "request_id"
+
+QUERY_SCHEMA = pa.schema([pa.field("vector", pa.list_(pa.float32()), nullable=False)])
+RESULT_SCHEMA = pa.schema([pa.field("ids", pa.uint64(), nullable=False),
+                           pa.field("distances", pa.float32(), nullable=False)])
+EMPTY_RESULT = pa.record_batch([pa.array([], pa.uint64()), pa.array([], pa.float32())], schema=RESULT_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How an executor finishes a batch's candidates before answering (the header's `finish` and
+    `columns`): keep the best `keep` per query of those that survive dropping rows deleted at the pinned
+    version (`verify`) and rows failing the batch's filter (`postfilter`), ranked by exact distance when
+    `refine`; and return the payload `columns` of the rows kept. A header without `finish` (a query node of
+    an older version) asks for the candidates as they are: keep = k, nothing dropped, no columns."""
+
+    keep: int
+    refine: bool = False
+    verify: bool = False
+    postfilter: bool = False
+    columns: tuple[str, ...] = ()
+
+    @property
+    def drops(self) -> bool:
+        """Whether finishing looks up the candidates' rows (refine, verify or post-filter)."""
+        return self.refine or self.verify or self.postfilter
+
+    def to_header(self) -> dict[str, Any]:
+        return {"finish": {"keep": self.keep, "refine": self.refine, "verify": self.verify,
+                           "postfilter": self.postfilter}, "columns": list(self.columns)}
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], k: int) -> Finish:
+        """ValueError when the fields are malformed or keep exceeds k."""
+        doc = header.get("finish")
+        columns = header.get("columns") or []
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise ValueError("columns must be a list of column names")
+        if doc is None:
+            return cls(k, columns=tuple(columns))
+        if not isinstance(doc, dict):
+            raise ValueError("finish must be an object")
+        keep = doc.get("keep")
+        if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= k:
+            raise ValueError(f"finish.keep must be an integer from 1 to k ({k}), got {keep!r}")
+        flags = [doc.get(name, False) for name in ("refine", "verify", "postfilter")]
+        if not all(isinstance(flag, bool) for flag in flags):
+            raise ValueError("finish.refine, .verify and .postfilter are booleans")
+        return cls(keep, *flags, columns=tuple(columns))
+
+
+def queries_batch(queries: np.ndarray) -> pa.RecordBatch:
+    """A float32 [nq, dimension] matrix as a record batch of one list<float32> column, sharing its memory."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    nq, dimension = queries.shape
+    offsets = pa.array(np.arange(0, (nq + 1) * dimension, dimension, dtype=np.int32))
+    return pa.record_batch([pa.ListArray.from_arrays(offsets, pa.array(queries.reshape(-1)))], schema=QUERY_SCHEMA)
+
+
+def queries_of(batch: pa.RecordBatch) -> np.ndarray:
+    """The query matrix of a record batch made by `queries_batch`, without copying. WireError when the
+    batch is not one list<float32> column of vectors of one dimension."""
+    if batch.schema != QUERY_SCHEMA:
+        raise WireError(f"a task batch carries one column vector: list<float32>, not {batch.schema}")
+    column = batch.column(0)
+    nq = len(column)
+    if nq == 0 or column.null_count:
+        raise WireError("a task batch carries at least one query vector, and no null ones")
+    offsets = column.offsets.to_numpy()
+    dimension = int(offsets[1] - offsets[0])
+    if dimension < 1 or np.any(np.diff(offsets) != dimension):
+        raise WireError("the query vectors of a task batch all have the same dimension, at least 1")
+    values = column.values.slice(int(offsets[0]), nq * dimension)
+    if values.null_count:
+        raise WireError("a query vector holds a null")
+    return values.to_numpy(zero_copy_only=True).reshape(nq, dimension)
+
+
+def result_batch(ids: np.ndarray, distances: np.ndarray) -> pa.RecordBatch:
+    """An nq x k answer as a record batch of two flat columns, sharing the arrays' memory."""
+    return pa.record_batch([pa.array(np.ascontiguousarray(ids, np.uint64).reshape(-1)),
+                            pa.array(np.ascontiguousarray(distances, np.float32).reshape(-1))],
+                           schema=RESULT_SCHEMA)
+
+
+def result_of(batch: pa.RecordBatch, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, distances), each [nq, k], of an answer made by `result_batch`. WireError when its shape is not."""
+    if batch.schema != RESULT_SCHEMA or batch.num_rows != nq * k:
+        raise WireError(f"an answer of {nq} x {k} candidates expected, got {batch.num_rows} rows of {batch.schema}")
+    ids = batch.column(0).to_numpy(zero_copy_only=True).reshape(nq, k)
+    distances = batch.column(1).to_numpy(zero_copy_only=True).reshape(nq, k)
+    return ids, distances
+
+
+def payload_bytes(payload: pa.Table) -> bytes:
+    """An answer's payload columns as an Arrow IPC stream (one record batch)."""
+    return ARROW.encode(payload.combine_chunks())
+
+
+def payload_of(data: bytes | memoryview | np.ndarray, rows: int) -> pa.Table:
+    """The payload columns of an answer (`payload_bytes`), `rows` of them. WireError when they are not."""
+    try:
+        table = ARROW.decode(data)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise WireError(f"the answer's payload is not an Arrow IPC stream: {exc}") from exc
+    if table.num_rows != rows:
+        raise WireError(f"the answer's payload holds {table.num_rows} rows for {rows} results")
+    return table
+
+
+def answer_metadata(doc: dict[str, object], payload: pa.Table | None) -> bytes:
+    """A Flight answer's app_metadata: the JSON document, then a newline and the payload's IPC bytes."""
+    head = orjson.dumps(doc)
+    return head if payload is None else head + b"\n" + payload_bytes(payload)
+
+
+def split_metadata(meta: bytes) -> tuple[dict[str, object], bytes | None]:
+    """(JSON document, payload IPC bytes or None) of `answer_metadata`'s bytes (JSON holds no raw newline).
+    orjson.JSONDecodeError when the document is not JSON."""
+    head, newline, tail = meta.partition(b"\n")
+    return orjson.loads(head), tail if newline else None

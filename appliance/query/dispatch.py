@@ -49,8 +49,20 @@ import pyarrow as pa
 import kernels
 from appliance.deadline import Cancelled, Deadline
 from appliance.errors import ApplianceError, DeadlineExceeded, Unavailable
-from appliance.planner import wire
-from appliance.planner.plan import SearchPlan, Task
+from appliance.planner.plan import (
+    CONTENT_TYPE,
+    REQUEST_ID_FIELD,
+    TIMEOUT_FIELD,
+    Finish,
+    SearchPlan,
+    Task,
+    WireError,
+    decode,
+    encode,
+    payload_of,
+    queries_batch,
+    result_of,
+)
 from appliance.routing.connections import ConnectionPool, InFlight
 from appliance.routing.flight_client import FlightStreams
 from appliance.routing.membership import Membership
@@ -151,8 +163,8 @@ class _WarmPlan:
     fetch_k: int = 1
     filter: str | None = None
 
-    def finishing(self, columns: Sequence[str] = ()) -> wire.Finish:
-        return wire.Finish(1, columns=tuple(columns))
+    def finishing(self, columns: Sequence[str] = ()) -> Finish:
+        return Finish(1, columns=tuple(columns))
 
 
 class _Outcome:
@@ -378,7 +390,7 @@ class Dispatcher:
         report.seconds = time.monotonic() - started
         return report
 
-    def _send_here(self, batch: _Batch, plan: SearchPlan, finish: wire.Finish, queries: np.ndarray,
+    def _send_here(self, batch: _Batch, plan: SearchPlan, finish: Finish, queries: np.ndarray,
                    request_id: str, deadline: Deadline, hedge: bool) -> _Outcome:
         """`_send` on the calling thread, watched by the watchdog (which abandons the batch when the deadline
         passes, the client is gone, or, with `hedge`, its executor is marked down), its outcome kept for the
@@ -391,26 +403,26 @@ class Dispatcher:
         finally:
             self._watchdog.unwatch(batch)
 
-    def _send(self, batch: _Batch, plan: SearchPlan, finish: wire.Finish, queries: np.ndarray, request_id: str,
+    def _send(self, batch: _Batch, plan: SearchPlan, finish: Finish, queries: np.ndarray, request_id: str,
               deadline: Deadline) -> Found:
         """Run one batch on its executor: over Arrow Flight when the executor's /readyz named a Flight port,
         else over HTTP (an executor of an older version, or Flight turned off). Both transports' failures
         end in the same classes, so who is blamed does not depend on the transport."""
         header = {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
-                  "filter": plan.filter, wire.TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)),
-                  wire.REQUEST_ID_FIELD: request_id, **finish.to_header()}
+                  "filter": plan.filter, TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)),
+                  REQUEST_ID_FIELD: request_id, **finish.to_header()}
         location = self._membership.flight_location(batch.node)
         started = time.perf_counter()
         try:
             if location is not None:
-                doc, answer, payload = self._streams.exchange(location, header, wire.queries_batch(queries),
+                doc, answer, payload = self._streams.exchange(location, header, queries_batch(queries),
                                                               batch.call)
                 status = int(doc.get("status", 200))
                 error = (str(doc.get("code", "")), str(doc.get("error", "")), doc.get("detail"))
             else:
                 status, content = self._connections.request(
-                    "POST", batch.node, "/internal/v1/search", wire.encode(header, [queries]),
-                    {INTERNAL_TOKEN_HEADER: self._token, "content-type": wire.CONTENT_TYPE, "x-request-id": request_id},
+                    "POST", batch.node, "/internal/v1/search", encode(header, [queries]),
+                    {INTERNAL_TOKEN_HEADER: self._token, "content-type": CONTENT_TYPE, "x-request-id": request_id},
                     batch.call)
                 error = _error_of(content) if status != 200 else ("", "", None)
         except (OSError, http.client.HTTPException) as exc:
@@ -421,32 +433,32 @@ class Dispatcher:
             raise _failure(status, *error)
         try:
             if location is not None:
-                ids, dists = wire.result_of(answer, len(queries), finish.keep)
+                ids, dists = result_of(answer, len(queries), finish.keep)
             else:
-                doc, arrays = wire.decode(content)
+                doc, arrays = decode(content)
                 if len(arrays) not in (2, 3):
-                    raise wire.WireError(f"an answer of ids, distances and payload expected, got {len(arrays)} arrays")
+                    raise WireError(f"an answer of ids, distances and payload expected, got {len(arrays)} arrays")
                 ids, dists = arrays[0], arrays[1]
                 payload = arrays[2] if len(arrays) == 3 else None
                 if ids.shape != (len(queries), finish.keep) or dists.shape != ids.shape:
-                    raise wire.WireError(f"an answer of {len(queries)} x {finish.keep} expected, got {ids.shape}")
+                    raise WireError(f"an answer of {len(queries)} x {finish.keep} expected, got {ids.shape}")
             return _found(doc, ids, dists, payload, finish)
-        except wire.WireError as exc:
+        except WireError as exc:
             raise ExecutorError("the executor answered a malformed task batch result", str(exc)) from exc
 
 
 def _found(doc: dict[str, object], ids: np.ndarray, dists: np.ndarray, payload: bytes | np.ndarray | None,
-           finish: wire.Finish) -> Found:
+           finish: Finish) -> Found:
     """One executor's answer read: its payload columns (when asked for) and its short queries."""
     table = None
     if finish.columns:
         if payload is None:
-            raise wire.WireError("the answer carries no payload columns")  # an executor older than this node
-        table = wire.payload_of(payload, int(np.count_nonzero(ids != kernels.NO_ID)))
+            raise WireError("the answer carries no payload columns")  # an executor older than this node
+        table = payload_of(payload, int(np.count_nonzero(ids != kernels.NO_ID)))
     short = np.zeros(len(ids), bool)
     listed = doc.get("short") or []
     if not isinstance(listed, list) or not all(isinstance(q, int) and 0 <= q < len(ids) for q in listed):
-        raise wire.WireError(f"the answer's short queries are not query numbers: {str(listed)[:100]}")
+        raise WireError(f"the answer's short queries are not query numbers: {str(listed)[:100]}")
     short[listed] = True
     return Found(ids, dists, table, short)
 

@@ -32,7 +32,7 @@ from appliance.storage.schema import METRICS
 from appliance.storage.tables import TableSnapshot, check_filter_text, clean_lance_message
 
 if TYPE_CHECKING:  # the planner imports this module
-    from appliance.planner.stats import SnapshotStats
+    from appliance.planner.plan import SnapshotStats
 
 _TYPED_FILTERS: Lru[bool] = Lru(1024)
 

@@ -28,8 +28,7 @@ from appliance.index.builder import Progress, build_full
 from appliance.index.catalog import IndexCatalog
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
-from appliance.planner.plan import Routing, SearchPlan, plan_search
-from appliance.planner.stats import SnapshotStats, estimate_selectivity, snapshot_stats
+from appliance.planner.plan import Routing, SearchPlan, SnapshotStats, estimate_selectivity, plan_search, snapshot_stats
 from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher, Found
 from appliance.query.recall import RecallMonitor

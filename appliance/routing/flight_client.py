@@ -2,7 +2,7 @@
 
 Per executor the pool keeps one FlightClient (one gRPC channel, which multiplexes its calls over one
 connection) and idle DoExchange streams on it, last used first; a task batch takes a stream, writes one
-message (the batch) and reads one (its answer), and gives the stream back (appliance/planner/wire.py has
+message (the batch) and reads one (its answer), and gives the stream back (appliance/planner/plan.py has
 the messages, appliance/executor/flight.py the server). An answer the executor decided, an error included,
 leaves the stream usable.
 
@@ -31,7 +31,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from appliance.planner import wire
+from appliance.planner.plan import QUERY_SCHEMA, split_metadata
 from appliance.routing.connections import InFlight
 
 INTERNAL_TOKEN_HEADER = b"x-appliance-token"
@@ -94,7 +94,7 @@ class FlightStreams:
     def exchange(self, location: str, header: dict[str, Any], batch: pa.RecordBatch, call: InFlight
                  ) -> tuple[dict[str, Any], pa.RecordBatch, bytes | None]:
         """(app_metadata's JSON document, record batch, the payload bytes after the document or None)
-        answering one message (wire.answer_metadata). Raises StreamBroken when the executor cannot be
+        answering one message (answer_metadata). Raises StreamBroken when the executor cannot be
         reached or the stream breaks (or `call` is aborted)."""
         meta = orjson.dumps(header)
         stream, reused = self._checkout(location)
@@ -138,7 +138,7 @@ class FlightStreams:
             stream.writer.write_with_metadata(batch, meta)
             chunk = stream.reader.read_chunk()
         try:
-            doc, payload = wire.split_metadata(chunk.app_metadata.to_pybytes()) if chunk.app_metadata is not None else (
+            doc, payload = split_metadata(chunk.app_metadata.to_pybytes()) if chunk.app_metadata is not None else (
                 {}, None)
         except orjson.JSONDecodeError as exc:
             raise StreamBroken(f"the executor answered metadata that is not JSON: {exc}") from exc
@@ -156,7 +156,7 @@ class FlightStreams:
             client, generation = executor.client, executor.generation
         with transport_errors():
             writer, reader = client.do_exchange(_DESCRIPTOR, options=self._options)
-            writer.begin(wire.QUERY_SCHEMA)
+            writer.begin(QUERY_SCHEMA)
         return _Stream(client, writer, reader, generation), False
 
     def _checkin(self, location: str, stream: _Stream) -> None:

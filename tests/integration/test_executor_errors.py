@@ -11,8 +11,7 @@ from conftest import SPREAD_WORK, Api, free_port_block
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.fleet import Fleet
-from appliance.planner import wire
-from appliance.planner.plan import FRAGMENT, SearchPlan, Task, fragment_key
+from appliance.planner.plan import CONTENT_TYPE, FRAGMENT, SearchPlan, Task, encode, fragment_key
 from appliance.query.dispatch import INTERNAL_TOKEN_HEADER, Dispatcher
 from appliance.routing.membership import Membership
 
@@ -43,9 +42,9 @@ def ring(fleet) -> dict:
 
 
 def executor_batch(fleet, node: str, header: dict, queries: np.ndarray) -> requests.Response:
-    return requests.post(f"{node}/internal/v1/search", data=wire.encode(header, [queries]), timeout=60,
+    return requests.post(f"{node}/internal/v1/search", data=encode(header, [queries]), timeout=60,
                          headers={INTERNAL_TOKEN_HEADER: fleet.settings.internal_token,
-                                  "content-type": wire.CONTENT_TYPE})
+                                  "content-type": CONTENT_TYPE})
 
 
 def test_request_errors_leave_every_executor_routed_to(fleet) -> None:

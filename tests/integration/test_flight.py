@@ -21,8 +21,7 @@ from proc_support import cpu_seconds, tree
 
 from appliance.config import Settings
 from appliance.fleet import Fleet, Node
-from appliance.planner import wire
-from appliance.planner.plan import FRAGMENT, Task, fragment_key
+from appliance.planner.plan import FRAGMENT, QUERY_SCHEMA, Task, fragment_key, queries_batch
 from appliance.routing.connections import InFlight
 from appliance.routing.flight_client import FlightStreams, StreamBroken
 from appliance.storage.schema import vector_type
@@ -78,13 +77,13 @@ def executor_tasks(node: Node) -> float:
 
 def test_a_wrong_token_is_refused(fleet: Fleet) -> None:
     where = location(fleet, fleet.executors[0])
-    one = wire.queries_batch(np.ones((1, DIM), np.float32))
+    one = queries_batch(np.ones((1, DIM), np.float32))
     for headers in ([(b"x-appliance-token", b"not-the-token")], []):
         client = flight.FlightClient(where)
         with pytest.raises(flight.FlightUnauthenticatedError):
             writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(b"search"),
                                                 options=flight.FlightCallOptions(headers=headers))
-            writer.begin(wire.QUERY_SCHEMA)
+            writer.begin(QUERY_SCHEMA)
             writer.write_with_metadata(one, b"{}")
             reader.read_chunk()
         client.close()
@@ -98,7 +97,7 @@ def test_a_wrong_token_is_refused(fleet: Fleet) -> None:
 def test_errors_answer_the_batch_and_leave_the_stream_usable(fleet: Fleet) -> None:
     streams = FlightStreams(fleet.settings.internal_token, max_idle=1)
     where = location(fleet, fleet.executors[0])
-    one = wire.queries_batch(np.ones((1, DIM), np.float32))
+    one = queries_batch(np.ones((1, DIM), np.float32))
     try:
         doc, answer, _ = streams.exchange(where, tasks_header(fleet), one, InFlight())
         assert "status" not in doc and doc["tasks"] == FRAGMENTS and answer.num_rows == 5, doc
@@ -106,7 +105,7 @@ def test_errors_answer_the_batch_and_leave_the_stream_usable(fleet: Fleet) -> No
         # a bound exceeded, a malformed header, a query matrix of another dimension: 4xx, on the same stream
         for header, batch, code in ((tasks_header(fleet, k=10**12), one, "limit_exceeded"),
                                     ({"tasks": "nope"}, one, "invalid_input"),
-                                    (tasks_header(fleet), wire.queries_batch(np.ones((1, 3), np.float32)),
+                                    (tasks_header(fleet), queries_batch(np.ones((1, 3), np.float32)),
                                      "invalid_input"),
                                     (tasks_header(fleet, timeout_ms="soon"), one, "invalid_input")):
             doc, answer, _ = streams.exchange(where, header, batch, InFlight())
@@ -124,7 +123,7 @@ def test_a_deadline_and_a_cancel_stop_the_batch_on_the_executor(fleet: Fleet) ->
     victim = fleet.executors[1]
     streams = FlightStreams(fleet.settings.internal_token)
     where = location(fleet, victim)
-    many = wire.queries_batch(np.random.default_rng(1).normal(size=(4000, DIM)).astype(np.float32))
+    many = queries_batch(np.random.default_rng(1).normal(size=(4000, DIM)).astype(np.float32))
     try:
         streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())  # warm: every fragment cached
         pids = tree(victim.process.pid)
@@ -161,7 +160,7 @@ def test_a_deadline_and_a_cancel_stop_the_batch_on_the_executor(fleet: Fleet) ->
         # on a busy machine the executor gets only part of a core: compare with what it gets while working
         assert spent < 0.3 * rate * window, (f"the executor kept working: {spent:.2f} CPU s in {window:.1f} s "
                                              f"(working, it spends {rate:.2f} CPU s per s)")
-        doc, answer, _ = streams.exchange(where, tasks_header(fleet), wire.queries_batch(np.ones((1, DIM), np.float32)),
+        doc, answer, _ = streams.exchange(where, tasks_header(fleet), queries_batch(np.ones((1, DIM), np.float32)),
                                        InFlight())
         assert "status" not in doc and answer.num_rows == 5  # and the pool still serves
     finally:
@@ -173,8 +172,8 @@ def test_drain_refuses_new_batches_and_waits_for_running_ones(fleet: Fleet) -> N
     token = {"x-appliance-token": fleet.settings.internal_token}
     streams = FlightStreams(fleet.settings.internal_token)
     where = location(fleet, node)
-    many = wire.queries_batch(np.random.default_rng(2).normal(size=(1000, DIM)).astype(np.float32))
-    one = wire.queries_batch(np.ones((1, DIM), np.float32))
+    many = queries_batch(np.random.default_rng(2).normal(size=(1000, DIM)).astype(np.float32))
+    one = queries_batch(np.ones((1, DIM), np.float32))
     answered: list[float] = []
     try:
         streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())  # warm

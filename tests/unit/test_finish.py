@@ -17,8 +17,7 @@ from appliance.executor.runner import TaskRunner
 from appliance.index import IndexStore
 from appliance.index.builder import build_full
 from appliance.index.params import IndexParams
-from appliance.planner.plan import FRAGMENT, PARTITION, Task, fragment_key, partition_key
-from appliance.planner.wire import Finish
+from appliance.planner.plan import FRAGMENT, PARTITION, Finish, Task, fragment_key, partition_key
 from appliance.query.dispatch import Found, merge_found
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table

@@ -15,8 +15,7 @@ import pytest
 from conftest import free_port_block
 
 from appliance.config import Settings
-from appliance.planner import wire
-from appliance.planner.plan import FRAGMENT, Task
+from appliance.planner.plan import FRAGMENT, Task, decode, encode
 from appliance.query.dispatch import Dispatcher
 from appliance.routing.membership import Membership
 from appliance.routing.prewarm import PrewarmReport, RecentGroups
@@ -65,12 +64,12 @@ class FakeExecutor:
                 self.wfile.write(body)
 
             def do_POST(self) -> None:  # noqa: N802
-                header, (queries,) = wire.decode(self.rfile.read(int(self.headers.get("content-length", 0))))
+                header, (queries,) = decode(self.rfile.read(int(self.headers.get("content-length", 0))))
                 owner.batches += 1
                 time.sleep(owner.delay)
                 if owner.answer:
                     shape = (len(queries), int(header["k"]))
-                    body = wire.encode({"tasks": 1}, [np.full(shape, 7, np.uint64), np.zeros(shape, np.float32)])
+                    body = encode({"tasks": 1}, [np.full(shape, 7, np.uint64), np.zeros(shape, np.float32)])
                     self.send_response(200)
                 else:
                     body = b'{"code": "internal", "error": "fake"}'

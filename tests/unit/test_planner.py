@@ -21,7 +21,7 @@ from appliance.planner.plan import (
     group_numbers,
     plan_search,
 )
-from appliance.planner.stats import snapshot_stats as stats
+from appliance.planner.plan import snapshot_stats as stats
 from appliance.query.dispatch import Dispatcher
 from appliance.query.service import QueryService
 from appliance.routing import HashRing

@@ -1,7 +1,7 @@
 """The planner as a pure function of (request, snapshot statistics, index) -> plan (planner/plan.py).
 
 Statistics and manifests are built in memory: no table, no storage, so each test states exactly what the
-planner knows. The last tests cover what feeds it from storage (planner/stats.py) on a real Lance table.
+planner knows. The last tests cover what feeds it from storage (planner/plan.py) on a real Lance table.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import pytest
 from appliance.index.catalog import LoadedIndex
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.index.params import default_ef
-from appliance.planner.plan import FRAGMENT, PARTITION, Routing, plan_search
-from appliance.planner.stats import (
+from appliance.planner.plan import (
+    FRAGMENT,
+    PARTITION,
     FragmentStats,
+    Routing,
     SnapshotStats,
     estimate_selectivity,
+    plan_search,
     sample_fragments,
     snapshot_stats,
 )
@@ -206,7 +209,7 @@ def test_statistics_of_a_real_version(store: TableStore) -> None:
 def test_selectivity_is_counted_not_materialised(store: TableStore, monkeypatch: pytest.MonkeyPatch) -> None:
     snapshot = store.snapshot("t")
     assert estimate_selectivity(snapshot, snapshot_stats(snapshot), "n < 20") == pytest.approx(0.1)
-    monkeypatch.setattr("appliance.planner.stats.SELECTIVITY_SAMPLE_ROWS", 50)  # a sample of one fragment
+    monkeypatch.setattr("appliance.planner.plan.SELECTIVITY_SAMPLE_ROWS", 50)  # a sample of one fragment
     monkeypatch.setattr(type(snapshot.dataset), "to_table", None)  # no row is materialised
     estimate = estimate_selectivity(snapshot, snapshot_stats(snapshot), "n >= 100")
     assert estimate in (0.0, 1.0)  # one whole fragment of four, each all in or all out

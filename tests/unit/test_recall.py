@@ -12,8 +12,7 @@ from appliance.index import IndexParams, IndexStore
 from appliance.index.builder import build_full, build_partial
 from appliance.index.catalog import IndexCatalog
 from appliance.index.tuning import RecallProbe
-from appliance.planner.plan import SearchRequest, plan_search
-from appliance.planner.stats import snapshot_stats
+from appliance.planner.plan import SearchRequest, plan_search, snapshot_stats
 from appliance.query.recall import RecallMonitor
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type

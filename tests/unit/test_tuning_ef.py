@@ -14,8 +14,7 @@ from appliance.index.builder import build_full, build_partial
 from appliance.index.catalog import IndexCatalog
 from appliance.index.params import GRAPH_EF_FLOOR, default_ef
 from appliance.index.tuning import EF_LADDER, EF_PLATEAU, RecallProbe, sample_target
-from appliance.planner.plan import SearchRequest, plan_search
-from appliance.planner.stats import snapshot_stats
+from appliance.planner.plan import SearchRequest, plan_search, snapshot_stats
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type
 
