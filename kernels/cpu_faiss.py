@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from types import ModuleType
 
 import numpy as np
@@ -432,10 +432,12 @@ this many tie."""
 class _Pq4Scanner:
     """A faiss IndexIVFPQFastScan (no residuals) holding our 4-bit codebooks, whose inverted lists are slots:
     each list scanned is packed into faiss's block layout once (`kernels.pq.pq4_blocks`) and kept in a slot
-    with its ids, keyed by the identity of its code array, and later scans of the same object search it in
-    place (the executors never modify an object's arrays). The arrays are only weakly referenced: a slot
-    serves while they live (an id reused by a later array does not match a dead reference), so the slots
-    do not keep objects the executor's cache has let go; a dead slot goes when the bound needs its room."""
+    with its ids, and later scans of the same object search it in place. A slot is found by the key the
+    caller names the list by (an immutable object's key: however its arrays were read again, e.g. decoded
+    from a disk tier on every access), or else by the identity of its code array (the executors never
+    modify an object's arrays). Arrays are only weakly referenced: an identity slot serves while they live
+    (an id reused by a later array does not match a dead reference), and no slot keeps an object the
+    executor's cache has let go; slots go, least recently scanned first, when the bounds need their room."""
 
     def __init__(self, codebooks: np.ndarray, metric: str) -> None:
         faiss = faiss_module()
@@ -449,21 +451,23 @@ class _Pq4Scanner:
         self.index.is_trained = True
         self.lists = faiss.downcast_InvertedLists(self.index.invlists)
         # id(codes) -> (slot, codes, ids, bytes), least recently scanned first
-        self.slots: OrderedDict[int, tuple[int, weakref.ref, weakref.ref, int]] = OrderedDict()
+        self.slots: OrderedDict[Hashable, tuple[int, weakref.ref, weakref.ref, int]] = OrderedDict()
         self.free = list(range(PQ4_SLOTS - 1, -1, -1))
         self.held = 0
 
-    def slot(self, ids: np.ndarray, codes: np.ndarray, scanning: set[int]) -> int:
-        """The slot holding (ids, codes), filled now if need be; -1 when every slot is in `scanning` (the
-        slots of the scan under way, never evicted: one scan may exceed PQ4_SLOT_BYTES, not PQ4_SLOTS)."""
+    def slot(self, ids: np.ndarray, codes: np.ndarray, scanning: set[int], key: Hashable = None) -> int:
+        """The slot holding (ids, codes), under the caller's `key` or else the arrays' identity, filled now if
+        need be; -1 when every slot is in `scanning` (the slots of the scan under way, never evicted: one
+        scan may exceed PQ4_SLOT_BYTES, not PQ4_SLOTS)."""
         from kernels.pq import pq4_blocks
 
-        hit = self.slots.get(id(codes))
-        if hit is not None and hit[1]() is codes and hit[2]() is ids:
-            self.slots.move_to_end(id(codes))
+        name = id(codes) if key is None else ("key", key)
+        hit = self.slots.get(name)
+        if hit is not None and (key is not None or (hit[1]() is codes and hit[2]() is ids)):
+            self.slots.move_to_end(name)
             return hit[0]
         if hit is not None:  # an evicted array's id, reused, or the codes with other ids
-            self._evict(id(codes))
+            self._evict(name)
         blocks = pq4_blocks(codes)
         while self.slots and (not self.free or self.held + blocks.nbytes > PQ4_SLOT_BYTES):
             oldest = next(iter(self.slots))
@@ -474,11 +478,11 @@ class _Pq4Scanner:
             return -1
         slot = self.free.pop()
         self.lists.add_entries(slot, len(codes), _ptr(np.ascontiguousarray(ids).view(np.int64)), _ptr(blocks))
-        self.slots[id(codes)] = (slot, weakref.ref(codes), weakref.ref(ids), blocks.nbytes)
+        self.slots[name] = (slot, weakref.ref(codes), weakref.ref(ids), blocks.nbytes)
         self.held += blocks.nbytes
         return slot
 
-    def _evict(self, key: int) -> None:
+    def _evict(self, key: Hashable) -> None:
         slot, _, _, size = self.slots.pop(key)
         self.lists.resize(slot, 0)
         self.free.append(slot)
@@ -520,11 +524,12 @@ def _pq4_scanner(codebooks: np.ndarray, metric: str) -> Iterator[_Pq4Scanner]:
 
 
 def scan_pq4_lists(queries: np.ndarray, lists: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-                   k: int, codebooks: np.ndarray, metric: str
+                   k: int, codebooks: np.ndarray, metric: str, keys: Sequence[Hashable] | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Top k over 4-bit PQ lists (ids, `pq4_pack`ed codes, the query rows that scan the list or None for all),
     metric l2 or dot: (ids uint64 [nq, k], distances float32 [nq, k], rows that need the numpy kernel), or
     None when faiss cannot take the input (codebooks other than [m, 16, d/m], codes of another width).
+    `keys` (one a list, or None): the lists' lasting names, by which their prepared blocks are found again.
 
     faiss's fast-scan sums the query's lookup tables rounded to uint8 (per query: a = 255 / the widest
     sub-space's spread of table entries, b the sum of each sub-space's least entry; an entry is off by at
@@ -541,14 +546,16 @@ def scan_pq4_lists(queries: np.ndarray, lists: Sequence[tuple[np.ndarray, np.nda
     with _pq4_scanner(codebooks, metric) as scanner:
         held, scanning = scanner.slots, set()
         for j, (ids, codes, _) in enumerate(lists):
-            hit = held.get(id(codes))
-            if hit is not None and hit[1]() is codes and hit[2]() is ids:
-                held.move_to_end(id(codes))
+            key = None if keys is None else keys[j]
+            name = id(codes) if key is None else ("key", key)
+            hit = held.get(name)
+            if hit is not None and (key is not None or (hit[1]() is codes and hit[2]() is ids)):
+                held.move_to_end(name)
                 slot = hit[0]
             else:
                 if codes.ndim != 2 or codes.shape[1] != width or codes.dtype != np.uint8:
                     return None
-                slot = scanner.slot(ids, codes, scanning)
+                slot = scanner.slot(ids, codes, scanning, key)
                 if slot < 0:
                     return None
             slots[j] = slot

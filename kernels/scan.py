@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -68,7 +68,8 @@ ListScan = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec: str,
-               params: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
+               params: Mapping[str, np.ndarray], metric: str, keys: Sequence[Hashable] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Top k over many small encoded lists (the probed IVF partitions), each scanned only for the queries
     that probe it: (ids uint64 [nq, k], distances float32 [nq, k]) in `topk`'s order, padded with
     (NO_ID, inf) where a query reaches fewer than k rows. The rows must be finite.
@@ -77,15 +78,23 @@ def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec:
     own array, one merge), SQ8 and PQ lists on faiss's IVF scanners (`cpu_faiss.scan_coded_lists`), 4-bit
     PQ lists on faiss's fast-scan (`cpu_faiss.scan_pq4_lists`: its uint8 lookup tables' top k, within their
     rounding of the ADC distances); fp16, and rows faiss leaves undecided, run `_scan_lists_numpy`.
+
+    `keys`, one a list (or None), name each list's content for good (an immutable object's key): a backend
+    that keeps lists prepared between scans (pq4's block layout) finds them by key, however the arrays
+    were read; without keys it goes by the arrays' identity.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2:
         raise ValueError(f"queries must be a 2-D array [nq, dim], got shape {q.shape}")
+    if keys is not None and len(keys) != len(lists):
+        raise ValueError(f"{len(keys)} keys for {len(lists)} lists")
     lists = [(np.asarray(ids, dtype=np.uint64), codes, None if rows is None else np.asarray(rows, dtype=np.intp))
              for ids, codes, rows in lists]
-    lists = [entry for entry in lists if len(entry[0]) and (entry[2] is None or len(entry[2]))]
+    scanned = [len(ids) and (rows is None or len(rows)) for ids, _, rows in lists]
+    keys = None if keys is None else [key for key, scan in zip(keys, scanned, strict=True) if scan]
+    lists = [entry for entry, scan in zip(lists, scanned, strict=True) if scan]
     if codec == "flat" and metric in ("l2", "dot") and cpu_faiss.enabled("scan_lists/flat") and lists and k and len(q) \
             and np.isfinite(q).all():
         flat = [(ids, np.ascontiguousarray(codes, dtype=np.float32), rows) for ids, codes, rows in lists]
@@ -106,7 +115,7 @@ def scan_lists(queries: np.ndarray, lists: Sequence[ListScan], k: int, *, codec:
             return out_ids, out_distances
     if codec == "pq4" and metric in ("l2", "dot") and cpu_faiss.enabled("scan_lists/pq4") and lists and k and len(q) \
             and np.isfinite(q).all():
-        found = cpu_faiss.scan_pq4_lists(q, lists, k, np.asarray(params["pq_codebooks"]), metric)
+        found = cpu_faiss.scan_pq4_lists(q, lists, k, np.asarray(params["pq_codebooks"]), metric, keys)
         if found is not None:
             out_ids, out_distances, unsure = found
             if len(unsure):

@@ -68,6 +68,7 @@ class PartitionScanner:
         manifest = self.manifest(table, index_version)
         params = self._load(manifest.centroids)
         lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        keys: list[str] = []  # each list's object key
         graphs: list[tuple[tuple[kernels.hnsw.Graph, np.ndarray], np.ndarray | None]] = []
         prepared = codec.prepare_queries(queries, manifest.metric)
         parts, rows, held = [], 0, 0
@@ -86,15 +87,17 @@ class PartitionScanner:
                         graphs.append((graph, chosen))
                 elif len(obj["ids"]):
                     lists.append((obj["ids"], obj["codes"], chosen))
+                    keys.append(ref.key)
                     held += obj["ids"].nbytes + obj["codes"].nbytes
                     if held >= SCAN_BYTES:  # scan what is held, keep its top k, let the objects go
                         parts.append(codec.scan(codec.row_codec(manifest.codec), prepared, lists, params,
-                                                manifest.metric, k))
+                                                manifest.metric, k, keys))
                         rows += sum(len(ids) for ids, _, _ in lists)
-                        lists, held = [], 0
+                        lists, keys, held = [], [], 0
         rows += sum(len(ids) for ids, _, _ in lists) + sum(len(ids) for (_, ids), _ in graphs)
         if lists or not (graphs or parts):
-            parts.append(codec.scan(codec.row_codec(manifest.codec), prepared, lists, params, manifest.metric, k))
+            parts.append(codec.scan(codec.row_codec(manifest.codec), prepared, lists, params, manifest.metric, k,
+                                    keys))
         if graphs:
             parts.append(self._search_graphs(graphs, prepared, k, ef or default_ef(k)))
         ids, dists = kernels.merge_topk(parts, k) if len(parts) > 1 else parts[0]

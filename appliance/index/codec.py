@@ -90,15 +90,17 @@ def prepare_queries(queries: np.ndarray, metric: str) -> np.ndarray:
 
 
 def scan(codec: str, prepared: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-         params: dict[str, np.ndarray], metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+         params: dict[str, np.ndarray], metric: str, k: int, keys: list[str] | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
     """Top k (ids, distances) [nq, k] over partitions given as (ids, codes, query rows or None for all),
-    each scanned for its queries only (from `prepare_queries`): `kernels.scan_lists` in the scan metric."""
+    each scanned for its queries only (from `prepare_queries`): `kernels.scan_lists` in the scan metric.
+    `keys`: the lists' object keys (pq4 keeps each object's fast-scan layout by its key)."""
     if metric != "cosine":
-        return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric=metric)
+        return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric=metric, keys=keys)
     if codec in PQ_CODECS:  # l2 of unit vectors is 2 - 2cos: halving is exact and keeps the order
-        ids, dists = kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="l2")
+        ids, dists = kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="l2", keys=keys)
         return ids, dists / np.float32(2)
-    return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="dot")
+    return kernels.scan_lists(prepared, lists, k, codec=codec, params=params, metric="dot", keys=keys)
 
 
 def distances(codec: str, prepared: np.ndarray, codes: np.ndarray, params: dict[str, np.ndarray],

@@ -158,9 +158,9 @@ def test_a_batch_over_many_partitions_is_scanned_a_bounded_number_of_bytes_at_a_
     held: list[int] = []
     real_scan = codec.scan
 
-    def scan(name, prepared, lists, params, metric, k):
+    def scan(name, prepared, lists, params, metric, k, keys=None):
         held.append(sum(ids.nbytes + codes.nbytes for ids, codes, _ in lists))
-        return real_scan(name, prepared, lists, params, metric, k)
+        return real_scan(name, prepared, lists, params, metric, k, keys)
 
     monkeypatch.setattr(codec, "scan", scan)
     monkeypatch.setattr(partition, "SCAN_BYTES", budget, raising=False)

@@ -230,3 +230,28 @@ def test_pq4_scans_from_many_threads_agree(monkeypatch):
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
     kernels.cpu_faiss._pq4_pool.clear()
+
+
+def test_pq4_lists_named_by_keys_are_packed_once(monkeypatch):
+    # lists read again as new arrays (an object decoded from a disk tier on every access) keep their slots
+    # under the keys the caller names them by; without keys every new array is packed anew
+    import kernels.pq
+
+    codebooks, lists, queries = _real_case(np.random.default_rng(9))
+    params = {"pq_codebooks": codebooks}
+    packed = []
+    real = kernels.pq.pq4_blocks
+    monkeypatch.setattr(kernels.pq, "pq4_blocks", lambda codes: packed.append(1) or real(codes))
+    keys = [f"t/objects/{i}.bin" for i in range(len(lists))]
+    scanned = sum(1 for ids, _, rows in lists if len(ids) and (rows is None or len(rows)))
+    first = scan_lists(queries, lists, 10, codec="pq4", params=params, metric="l2", keys=keys)
+    again = [(ids.copy(), codes.copy(), rows) for ids, codes, rows in lists]
+    second = scan_lists(queries, again, 10, codec="pq4", params=params, metric="l2", keys=keys)
+    assert len(packed) == scanned
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    scan_lists(queries, [(ids.copy(), codes.copy(), rows) for ids, codes, rows in lists], 10, codec="pq4",
+               params=params, metric="l2")
+    assert len(packed) == 2 * scanned
+    with pytest.raises(ValueError, match="keys for"):
+        scan_lists(queries, lists, 10, codec="pq4", params=params, metric="l2", keys=keys[:-1])

@@ -82,3 +82,32 @@ def test_pq4_index_scans_like_pq_and_keeps_deltas(stores, metric) -> None:
                                      extra[:5], 5)
     assert rows == 3200
     assert all(set(ids[r].tolist()) & set(range(3000, 3200)) for r in range(5))
+
+
+def test_pq4_objects_read_anew_are_packed_once(stores, monkeypatch) -> None:
+    # an executor whose objects come back as new arrays on every read (its disk tier decodes each time)
+    # still scans each pq4 object's fast-scan layout from the first scan on: the scanner names it by its key
+    import kernels.pq
+
+    tables, indexes = stores
+    tables.create("t", 16, "l2", {"n": "int64"})
+    vectors = _vectors(2000, 16, 4)
+    _load(tables, vectors)
+    manifest = build_full(tables, indexes, "t", IndexParams(codec="pq4", nlist=8, nprobes=8, pq_m=16, seed=3))
+    stored = {ref.key: indexes.get_object(ref)[0] for refs in [*manifest.partitions, [manifest.centroids]]
+              for ref in refs}
+    centroids = stored[manifest.centroids.key]
+
+    def load(ref):  # the codebooks stay one array, as a RAM tier keeps them; partition objects come anew
+        obj = stored[ref.key]
+        return obj if obj is centroids else {name: array.copy() for name, array in obj.items()}
+
+    packed = []
+    real = kernels.pq.pq4_blocks
+    monkeypatch.setattr(kernels.pq, "pq4_blocks", lambda codes: packed.append(1) or real(codes))
+    scanner = PartitionScanner(indexes, load=load)
+    work = [(p, None) for p in range(manifest.nlist)]
+    first = scanner.scan_many("t", manifest.index_version, work, vectors[:4], 10)
+    second = scanner.scan_many("t", manifest.index_version, work, vectors[:4], 10)
+    assert len(packed) == sum(len(refs) for refs in manifest.partitions)
+    np.testing.assert_array_equal(first[0], second[0])
