@@ -396,12 +396,50 @@ def moto(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def aws_env(tf: Terraform, tree: Path, moto, tmp_path_factory: pytest.TempPathFactory):
-    """environments/aws planned in full, then applied against moto. Yields (workdir, outputs, plan, client)."""
-    if MIRROR is None:
-        pytest.skip(NO_MIRROR)
-    endpoint, client = moto
+# The AWS apply against moto spends most of its two minutes in the provider's waits (SQS attributes, S3
+# lifecycle rules, the load balancer going active), not on the CPU: it runs in a process of its own, started
+# with the module, in a private copy of terraform/, while the tests before the AWS ones run.
+AWS_JOB = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tf_support import Terraform
+args = json.loads(sys.argv[2])
+tf, workdir, report = Terraform(Path(args["cli_config"])), Path(args["workdir"]), Path(args["report"])
+def done(**fields):
+    report.with_name(report.name + ".new").write_text(json.dumps(fields))
+    report.with_name(report.name + ".new").replace(report)
+for step, argv in (("init", ["init", "-input=false", "-backend=false", "-no-color"]),
+                   ("plan", ["plan", "-json", "-no-color", "-parallelism=20"])):
+    result = tf.run(workdir, *argv)
+    if result.returncode != 0:
+        sys.exit(done(step=step, returncode=result.returncode, stdout=result.stdout, stderr=result.stderr))
+plan = [json.loads(line)["change"] for line in result.stdout.splitlines() if '"planned_change"' in line]
+for path, text in args["gaps"].items():
+    Path(path).write_text(text)
+started = time.monotonic()
+result = tf.run(workdir, "apply", "-auto-approve", "-no-color", "-parallelism=20")
+done(step="apply", returncode=result.returncode, stdout=result.stdout[-4000:], stderr=result.stderr[-6000:],
+     plan=plan, seconds=time.monotonic() - started)
+"""
+
+
+def _aws_tests_selected(request: pytest.FixtureRequest) -> bool:
+    return any(item.module is request.module and "aws_env" in item.fixturenames for item in request.session.items)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aws_job(tf: Terraform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """Starts environments/aws (planned in full, then applied against moto) in the background when AWS tests
+    are selected and can run; aws_env waits for it. Yields (workdir, process, report file) or None."""
+    import importlib.util
+
+    if MIRROR is None or not _aws_tests_selected(request) or not all(
+            importlib.util.find_spec(m) for m in ("moto", "boto3")):
+        yield None
+        return
+    endpoint, client = request.getfixturevalue("moto")
+    tree = copy_tree(tmp_path_factory.mktemp("tf-aws") / "terraform")
     workdir = tree / "environments" / "aws"
     (workdir / "moto_override.tf").write_text(_moto_override(endpoint))
     ami = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
@@ -416,19 +454,48 @@ def aws_env(tf: Terraform, tree: Path, moto, tmp_path_factory: pytest.TempPathFa
         "force_destroy": True,
         "deletion_protection": False,
     }))
-    tf.init(workdir)
-    # The full configuration, gaps included, is planned first (-json: one line per planned change).
-    lines = tf.run(workdir, "plan", "-json", "-no-color", "-parallelism=20").check().stdout.splitlines()
-    plan = [json.loads(line)["change"] for line in lines if '"planned_change"' in line]
-    for (module, _type, _name), _why in MOTO_GAPS.items():
-        (tree / module / "moto_override.tf").write_text(f'resource "{_type}" "{_name}" {{\n  count = 0\n}}\n')
-    state = {"destroyed": False}
-    started = time.monotonic()
-    tf.run(workdir, "apply", "-auto-approve", "-no-color", "-parallelism=20").check()
-    print(f"aws apply against moto: {time.monotonic() - started:.1f}s")
-    yield workdir, tf.outputs(workdir), plan, client, state
-    if not state["destroyed"]:
-        tf.run(workdir, "destroy", "-auto-approve", "-no-color", "-parallelism=20")
+    # The full configuration, gaps included, is planned first; then the gaps are left out of the apply.
+    gaps = {str(tree / module / "moto_override.tf"): f'resource "{rtype}" "{name}" {{\n  count = 0\n}}\n'
+            for (module, rtype, name) in MOTO_GAPS}
+    report = workdir.parent / "aws-job.json"
+    args = {"cli_config": tf.env["TF_CLI_CONFIG_FILE"], "workdir": str(workdir), "report": str(report), "gaps": gaps}
+    log = (workdir.parent / "aws-job.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-c", AWS_JOB, str(REPO / "tests"), json.dumps(args)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    yield workdir, proc, report
+    if proc.poll() is None:  # the AWS tests did not wait for it (failed or deselected on the way)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def aws_env(tf: Terraform, aws_job, moto):
+    """environments/aws planned in full, then applied against moto. Yields (workdir, outputs, plan, client)."""
+    if MIRROR is None:
+        pytest.skip(NO_MIRROR)
+    assert aws_job is not None, "the AWS apply was not started"
+    workdir, proc, report = aws_job
+    _, client = moto
+    log = workdir.parent / "aws-job.log"
+    try:
+        proc.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the AWS apply against moto did not finish in 30 min:\n{log.read_text()}")
+    assert report.is_file(), f"the AWS apply exited {proc.returncode}:\n{log.read_text()}"
+    job = json.loads(report.read_text())
+    state = {"destroyed": job["step"] != "apply"}  # destroy what an apply, even a failed one, made
+    try:
+        assert job["returncode"] == 0, f"terraform {job['step']} failed ({job['returncode']}):\n{job['stderr']}\n" \
+                                       f"{job['stdout']}"
+        print(f"aws apply against moto (in the background): {job['seconds']:.1f}s")
+        yield workdir, tf.outputs(workdir), job["plan"], client, state
+    finally:
+        if not state["destroyed"]:
+            tf.run(workdir, "destroy", "-auto-approve", "-no-color", "-parallelism=20")
 
 
 @pytest.mark.slow
