@@ -182,6 +182,7 @@ def test_index_settings_out_of_bounds_are_400_naming_the_limit(api, bombed, body
     ("/v1/table/{t}/query/", {"vector": [1, 2, 3], "k": 10, "nprobes": 10**9}, "nprobes"),
     ("/v1/table/{t}/create_index/", {"column": "vector", "index_type": "IVF_FLAT", "metric_type": "nope"}, "metric"),
     ("/v1/table/{t}/create_index/", {"column": "vector", "index_type": "IVF_FLAT", "num_partitions": 10**6}, "nlist"),
+    ("/v1/table/{t}/create_index/", {"column": "vector", "index_type": "IVF_PQ", "num_bits": 2}, "num_bits"),
 ])
 def test_search_and_lancedb_bounds_are_400(api, bombed, path: str, body: dict, needle: str) -> None:
     resp = lance_post(api, path.format(t=bombed), body)

@@ -234,3 +234,26 @@ def test_lancedb_client_builds_and_searches_ivf_hnsw(fleet) -> None:
         got = [table.search(q).nprobes(2).ef(600).limit(10).to_arrow().column("id").to_pylist() for q in queries]
         hits = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
         assert hits == 1.0 if codec == "hnsw_flat" else hits >= 0.9, (index_type, hits)
+
+
+def test_lancedb_client_ivf_pq_with_4_bits_builds_the_fast_scan_codec(fleet) -> None:
+    """create_index(index_type="IVF_PQ", num_bits=4) builds codec pq4 (faiss fast-scan); 8 bits, pq."""
+    import lancedb
+
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(600, 16)).astype(np.float32)
+    db = lancedb.connect("db://appliance", api_key=fleet.api_key, host_override=fleet.url)
+    table = db.create_table("pq_bits", data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base)])
+    queries = rng.normal(size=(10, 16)).astype(np.float32)
+    exact = [np.argsort(((base - q) ** 2).sum(1), kind="stable")[:10].tolist() for q in queries]
+    api = requests.Session()
+    api.headers["x-api-key"] = fleet.api_key
+    for bits, codec in ((4, "pq4"), (8, "pq")):
+        table.create_index(metric="l2", vector_column_name="vector", index_type="IVF_PQ", num_partitions=2,
+                           num_sub_vectors=8, num_bits=bits)
+        assert api.get(f"{fleet.url}/api/v1/tables/pq_bits/index", timeout=60).json()["index"]["codec"] == codec
+        assert table.index_stats("vector_idx").index_type == "IVF_PQ"
+        got = [table.search(q).nprobes(2).refine_factor(10).limit(10).to_arrow().column("id").to_pylist()
+               for q in queries]
+        hits = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
+        assert hits >= 0.9, (bits, hits)

@@ -94,8 +94,14 @@ def _create_vector_index(service: QueryService, name: str, column: str, index_ty
         # metric l2 means "the table's": an l2 index there would serve none of the table's default searches.
         metric = service.snapshot(name).metric
     params: dict[str, Any] = {"codec": VECTOR_TYPES[index_type]}
+    if params["codec"] == "pq":
+        # num_bits 4 (LanceDB's 4-bit PQ): codes scanned with faiss's SIMD fast-scan (codec pq4); 8 (the default)
+        bits = optional_int(doc, "num_bits", 0, 64) or 8
+        if bits not in (4, 8):
+            raise InvalidInput(f"num_bits must be 4 or 8 for IVF_PQ, got {bits}")
+        params["codec"] = "pq4" if bits == 4 else "pq"
     rows = service.count_rows(name)
-    if params["codec"] == "pq" and rows < PQ_MIN_ROWS:  # as LanceDB: PQ codebooks need 256 training rows
+    if params["codec"] in ("pq", "pq4") and rows < PQ_MIN_ROWS:  # as LanceDB: PQ codebooks need 256 training rows
         raise InvalidInput(f"{index_type} needs at least {PQ_MIN_ROWS} rows to train, table '{name}' has {rows}",
                            "use IVF_FLAT or IVF_SQ for small tables")
     for ours, theirs in (("nlist", "num_partitions"), ("pq_m", "num_sub_vectors"), ("kmeans_iters", "max_iterations"),
