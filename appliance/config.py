@@ -193,7 +193,7 @@ class Settings:
     indexer_min_rows: int = _knob(4096, "Rows a table needs before the indexer builds its first index.")
     indexer_codec: str = _knob(
         "auto", "Codec of the indexes the indexer builds by itself: auto (hnsw_sq up to 262,144 rows, flat above), "
-        "or one of flat, fp16, sq8, pq, hnsw_flat, hnsw_sq."
+        "or one of flat, fp16, sq8, pq, pq4, hnsw_flat, hnsw_sq."
     )
     indexer_growth: float = _knob(
         1.0, "Full rebuild (retrain centroids) once the table has grown by this fraction since the last training."
