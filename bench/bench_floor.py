@@ -17,7 +17,7 @@ client threads of this process, each with its own keep-alive connection or strea
 3. the same searches with raw float32 bodies (`application/octet-stream`, `x-vector-dimension`, the other
    fields in the query string; README "Binary query vectors");
 4. a bare Arrow Flight DoExchange round trip through the query node's own client
-   (`appliance.routing.flight_client.FlightStreams`) to an echo server this script starts in a process of
+   (`appliance.query.dispatch.FlightStreams`) to an echo server this script starts in a process of
    its own, with the executors' token middleware (`appliance.executor.flight.TokenCheck`): it reads the
    header JSON and the query matrix (`plan.queries_of`) and answers a prepared message of a search's answer
    size (10 ids and distances, the batch's stats, the payload column `row` as Arrow IPC), each message the
@@ -78,7 +78,7 @@ from bench_search import (
 from fleet_support import FRAGMENT_ROWS, SHARED_DATA, Api, CpuMeter, fleet_processes, free_port_block, running_fleet
 from report import load_average, machine_line, write_section
 
-from appliance.routing.flight_client import FlightStreams
+from appliance.query.dispatch import FlightStreams
 
 CODEC = "hnsw_sq"
 ROUNDS = 5
@@ -262,7 +262,7 @@ def search_header(plan: dict, request_timeout_ms: int = 10_000) -> dict:
 
 
 def hop_sender(location: str, streams: FlightStreams, header: dict, queries: np.ndarray) -> Callable[[], Sender]:
-    """Every client thread sends through one `FlightStreams` (appliance/routing/flight_client.py; a query node's
+    """Every client thread sends through one `FlightStreams` (appliance/query/dispatch.py; a query node's
     threads share one too), each round trip on an idle stream of its pool (one per thread under 8 threads),
     the query's record batch built per round trip as the dispatcher builds it (`plan.queries_batch`)."""
     from appliance.planner.plan import queries_batch

@@ -5,7 +5,7 @@ cache's stats, so operators, Prometheus, Terraform and Ansible reach an executor
 itself, once per query per executor, runs here, where a round trip costs about half the CPU of a Flask
 request under gunicorn (issue 15).
 
-A query node keeps DoExchange streams open (appliance/routing/flight_client.py) and sends one task batch per
+A query node keeps DoExchange streams open (appliance/query/dispatch.py) and sends one task batch per
 message; each message is answered by one message on the same stream (appliance/planner/plan.py has the
 format), an error included, so a refused batch leaves the stream usable. Per call, the server middleware
 checks the internal token (`x-appliance-token`, in constant time); per message, the drain gate counts the

@@ -33,7 +33,7 @@ class InFlight:
 
     The transport attaches what abandons its request: an HTTP connection (shut down, so the thread blocked
     on the answer gets an OSError at once and the server sees the connection close), or any cancel
-    callable (a Flight stream's `reader.cancel`, appliance/routing/flight_client.py)."""
+    callable (a Flight stream's `reader.cancel`, appliance/query/dispatch.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import requests
 
-from appliance.routing.flight_client import INTERNAL_TOKEN_HEADER
+from appliance.query.dispatch import INTERNAL_TOKEN_HEADER
 
 log = logging.getLogger("appliance.routing")
 POLL = 0.2
@@ -58,7 +58,7 @@ def drain(url: str, token: str, wait: float) -> bool:
     An executor already gone is as drained as it gets: True."""
     try:
         resp = requests.post(f"{url}/admin/drain", params={"wait": wait},
-                             headers={INTERNAL_TOKEN_HEADER.decode(): token}, timeout=wait + 30)
+                             headers={INTERNAL_TOKEN_HEADER: token}, timeout=wait + 30)
     except requests.ConnectionError:
         return True
     except requests.RequestException as exc:

@@ -1,4 +1,4 @@
-"""The search hop over Arrow Flight (appliance/executor/flight.py, appliance/routing/flight_client.py): the
+"""The search hop over Arrow Flight (appliance/executor/flight.py, appliance/query/dispatch.py): the
 token guards every call, an error answers the batch and leaves its stream usable, a deadline or a cancel
 stops a batch, a drain refuses new batches and waits for running ones, streams to an executor that was
 killed and restarted are replaced without blaming it, and an executor without Flight is served over HTTP."""
@@ -22,8 +22,8 @@ from proc_support import cpu_seconds, tree
 from appliance.config import Settings
 from appliance.fleet import Fleet, Node
 from appliance.planner.plan import FRAGMENT, QUERY_SCHEMA, Task, fragment_key, queries_batch
+from appliance.query.dispatch import FlightStreams, StreamBroken
 from appliance.routing.connections import InFlight
-from appliance.routing.flight_client import FlightStreams, StreamBroken
 from appliance.storage.schema import vector_type
 
 DIM = 64
