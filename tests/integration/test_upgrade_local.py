@@ -15,7 +15,8 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,9 @@ def ctl_status(root: Path, name: str) -> str:
                           text=True, timeout=60).stdout.strip()
 
 
-@pytest.mark.parametrize("query_nodes", [1, 2])
-def test_rolling_upgrade_fails_no_query(tmp_path: Path, query_nodes: int, release_wheel: Callable[..., Path]) -> None:
+def rollout(tmp_path: Path, query_nodes: int, wheels: dict[str, Path]) -> str:
+    """One fleet's install, --check and rolling upgrade under load; what it saw, or an AssertionError."""
     old, new = __version__, NEW_VERSION
-    wheels = {v: release_wheel(v) for v in (old, new)}
     base = free_port_block(3)  # the query nodes' port, two executors (one is drained at a time)
     query_port = base
     queries_hosts = [f"query-{i}" for i in range(query_nodes)]
@@ -125,15 +125,36 @@ def test_rolling_upgrade_fails_no_query(tmp_path: Path, query_nodes: int, releas
         for name in names:
             assert ctl_status(nodes_root, name).endswith(f"release {new}"), name
             assert os.readlink(nodes_root / name / "current") == f"releases/{new}"
-        print(f"{query_nodes} query node(s): {load.answered} queries answered, {during} during the upgrade, "
-              f"{len(load.failures)} failed")
         assert not load.failures, (len(load.failures), load.failures[:5])
         assert during > 20
+        return (f"{query_nodes} query node(s): {load.answered} queries answered, {during} during the upgrade, "
+                f"{len(load.failures)} failed")
     finally:
         for name in names:
             ctl = nodes_root / name / "bin" / "appliance-ctl"
             if ctl.exists():
                 subprocess.run([str(ctl), "stop"], capture_output=True, timeout=120)
+
+
+CASES = (1, 2)
+
+
+@pytest.fixture(scope="module")
+def rollouts(tmp_path_factory: pytest.TempPathFactory, release_wheel: Callable[..., Path],
+             request: pytest.FixtureRequest) -> Iterator[dict[int, Future[str]]]:
+    """The fleets' rollouts (one per selected case), run at the same time, each in a thread of its own: each
+    is mostly one Ansible process working node after node, so one alone leaves a core of a small machine idle.
+    Each fleet has its own folders, ports and load; a case's test waits for its own rollout."""
+    wheels = {v: release_wheel(v) for v in (__version__, NEW_VERSION)}  # built once, before the threads
+    selected = [n for n in CASES if any(item.module is request.module and item.name.endswith(f"[{n}]")
+                                        for item in request.session.items)]
+    with ThreadPoolExecutor(max_workers=len(CASES)) as pool:
+        yield {n: pool.submit(rollout, tmp_path_factory.mktemp(f"rollout-{n}"), n, wheels) for n in selected}
+
+
+@pytest.mark.parametrize("query_nodes", CASES)
+def test_rolling_upgrade_fails_no_query(query_nodes: int, rollouts: dict[int, Future[str]]) -> None:
+    print(rollouts[query_nodes].result())  # the rollout's own AssertionError, if any, is raised here
 
 
 def listening_sockets(port: int) -> int:
