@@ -113,7 +113,7 @@ class Fleet:
 
     def _start(self) -> None:
         ports = [(node.host, node.port) for node in [*self.executors, self.query]]  # query nodes share one
-        if self.settings.flight_port_offset:  # each executor's Flight server (appliance/executor/flight.py)
+        if self.settings.flight_port_offset:  # each executor's Flight server (appliance/executor/runner.py)
             ports += [(node.host, node.port + self.settings.flight_port_offset) for node in self.executors]
         if len(set(ports)) != len(ports) or max(port for _, port in ports) > 65535:
             raise FleetError(f"the fleet's ports collide or pass 65535: {sorted(p for _, p in ports)}; "

@@ -18,7 +18,7 @@ client threads of this process, each with its own keep-alive connection or strea
    fields in the query string; README "Binary query vectors");
 4. a bare Arrow Flight DoExchange round trip through the query node's own client
    (`appliance.query.dispatch.FlightStreams`) to an echo server this script starts in a process of
-   its own, with the executors' token middleware (`appliance.executor.flight.TokenCheck`): it reads the
+   its own, with the executors' token middleware (`appliance.executor.runner.TokenCheck`): it reads the
    header JSON and the query matrix (`plan.queries_of`) and answers a prepared message of a search's answer
    size (10 ids and distances, the batch's stats, the payload column `row` as Arrow IPC), each message the
    size of a one-query search's (its header built from the plan `POST .../explain` reports, the query's
@@ -186,7 +186,7 @@ def serve_echo(token: str, answer_rows: int, payload_rows: int) -> None:
     import orjson
     import pyarrow.flight as flight
 
-    from appliance.executor.flight import TokenCheck
+    from appliance.executor.runner import TokenCheck
     from appliance.planner.plan import RESULT_SCHEMA, answer_metadata, queries_of, result_batch
 
     rng = np.random.default_rng(0)

@@ -24,8 +24,7 @@ from appliance.config import Settings
 from appliance.deadline import Deadline, client_gone
 from appliance.drain import drain_api, drain_state
 from appliance.errors import Forbidden, InvalidInput, LimitExceeded
-from appliance.executor.flight import start_flight_server
-from appliance.executor.runner import BatchStats, TaskRunner
+from appliance.executor.runner import INTERNAL_TOKEN_HEADER, BatchStats, TaskRunner, start_flight_server
 from appliance.index import IndexStore
 from appliance.metrics import Metrics, cache_metrics, metrics_of
 from appliance.planner.plan import CONTENT_TYPE, TIMEOUT_FIELD, Finish, Task, WireError, decode, encode, payload_bytes
@@ -33,7 +32,6 @@ from appliance.storage import TableStore
 from appliance.storage.tables import raise_if_rejected
 from appliance.web import access_log, configure_logging, install_common, json_response, require_secret
 
-INTERNAL_TOKEN_HEADER = "x-appliance-token"
 FLIGHT_SEARCH_PATH = "flight:search"  # how Flight batches appear in access logs (HTTP ones: /internal/v1/search)
 log = logging.getLogger("appliance.executor")
 
@@ -116,7 +114,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return json_response({**runner.cache.stats(), "load": batches.load()})
 
     if settings.flight_port_offset:
-        # the data plane: task batches over Arrow Flight, beside this HTTP control plane (appliance/executor/flight.py)
+        # the data plane: task batches over Arrow Flight, beside this HTTP control plane (appliance/executor/runner.py)
         try:
             def answered(request_id: str, status: int, seconds: float) -> None:
                 metrics.flight_batches.labels(str(status)).inc()

@@ -583,7 +583,7 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
 # float32 query matrix travel as one frame (appliance/storage/frames.py), and so do the answer's ids,
 # distances and payload (the Arrow IPC stream's bytes as a third, uint8, array).
 #
-# Over Arrow Flight (appliance/executor/flight.py, appliance/query/dispatch.py) one batch is one
+# Over Arrow Flight (appliance/executor/runner.py, appliance/query/dispatch.py) one batch is one
 # message of a DoExchange stream: the header, as JSON, is the message's app_metadata, and the query matrix is
 # a record batch of one `vector: list<float32>` column (a variable list, so one stream schema serves every
 # dimension), built and read without copying the floats. The answer is a record batch of `ids: uint64` and

@@ -496,7 +496,7 @@ def _error_of(content: bytes) -> tuple[str, str, str | None]:
 # Per executor the pool keeps one FlightClient (one gRPC channel, which multiplexes its calls over one
 # connection) and idle DoExchange streams on it, last used first; a task batch takes a stream, writes one
 # message (the batch) and reads one (its answer), and gives the stream back (appliance/planner/plan.py has the
-# messages, appliance/executor/flight.py the server). An answer the executor decided, an error included,
+# messages, appliance/executor/runner.py the server). An answer the executor decided, an error included,
 # leaves the stream usable.
 #
 # Every way the transport can fail (refused, reset, cancelled, timed out, refused our token, a stream that

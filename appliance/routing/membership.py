@@ -17,7 +17,7 @@ half-way. Only a change of members moves keys, and only about 1/N of them (ring.
 - **Health** only *excludes* members: when an executor dies its keys fall to the next member on the ring
   (and only its keys move), and when it comes back its keys return to it, where its cache still is.
 
-An executor's `/readyz` says which port its Flight server (the search hop, appliance/executor/flight.py)
+An executor's `/readyz` says which port its Flight server (the search hop, appliance/executor/runner.py)
 listens on, on the host of its URL; one that says none (an older version met during a rolling upgrade, or
 Flight turned off) is sent its task batches over HTTP.
 """

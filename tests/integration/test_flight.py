@@ -1,4 +1,4 @@
-"""The search hop over Arrow Flight (appliance/executor/flight.py, appliance/query/dispatch.py): the
+"""The search hop over Arrow Flight (appliance/executor/runner.py, appliance/query/dispatch.py): the
 token guards every call, an error answers the batch and leaves its stream usable, a deadline or a cancel
 stops a batch, a drain refuses new batches and waits for running ones, streams to an executor that was
 killed and restarted are replaced without blaming it, and an executor without Flight is served over HTTP."""
