@@ -33,11 +33,11 @@ import kernels
 from appliance import limits
 from appliance.cache.codec import ARROW
 from appliance.config import Settings
-from appliance.index.catalog import LoadedIndex
 from appliance.index.codec import GRAPH_CODECS
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import default_ef
 from appliance.lru import Lru
+from appliance.query.catalog import LoadedIndex
 from appliance.query.request import SearchRequest
 from appliance.routing.ring import replica_key
 from appliance.storage import lance_errors

@@ -14,12 +14,12 @@ from appliance.config import Settings
 from appliance.drain import drain_api
 from appliance.errors import ApplianceError
 from appliance.index import IndexStore
-from appliance.index.catalog import IndexCatalog
 from appliance.metrics import batching_metrics, index_metrics, metrics_of, queue_metrics
 from appliance.planner.plan import Routing
 from appliance.query.admin import admin_api
 from appliance.query.api import native_api
 from appliance.query.auth import ApiKeys, read_key_hashes, require_admin, resolve_api_key
+from appliance.query.catalog import IndexCatalog
 from appliance.query.console import console_api, is_console_path, with_console_paths
 from appliance.query.dispatch import Dispatcher
 from appliance.query.indexing import attach_indexer_events

@@ -25,10 +25,10 @@ from appliance.events.event import APPENDED, DELETED, INDEX_REQUESTED, OPTIMIZE,
 from appliance.events.publisher import Publisher
 from appliance.events.status import IndexerStatus
 from appliance.index.builder import Progress, build_full
-from appliance.index.catalog import IndexCatalog
 from appliance.index.manifest import IndexManifest
 from appliance.index.params import IndexParams
 from appliance.planner.plan import Routing, SearchPlan, SnapshotStats, estimate_selectivity, plan_search, snapshot_stats
+from appliance.query.catalog import IndexCatalog
 from appliance.query.commits import GroupCommitter
 from appliance.query.dispatch import Dispatcher, Found
 from appliance.query.recall import RecallMonitor

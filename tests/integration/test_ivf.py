@@ -124,7 +124,7 @@ def test_a_warm_search_reads_nothing_through_lance_on_the_query_node(fleet, mini
     from lance.fragment import LanceFragment
 
     from appliance.index import IndexStore
-    from appliance.index.catalog import IndexCatalog
+    from appliance.query.catalog import IndexCatalog
     from appliance.query.dispatch import Dispatcher
     from appliance.query.request import search_request
     from appliance.query.service import QueryService

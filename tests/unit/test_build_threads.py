@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from appliance.config import Settings
 from appliance.index import IndexParams, IndexStore
-from appliance.index.catalog import IndexCatalog
+from appliance.query.catalog import IndexCatalog
 from appliance.query.service import QueryService
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type

@@ -17,10 +17,10 @@ from appliance.errors import Conflict
 from appliance.events import Event
 from appliance.index import IndexParams, IndexStore
 from appliance.index.builder import build_full, build_partial
-from appliance.index.catalog import IndexCatalog
 from appliance.indexer import worker as worker_module
 from appliance.indexer.policy import Policy
 from appliance.indexer.worker import TableWorker
+from appliance.query.catalog import IndexCatalog
 from appliance.query.service import QueryService
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type

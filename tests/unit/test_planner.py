@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.index import IndexStore
-from appliance.index.catalog import IndexCatalog, LoadedIndex
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.planner.plan import (
     FRAGMENT,
@@ -22,6 +21,7 @@ from appliance.planner.plan import (
     plan_search,
 )
 from appliance.planner.plan import snapshot_stats as stats
+from appliance.query.catalog import IndexCatalog, LoadedIndex
 from appliance.query.dispatch import Dispatcher
 from appliance.query.service import QueryService
 from appliance.routing import HashRing

@@ -11,7 +11,6 @@ import itertools
 import numpy as np
 import pytest
 
-from appliance.index.catalog import LoadedIndex
 from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.index.params import default_ef
 from appliance.planner.plan import (
@@ -25,6 +24,7 @@ from appliance.planner.plan import (
     sample_fragments,
     snapshot_stats,
 )
+from appliance.query.catalog import LoadedIndex
 from appliance.query.request import SearchRequest
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table

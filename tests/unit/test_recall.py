@@ -10,9 +10,9 @@ import kernels
 from appliance.errors import InvalidInput
 from appliance.index import IndexParams, IndexStore
 from appliance.index.builder import build_full, build_partial
-from appliance.index.catalog import IndexCatalog
 from appliance.index.tuning import RecallProbe
 from appliance.planner.plan import SearchRequest, plan_search, snapshot_stats
+from appliance.query.catalog import IndexCatalog
 from appliance.query.recall import RecallMonitor
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type

@@ -15,8 +15,8 @@ from test_planner_pure import DIM, small_table
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.index import IndexParams, IndexStore
 from appliance.index.builder import build_full
-from appliance.index.catalog import IndexCatalog
 from appliance.planner.plan import snapshot_stats
+from appliance.query.catalog import IndexCatalog
 from appliance.query.dispatch import Dispatcher
 from appliance.query.lancedb.query import parse_query
 from appliance.query.request import parse_search, search_request, validate

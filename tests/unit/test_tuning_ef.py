@@ -11,10 +11,10 @@ import pytest
 import kernels
 from appliance.index import IndexParams, IndexStore
 from appliance.index.builder import build_full, build_partial
-from appliance.index.catalog import IndexCatalog
 from appliance.index.params import GRAPH_EF_FLOOR, default_ef
 from appliance.index.tuning import EF_LADDER, EF_PLATEAU, RecallProbe, sample_target
 from appliance.planner.plan import SearchRequest, plan_search, snapshot_stats
+from appliance.query.catalog import IndexCatalog
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import vector_type
 

@@ -1,4 +1,5 @@
-"""The query node's view of published indexes: manifest and centroids, version-checked.
+"""The query node's view of published indexes: manifest and centroids, version-checked (only the query
+node plans, so only it keeps one).
 
 The pointer is re-read (one GET: IndexStore.pointer) at most every `refresh_seconds`; a slightly older
 index version is still correct to plan with, because rows it does not cover are flat-scanned by the plan
