@@ -44,6 +44,7 @@ from appliance.lru import Lru
 from appliance.planner.plan import (
     EMPTY_RESULT,
     FRAGMENT,
+    INTERNAL_TOKEN_HEADER,
     PARTITION,
     REQUEST_ID_FIELD,
     RESULT_SCHEMA,
@@ -394,7 +395,6 @@ def matching_row_ids(fragment: LanceFragment, predicate: str) -> np.ndarray:
 # process's exit) forever, so past that moment the worker exits at once; the query nodes see their streams
 # break and open fresh ones to whoever serves the port next.
 
-INTERNAL_TOKEN_HEADER = "x-appliance-token"
 EXIT_GRACE_SECONDS = 5.0  # how long an exiting worker lets the batches it runs finish
 flight_log = logging.getLogger("appliance.executor.flight")
 

@@ -595,6 +595,7 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
 # JSON error the HTTP path would have answered), so the stream stays usable for the next batch.
 
 CONTENT_TYPE = "application/x-appliance-tasks"
+INTERNAL_TOKEN_HEADER = "x-appliance-token"  # the fleet's shared internal token, on every call to an executor
 TIMEOUT_FIELD = "timeout_ms"
 REQUEST_ID_FIELD = "request_id"
 

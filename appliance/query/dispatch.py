@@ -54,6 +54,7 @@ from appliance.deadline import Cancelled, Deadline
 from appliance.errors import ApplianceError, DeadlineExceeded, Unavailable
 from appliance.planner.plan import (
     CONTENT_TYPE,
+    INTERNAL_TOKEN_HEADER,
     QUERY_SCHEMA,
     REQUEST_ID_FIELD,
     TIMEOUT_FIELD,
@@ -73,7 +74,6 @@ from appliance.routing.membership import Membership
 from appliance.routing.prewarm import PrewarmReport, RecentGroups, prewarm_tasks
 from appliance.routing.ring import HashRing, NoLiveNodes
 
-INTERNAL_TOKEN_HEADER = "x-appliance-token"
 POLL_SECONDS = 0.05  # how often a waiting search looks at the probe's verdicts, its deadline and its client
 log = logging.getLogger("appliance.dispatch")
 
