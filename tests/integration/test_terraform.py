@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -263,12 +265,9 @@ def _health(url: str) -> dict | None:
         return None
 
 
-@pytest.mark.slow
-def test_readme_ansible_on_one_machine(tmp_path: Path) -> None:
-    """The README's "Ansible on one machine", line by line, in a copy of the checkout (its own .fleet and
-    dist), on free ports: Terraform's outputs -> inventory -> site.yml serves a table -> upgrade.yml to a
-    changed version -> rollback.yml -> destroy stops every node and names the tables it leaves."""
-    terraform = shutil.which("terraform")
+def _readme_ansible(tmp_path: Path, environ: dict[str, str]) -> None:
+    """test_readme_ansible_on_one_machine's run, with `environ` for os.environ."""
+    terraform = shutil.which("terraform", path=environ.get("PATH"))
     bin_ = Path(sys.executable).parent
     if terraform is None or not (bin_ / "ansible-playbook").exists():
         pytest.skip("needs a terraform command on PATH and ansible-core in this venv")
@@ -282,9 +281,9 @@ def test_readme_ansible_on_one_machine(tmp_path: Path) -> None:
     copy_tree(checkout / "terraform")
     (checkout / ".venv").symlink_to(bin_.parent)
     port = free_port_block(3)
-    env = {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "ANSIBLE_NOCOLOR": "1",
+    env = {**environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-           "PATH": f"{Path(terraform).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{Path(terraform).parent}{os.pathsep}{environ.get('PATH', '')}"}
 
     def sh(line: str) -> str:
         line = line.replace("port=8090", f"port={port}").replace("127.0.0.1:8090", f"127.0.0.1:{port}")
@@ -340,6 +339,28 @@ def test_readme_ansible_on_one_machine(tmp_path: Path) -> None:
     fleet = checkout / "terraform" / "environments" / "local" / ".fleet"
     assert f"the tables in {fleet / 'data'}" in out, out[-2000:]
     assert (fleet / "data" / "readme.lance").is_dir()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def readme_ansible(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Future | None]:
+    """The README's Ansible run, started with the module in a thread of its own when its test is selected: it
+    is one Ansible process working node after node (about one core), its own checkout, fleet and ports, so
+    it runs beside the module's other tests (mostly Terraform, or waiting on moto) instead of after them."""
+    if not any(item.module is request.module and item.name == "test_readme_ansible_on_one_machine"
+               for item in request.session.items):
+        yield None
+        return
+    environ = dict(os.environ)  # now, not while a Terraform.run of another test has set its variables
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(_readme_ansible, tmp_path_factory.mktemp("readme-ansible"), environ)
+
+
+@pytest.mark.slow
+def test_readme_ansible_on_one_machine(readme_ansible: Future) -> None:
+    """The README's "Ansible on one machine", line by line, in a copy of the checkout (its own .fleet and
+    dist), on free ports: Terraform's outputs -> inventory -> site.yml serves a table -> upgrade.yml to a
+    changed version -> rollback.yml -> destroy stops every node and names the tables it leaves."""
+    readme_ansible.result()  # what the run asserted or skipped on is raised here
 
 
 # ---- environments/aws against moto --------------------------------------------------------------------------------
