@@ -65,6 +65,7 @@ NPROBES = (16, 32, 64)  # the appliance's, beside its default (tens of seconds e
 REFERENCE_NPROBES = (8, 16, 24, 32, 48, 64)  # LanceDB's and faiss's (cheap)
 HNSW_EF = (16, 32, 64, 128)
 CLIENTS = 8
+PASSES = 3  # the 8-client phase sends its queries this many times: a window of seconds, not a fraction of one
 QUERIES = 400  # dev queries used (of 1,000): 1 client sends the first 150, 8 clients the other 250
 ONE_CLIENT_QUERIES = 150
 RECALL_BATCH = 100  # queries per request of the appliance's batched recall pass
@@ -156,11 +157,13 @@ def both(one: Run, many: Run, truth: np.ndarray) -> float:
     return recall_at_k(one.ids + many.ids, truth[:len(one.ids) + len(many.ids)])
 
 
-def measure(make_sender: Callable[[], Sender], n: int, clients: int = 1, cpu: CpuMeter | None = None) -> Run:
-    """Send queries 0..n-1 from `clients` threads, each with its own sender (connection), round robin. With
-    `cpu`, the processes' CPU time over the run too (snapshots just before the clients start and after the
-    last answer), per query answered."""
-    total = n
+def measure(make_sender: Callable[[], Sender], n: int, clients: int = 1, cpu: CpuMeter | None = None,
+            passes: int = 1) -> Run:
+    """Send queries 0..n-1 from `clients` threads, each with its own sender (connection), round robin,
+    `passes` times over (what each query returned is kept from the first pass). With `cpu`, the processes'
+    CPU time over the run too (snapshots just before the clients start and after the last answer), per
+    query answered."""
+    total = n * passes
     ms = np.zeros(total)
     ids: list[list[int]] = [[] for _ in range(n)]
     senders = [make_sender() for _ in range(clients)]
@@ -173,9 +176,10 @@ def measure(make_sender: Callable[[], Sender], n: int, clients: int = 1, cpu: Cp
         try:
             for j in range(c, total, clients):
                 t0 = time.perf_counter()
-                got = send(j)
+                got = send(j % n)
                 ms[j] = (time.perf_counter() - t0) * 1000
-                ids[j] = got
+                if j < n:
+                    ids[j] = got
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 
@@ -302,7 +306,7 @@ def bench_appliance(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.nd
             batched = appliance_recall(api, queries, truth, **params) if default else None
             one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], **params)), n)
             many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], **params)),
-                           len(queries) - n, CLIENTS, meter)
+                           len(queries) - n, CLIENTS, meter, PASSES)
             name, value = next(iter(knob_params.items()))
             knob = (f"{name}={value or p.get('ef') or 'default'}" if graph else f"{name}={value}") + (
                 " (default)" if default else "")
@@ -329,7 +333,7 @@ def bench_unbatched(api: Api, meter: CpuMeter, queries: np.ndarray, truth: np.nd
     n = min(len(queries), one_client)
     one = measure(appliance_sender(api, TABLE, search_bodies(queries[:n], nprobes=p["nprobes"])), n)
     many = measure(appliance_sender(api, TABLE, search_bodies(queries[n:], nprobes=p["nprobes"])),
-                   len(queries) - n, CLIENTS, meter)
+                   len(queries) - n, CLIENTS, meter, PASSES)
     rows.append(Row(UNBATCHED, f"IVF{p['nlist']} flat", f"nprobes={p['nprobes']} (default)", "-",
                     both(one, many, truth), one, many))
     print(rows[-1].markdown(), flush=True)
@@ -371,7 +375,7 @@ def bench_lancedb(work: Path, base: np.ndarray, queries: np.ndarray, truth: np.n
         measure(sender(max(REFERENCE_NPROBES)), n)
     for nprobes in REFERENCE_NPROBES:
         one = measure(sender(nprobes), n)
-        many = measure(sender(nprobes, n), len(queries) - n, CLIENTS, CpuMeter({}))
+        many = measure(sender(nprobes, n), len(queries) - n, CLIENTS, CpuMeter({}), PASSES)
         rows.append(Row(f"LanceDB {lancedb.__version__}", f"IVF{LANCEDB_PARTITIONS}_PQ{LANCEDB_SUB_VECTORS}",
                         f"nprobes={nprobes}", str(LANCEDB_REFINE), both(one, many, truth), one, many))
         print(rows[-1].markdown(), flush=True)
@@ -464,7 +468,7 @@ def bench_pgvector(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, tun
             n = min(len(queries), one_client)
             for ef in PG_EF_SEARCH:
                 one = measure(sender(ef, queries), n)
-                many = measure(sender(ef, queries[n:]), len(queries) - n, CLIENTS, meter)
+                many = measure(sender(ef, queries[n:]), len(queries) - n, CLIENTS, meter, PASSES)
                 for conn in conns:
                     conn.close()
                 conns.clear()
@@ -715,7 +719,9 @@ Idle, after its last setting, the appliance's processes spent (CPU ms per second
 Data set: `debian-minilm`, {len(base):,} x {base.shape[1]} float32, cosine; the first {len(queries):,} dev
 queries; recall@10 against the exact top-10 (`dev_gt_ids.npy`). Each setting: 1 client sends the first
 {n:,} queries one after another, then {CLIENTS} concurrent clients send the other {len(queries) - n:,}
-(together, once each); "recall@10" is over all {len(queries):,} of them, one query per search.
+together, {PASSES} times over (a window of seconds, steadier on a shared machine; latency, QPS and CPU over
+all passes, what each query found from its first); "recall@10" is over all {len(queries):,} of them, one
+query per search.
 
 - **appliance**: 1 query node and 2 executors on loopback (health checks every {HEALTH_INTERVAL:g} s, the
   default); the table loaded through the HTTP API in
