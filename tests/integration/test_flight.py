@@ -123,15 +123,22 @@ def test_a_deadline_and_a_cancel_stop_the_batch_on_the_executor(fleet: Fleet) ->
     victim = fleet.executors[1]
     streams = FlightStreams(fleet.settings.internal_token)
     where = location(fleet, victim)
-    many = queries_batch(np.random.default_rng(1).normal(size=(4000, DIM)).astype(np.float32))
+    rng = np.random.default_rng(1)
     try:
-        streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())  # warm: every fragment cached
+        streams.exchange(where, tasks_header(fleet, k=10), queries_batch(rng.normal(size=(1, DIM)).astype(np.float32)),
+                         InFlight())  # warm: every fragment cached
         pids = tree(victim.process.pid)
-        began, cpu_began = time.monotonic(), sum(cpu_seconds(p) for p in pids)
-        streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())
-        full = time.monotonic() - began
+        nq = 4000
+        while True:  # a batch long enough to see it stop, whatever this machine's speed and load
+            many = queries_batch(rng.normal(size=(nq, DIM)).astype(np.float32))
+            began, cpu_began = time.monotonic(), sum(cpu_seconds(p) for p in pids)
+            streams.exchange(where, tasks_header(fleet, k=10), many, InFlight())
+            full = time.monotonic() - began
+            if full > 1.5 or nq >= 64_000:
+                break
+            nq *= 2
         rate = (sum(cpu_seconds(p) for p in pids) - cpu_began) / full  # CPU s per s while it works
-        assert full > 1.5, f"a full batch takes {full:.2f} s: too short to see it stop"
+        assert full > 1.5, f"a full batch of {nq} queries takes {full:.2f} s: too short to see it stop"
 
         doc, _, _ = streams.exchange(where, tasks_header(fleet, k=10, timeout_ms=50), many, InFlight())
         assert doc["status"] == 504 and doc["code"] == "deadline_exceeded", doc
