@@ -215,18 +215,24 @@ def test_graph_codec_search_honours_ef(api, minilm) -> None:
         assert resp.status_code in (400, 413) and "ef" in resp.json()["error"], resp.text
 
 
+def _client_table(fleet, name: str, dim: int, seed: int):
+    """A 600-row table made through the LanceDB client, 10 queries, and each query's exact top 10 (l2)."""
+    import lancedb
+
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(600, dim)).astype(np.float32)
+    db = lancedb.connect("db://appliance", api_key=fleet.api_key, host_override=fleet.url)
+    table = db.create_table(name, data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base)])
+    queries = rng.normal(size=(10, dim)).astype(np.float32)
+    exact = [np.argsort(((base - q) ** 2).sum(1), kind="stable")[:10].tolist() for q in queries]
+    return table, queries, exact
+
+
 def test_lancedb_client_builds_and_searches_ivf_hnsw(fleet) -> None:
     """The LanceDB client's create_index(index_type="IVF_HNSW_SQ" / "IVF_HNSW_FLAT") builds the graph
     codecs, list_indices names them back, and searches with the client's nprobes and ef find the exact top 10
     (hnsw_flat) or nearly (hnsw_sq's 8-bit codes)."""
-    import lancedb
-
-    rng = np.random.default_rng(3)
-    base = rng.normal(size=(600, 8)).astype(np.float32)
-    db = lancedb.connect("db://appliance", api_key=fleet.api_key, host_override=fleet.url)
-    table = db.create_table("graphs", data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base)])
-    queries = rng.normal(size=(10, 8)).astype(np.float32)
-    exact = [np.argsort(((base - q) ** 2).sum(1), kind="stable")[:10].tolist() for q in queries]
+    table, queries, exact = _client_table(fleet, "graphs", 8, seed=3)
     for index_type, codec in (("IVF_HNSW_SQ", "hnsw_sq"), ("IVF_HNSW_FLAT", "hnsw_flat")):
         table.create_index(metric="l2", vector_column_name="vector", index_type=index_type, num_partitions=2)
         assert [i.name for i in table.list_indices()] == ["vector_idx"]
@@ -238,14 +244,7 @@ def test_lancedb_client_builds_and_searches_ivf_hnsw(fleet) -> None:
 
 def test_lancedb_client_ivf_pq_with_4_bits_builds_the_fast_scan_codec(fleet) -> None:
     """create_index(index_type="IVF_PQ", num_bits=4) builds codec pq4 (faiss fast-scan); 8 bits, pq."""
-    import lancedb
-
-    rng = np.random.default_rng(4)
-    base = rng.normal(size=(600, 16)).astype(np.float32)
-    db = lancedb.connect("db://appliance", api_key=fleet.api_key, host_override=fleet.url)
-    table = db.create_table("pq_bits", data=[{"vector": v.tolist(), "id": i} for i, v in enumerate(base)])
-    queries = rng.normal(size=(10, 16)).astype(np.float32)
-    exact = [np.argsort(((base - q) ** 2).sum(1), kind="stable")[:10].tolist() for q in queries]
+    table, queries, exact = _client_table(fleet, "pq_bits", 16, seed=4)
     api = requests.Session()
     api.headers["x-api-key"] = fleet.api_key
     for bits, codec in ((4, "pq4"), (8, "pq")):
