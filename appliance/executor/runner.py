@@ -245,16 +245,16 @@ class TaskRunner:
         if not found.all():
             missing, snapshot = unique[~found][:5].tolist(), version.snapshot
             raise RuntimeError(f"results {missing} have no live row in {snapshot.name} v{snapshot.version}")
-        schema = version.snapshot.dataset.schema
-        if not pieces:
+        if not pieces:  # the table's schema only here: reading a Lance dataset's schema costs every batch
+            schema = version.snapshot.dataset.schema
             return pa.schema([schema.field(c) for c in columns]).empty_table()
         gathered = np.concatenate([which for _, which, _ in pieces])  # the gathered rows, as positions in unique
         rank = np.empty(len(unique), np.int64)
         rank[gathered] = np.arange(len(gathered))
         order = rank[inverse]  # each result's row among the gathered ones
-        return pa.table([_gather([_one_chunk(t.column(c)) for t, _, _ in pieces], [rows for _, _, rows in pieces],
-                                 order) for c in columns], schema=pa.schema([pieces[0][0].schema.field(c)
-                                                                               for c in columns]))
+        rows = [rows for _, _, rows in pieces]
+        return pa.table([_gather([_one_chunk(t.column(c)) for t, _, _ in pieces], rows, order) for c in columns],
+                        schema=pieces[0][0].select(columns).schema)
 
     def _scan_partitions(self, table: str, index_version: int, group: list[Task], queries: np.ndarray, k: int
                          ) -> tuple[np.ndarray, np.ndarray, int]:
