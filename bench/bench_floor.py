@@ -242,20 +242,25 @@ def start_echo(token: str, answer_rows: int, payload_rows: int) -> EchoServer:
 
 def search_header(plan: dict, request_timeout_ms: int = 10_000) -> dict:
     """A task batch's header as the query node sends it for `plan` (an `explain` answer), its tasks rebuilt
-    from their names (`T/index/v<N>/partition/<p>`, `T/fragment/<id>`): the same fields, about the same bytes."""
+    from their names (`T/index/v<N>/partition/<p>`, `T/fragment/<id>`) and its groups: one partition task per
+    group key, one task per fragment, the same fields, about the same bytes (a one-query plan probes every
+    partition it lists, so it needs no `probes`)."""
     from appliance.planner.plan import REQUEST_ID_FIELD, TIMEOUT_FIELD, Finish
 
     tasks = []
+    partitions = [int(name.rsplit("/", 1)[1]) for name in plan["tasks"] if name.split("/")[-2] == "partition"]
+    if partitions:
+        doc: dict[str, object] = {"kind": "partition", "key": plan["groups"][0]["key"], "table": plan["table"],
+                                  "version": plan["version"], "index_version": plan["index_version"],
+                                  "partitions": partitions}
+        if plan.get("ef"):
+            doc["ef"] = plan["ef"]
+        tasks.append(doc)
     for name in plan["tasks"]:
         parts = name.split("/")
-        doc: dict[str, object] = {"kind": parts[-2], "key": name, "table": plan["table"], "version": plan["version"]}
-        if parts[-2] == "partition":
-            doc.update(fragment=-1, min_row_id=0, index_version=plan["index_version"], partition=int(parts[-1]))
-            if plan.get("ef"):
-                doc["ef"] = plan["ef"]
-        else:
-            doc.update(fragment=int(parts[-1]), min_row_id=0, index_version=-1, partition=-1)
-        tasks.append(doc)
+        if parts[-2] == "fragment":
+            tasks.append({"kind": "fragment", "key": name, "table": plan["table"], "version": plan["version"],
+                          "fragment": int(parts[-1])})
     finish = Finish(plan["k"], refine=plan.get("refine_factor", 0) > 0, columns=("row",))
     return {"tasks": tasks, "k": plan["fetch_k"], "metric": plan["metric"], "filter": plan["filter"],
             TIMEOUT_FIELD: request_timeout_ms, REQUEST_ID_FIELD: uuid.uuid4().hex, **finish.to_header()}

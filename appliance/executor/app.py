@@ -27,7 +27,17 @@ from appliance.errors import Forbidden, InvalidInput, LimitExceeded
 from appliance.executor.runner import INTERNAL_TOKEN_HEADER, BatchStats, TaskRunner, start_flight_server
 from appliance.index import IndexStore
 from appliance.metrics import Metrics, cache_metrics, metrics_of
-from appliance.planner.plan import CONTENT_TYPE, TIMEOUT_FIELD, Finish, Task, WireError, decode, encode, payload_bytes
+from appliance.planner.plan import (
+    CONTENT_TYPE,
+    TIMEOUT_FIELD,
+    Finish,
+    Task,
+    WireError,
+    decode,
+    encode,
+    payload_bytes,
+    probes_from_header,
+)
 from appliance.storage import TableStore
 from appliance.storage.tables import raise_if_rejected
 from appliance.web import access_log, configure_logging, install_common, json_response, require_secret
@@ -55,6 +65,7 @@ def check_batch(tasks: list[Task], queries: np.ndarray, k: int) -> None:
     """The batch's bounds, so that no query node (a buggy or an older one) can make this executor allocate
     without limit: 400 `limit_exceeded` naming the bound."""
     limits.check_bound("tasks per batch", len(tasks), MAX_TASKS)
+    limits.check_bound("partitions per batch", sum(len(t.partitions) for t in tasks), MAX_TASKS)
     limits.check_bound("k (candidates per query vector)", k, MAX_FETCH_K, low=1)
     limits.check_bound("dimension", queries.shape[1], MAX_DIMENSION, low=1)
     limits.check_bound("query vectors x k", len(queries) * k, MAX_RESULT_CELLS)
@@ -158,6 +169,7 @@ class BatchRunner:
             tasks = [Task.from_json(t) for t in header["tasks"]]
             k, metric, predicate = int(header["k"]), str(header["metric"]), header.get("filter")
             finish = Finish.from_header(header, k)
+            probes = probes_from_header(header, len(queries))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"malformed task batch: {exc}") from exc
         check_batch(tasks, queries, k)
@@ -165,7 +177,8 @@ class BatchRunner:
         with self._lock:
             self.in_flight += 1
         try:
-            ids, dists, stats = self._runner.run(tasks, queries, k, metric, predicate, deadline.check, finish)
+            ids, dists, stats = self._runner.run(tasks, queries, k, metric, predicate, deadline.check, finish,
+                                                 probes)
         except MemoryError as exc:
             raise TooExpensive("the task batch needs more memory than this executor has",
                                f"{type(exc).__name__}: {exc}"[:500]) from exc

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,6 +52,7 @@ from appliance.planner.plan import (
     Task,
     WireError,
     answer_metadata,
+    probes_of,
     queries_of,
     result_batch,
 )
@@ -121,15 +122,17 @@ class TaskRunner:
 
     def run(
         self, tasks: list[Task], queries: np.ndarray, k: int, metric: str, predicate: str | None,
-        check: Callable[[], None] | None = None, finish: Finish | None = None,
+        check: Callable[[], None] | None = None, finish: Finish | None = None, probes: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, BatchStats]:
         """The top `finish.keep` per query of all tasks' rows, finished here, so only nq x keep results
         (and their payload columns) go back over the network.
 
         The filter applies to fragment tasks (exact prefilter); partition tasks find `k` unfiltered
         candidates per query, which `finish` post-filters, checks for deletion and refines as it says
-        (`_finish`). `check` runs before every task (and every index's partitions) and raises to stop the
-        batch: its deadline passed, or the query node hung up.
+        (`_finish`); each of their partitions for the queries `probes` (the plan's [nq, nprobes] partitions
+        of each query) says probe it, or, without `probes`, for every query. `check` runs before every task
+        (and every index's partitions) and raises to stop the batch: its deadline passed, or the query node
+        hung up.
         """
         finish = finish or Finish(k)
         check = check or _no_check
@@ -147,7 +150,8 @@ class TaskRunner:
                 stats.rows_scanned += rows
         for (table, index_version), group in _by_index(tasks).items():
             check()
-            ids, dists, rows = self._scan_partitions(table, index_version, group, queries, k)
+            ids, dists, rows = self._scan_partitions(table, index_version, _work(group, probes), queries, k,
+                                                     max(t.ef for t in group))
             parts.append((ids, dists))
             stats.rows_scanned += rows
         stats.tasks = len(tasks)
@@ -256,14 +260,12 @@ class TaskRunner:
         return pa.table([_gather([_one_chunk(t.column(c)) for t, _, _ in pieces], rows, order) for c in columns],
                         schema=pieces[0][0].select(columns).schema)
 
-    def _scan_partitions(self, table: str, index_version: int, group: list[Task], queries: np.ndarray, k: int
-                         ) -> tuple[np.ndarray, np.ndarray, int]:
+    def _scan_partitions(self, table: str, index_version: int, work: list[tuple[int, Sequence[int] | None]],
+                         queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray, int]:
         """One pass over the partitions of one index version. Manifests are cached by (table, version),
         which a dropped and rebuilt index can reuse (IndexStore numbers versions from 1 again once all
         are deleted): a cached manifest then names objects that are gone. So a missing object costs the
         cached manifests, and the scan runs once more on manifests read afresh."""
-        work = [(t.partition, t.queries) for t in group]
-        ef = max(t.ef for t in group)  # a plan gives all its partition tasks the same ef (0: the default)
         try:
             return self._partitions.scan_many(table, index_version, work, queries, k, ef)
         except CorruptIndexObject as exc:
@@ -350,6 +352,21 @@ def _gather(arrays: list[pa.Array], rows: list[np.ndarray], order: np.ndarray) -
 
 def _no_check() -> None:
     return None
+
+
+def _work(tasks: list[Task], probes: np.ndarray | None) -> list[tuple[int, Sequence[int] | None]]:
+    """(partition, the queries that scan it or None for all) of every partition of `tasks`: a task's own
+    `queries` (an older query node's), else as `probes` says. A plan gives all its partition tasks one ef."""
+    listed = [t for t in tasks if t.queries is not None]
+    if probes is None or len(listed) == len(tasks):
+        return [(p, t.queries) for t in tasks for p in t.partitions]
+    partitions = [p for t in tasks if t.queries is None for p in t.partitions]
+    work: list[tuple[int, Sequence[int] | None]] = [(p, t.queries) for t in listed for p in t.partitions]
+    for p, rows in zip(partitions, probes_of(probes, partitions), strict=True):
+        if rows is not None and not len(rows):
+            raise ValueError(f"partition {p} of a task is probed by no query of the batch")
+        work.append((p, rows))
+    return work
 
 
 def _by_index(tasks: list[Task]) -> dict[tuple[str, int], list[Task]]:

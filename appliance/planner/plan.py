@@ -221,11 +221,15 @@ class GroupWork:
 @dataclass(frozen=True)
 class Task:
     """One unit of executor work. `key` is what routing hashes, so equal keys meet the same cache: the key
-    of the task's group (or, when the plan does not fan out, of the plan's largest group), shared by many
-    tasks; `name` tells one task from another.
+    of the task's group (or, when the plan does not fan out, of the plan's largest group), shared by all of
+    the plan's tasks of that group; `names` tells what it scans.
 
-    A `fragment` task flat-scans one fragment of the pinned table version; a `partition` task scans one
-    IVF partition (and its deltas) of a published index version.
+    A `fragment` task flat-scans one fragment of the pinned table version; a `partition` task scans IVF
+    partitions (each with its deltas) of a published index version: all the partitions of one routing key,
+    each for the queries of the batch that probe it (the batch's `probes`, `probes_of`), so a plan has one
+    partition task per key however many partitions its queries probe. `queries` (the batch's queries that
+    scan every partition of the task; None: as `probes` says, or all) is how a query node older than the
+    probe matrix on the wire sent a partition's queries, one partition per task; executors still read it.
     """
 
     kind: str
@@ -235,34 +239,52 @@ class Task:
     fragment_id: int = -1
     min_row_id: int = 0  # fragment tasks scan only rows with ids >= this (the ones the index lacks)
     index_version: int = -1
-    partition: int = -1
-    queries: tuple[int, ...] | None = None  # the batch's queries that probe this partition; None: all
+    partitions: tuple[int, ...] = ()  # partition tasks: the partitions scanned, ascending
+    queries: tuple[int, ...] | None = None  # the batch's queries that scan this task's partitions; None: all
     ef: int = 0  # partition tasks of a graph index: search breadth; 0 = the executor's default_ef(k)
 
     @property
-    def name(self) -> str:
-        """What the task scans, unique within a plan: `T/index/v<N>/partition/<p>` or `T/fragment/<id>`."""
+    def names(self) -> list[str]:
+        """What the task scans, each unique within a plan: `T/index/v<N>/partition/<p>` per partition, or
+        `T/fragment/<id>`."""
         if self.kind == PARTITION:
-            return partition_key(self.table, self.index_version, self.partition)
-        return fragment_key(self.table, self.fragment_id)
+            return [partition_key(self.table, self.index_version, p) for p in self.partitions]
+        return [fragment_key(self.table, self.fragment_id)]
 
     def to_json(self) -> dict[str, object]:
-        doc: dict[str, object] = {
-            "kind": self.kind, "key": self.key, "table": self.table, "version": self.version,
-            "fragment": self.fragment_id, "min_row_id": self.min_row_id, "index_version": self.index_version,
-            "partition": self.partition}
+        doc: dict[str, object] = {"kind": self.kind, "key": self.key, "table": self.table, "version": self.version}
+        if self.kind == PARTITION:
+            doc["index_version"] = self.index_version
+            doc["partitions"] = self.partitions
+        else:
+            doc["fragment"] = self.fragment_id
+            if self.min_row_id:
+                doc["min_row_id"] = self.min_row_id
         if self.queries is not None:
-            doc["queries"] = list(self.queries)
+            doc["queries"] = self.queries
         if self.ef:
             doc["ef"] = self.ef
         return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, object]) -> Task:
+        """A task of the wire, in either form: `partitions` (a list), or an older query node's single
+        `partition` (an int)."""
         try:
             kind = str(doc["kind"])
             if kind not in (FRAGMENT, PARTITION):
                 raise ValueError(f"unknown task kind {kind!r}")
+            partitions: tuple[int, ...] = ()
+            if kind == PARTITION:
+                listed = doc.get("partitions")
+                if listed is None:
+                    listed = [doc["partition"]]
+                if not isinstance(listed, list) or not all(type(p) is int and p >= 0 for p in listed):
+                    raise ValueError("partitions must be a list of partition numbers")
+                partitions = tuple(listed)
+            queries = doc.get("queries")
+            if queries is not None and not (isinstance(queries, list) and all(type(q) is int for q in queries)):
+                raise ValueError("queries must be a list of query numbers")
             return cls(
                 kind=kind,
                 key=str(doc["key"]),
@@ -271,8 +293,8 @@ class Task:
                 fragment_id=int(doc.get("fragment", -1)),  # type: ignore[arg-type]
                 min_row_id=int(doc.get("min_row_id", 0)),  # type: ignore[arg-type]
                 index_version=int(doc.get("index_version", -1)),  # type: ignore[arg-type]
-                partition=int(doc.get("partition", -1)),  # type: ignore[arg-type]
-                queries=None if doc.get("queries") is None else tuple(int(q) for q in doc["queries"]),  # type: ignore[union-attr]
+                partitions=partitions,
+                queries=None if queries is None else tuple(queries),
                 ef=_ef(doc.get("ef", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -319,6 +341,9 @@ class SearchPlan:
     replica: int = 0  # which replica of its groups the tasks are keyed to (routing/ring.py replica_key)
     assignment: dict[str, list[str]] | None = None  # executor -> routing keys, filled in by explain
     index_metric: str | None = None  # an exact plan's: the metric of the index it left out for the search's
+    # an IVF plan's partitions of each query, [nq, nprobes] (int32): its partition tasks scan each partition
+    # for the queries that probe it; it travels in the batch's header (`probes`)
+    probes: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def executors(self) -> int:
@@ -356,7 +381,7 @@ class SearchPlan:
             "target_recall": self.target_recall,
             "partitions_probed": self.partitions,
             "refine_factor": self.refine_factor,
-            "tasks": [t.name for t in self.tasks],
+            "tasks": [name for t in self.tasks for name in t.names],
             "work_bytes": self.work_bytes,
             "fanout": self.fanout,
             "replica": self.replica,
@@ -461,9 +486,10 @@ def plan_search(
     table's index, if any. No I/O: the same inputs give the same plan.
 
     Exact plans flat-scan every fragment with the filter pushed down. IVF plans probe the centroids here,
-    make one task per probed partition plus one flat task per fragment holding rows the index lacks (read-
-    your-writes), and filter after the search unless the filter is selective enough (`selectivity` <=
-    `prefilter_threshold`) that an exact prefiltered scan is cheaper and better. `breadth` (>= 1, the recall
+    make one task per routing key of the probed partitions (the plan's `probes` say which queries scan each)
+    plus one flat task per fragment holding rows the index lacks (read-your-writes), and filter after the
+    search unless the filter is selective enough (`selectivity` <= `prefilter_threshold`) that an exact
+    prefiltered scan is cheaper and better. `breadth` (>= 1, the recall
     monitor's, query/recall.py) multiplies the probe count and a graph's ef. Tasks are keyed by their
     routing group, or all by one key when the work is under `routing.fanout_min_bytes` (see the module).
     Each query finds `request.limit` (k + offset) results.
@@ -508,17 +534,18 @@ def _exact_plan(stats: SnapshotStats, request: SearchRequest, metric: str, selec
     )
 
 
-def _probing_queries(probed: np.ndarray) -> dict[int, tuple[int, ...] | None]:
-    """For every probed partition, the queries of the batch that probe it (None when all do): each query
-    scans only its own `nprobes` partitions, so a batch answers exactly as its queries would one by one."""
-    nq, nprobes = probed.shape
-    flat = probed.ravel()
+def probes_of(probes: np.ndarray, partitions: Sequence[int]) -> list[np.ndarray | None]:
+    """For each of `partitions`, the queries (rows of `probes`, ascending) that probe it, None when all do:
+    each query scans only its own `nprobes` partitions, so a batch answers exactly as its queries would one
+    by one. An executor derives them from the batch's `probes` for the partitions of its tasks."""
+    nq, width = probes.shape
+    flat = probes.ravel()
     order = np.argsort(flat, kind="stable")  # stable: each partition's queries come out in ascending order
-    partitions, starts = np.unique(flat[order], return_index=True)
-    queries = (order // nprobes).tolist()
-    bounds = [*starts.tolist(), len(flat)]
-    return {int(p): None if bounds[i + 1] - bounds[i] == nq else tuple(queries[bounds[i]:bounds[i + 1]])
-            for i, p in enumerate(partitions)}
+    ordered = flat[order]
+    wanted = np.asarray(partitions, dtype=flat.dtype)
+    lo, hi = np.searchsorted(ordered, wanted, "left"), np.searchsorted(ordered, wanted, "right")
+    rows = order // width
+    return [None if h - lo_ == nq else rows[lo_:h] for lo_, h in zip(lo.tolist(), hi.tolist(), strict=True)]
 
 
 def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: LoadedIndex,
@@ -529,12 +556,11 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
     # build measured it, index/tuning.py); a table wanting cheaper searches lowers its target_recall
     nprobes = max(request.nprobes or int(manifest.params["nprobes"]), manifest.min_nprobes)
     nprobes = min(math.ceil(nprobes * breadth), manifest.nlist, limits.MAX_NPROBES)
-    probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric)
-    probing = _probing_queries(probed)
-    partitions = sorted(probing)
+    probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric).astype(np.int32, copy=False)
+    partitions, probing = np.unique(probed, return_counts=True)  # probed partitions, and how many queries each
     group_of, sizes = partition_groups(manifest, routing.partition_group_bytes)
-    planned = [(partition_group_key(stats.table, manifest.index_version, group_of[p]),
-                sizes[p] * (nq if probing[p] is None else len(probing[p]))) for p in partitions]
+    planned = [(partition_group_key(stats.table, manifest.index_version, group_of[p]), sizes[p] * n)
+               for p, n in zip(partitions.tolist(), probing.tolist(), strict=True)]
     watermark = manifest.row_id_watermark
     unindexed = stats.rows_from(watermark)  # rows the index lacks, at most, per fragment
     fragments = _fragment_work(stats, fragment_groups(stats, routing.partition_group_bytes), nq,
@@ -560,28 +586,31 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
     if breadth > 1:
         ef = min(math.ceil(ef * breadth), limits.MAX_EF)
     task_ef = ef if graph and ef != default_ef(fetch_k) else 0
+    by_key: dict[str, list[int]] = {}  # one task per routing key, its partitions ascending
+    for p, key in zip(partitions.tolist(), keys, strict=False):
+        by_key.setdefault(key, []).append(p)
     tasks = [Task(PARTITION, key, stats.table, stats.version, index_version=manifest.index_version,
-                  partition=p, queries=probing[p], ef=task_ef)
-             for p, key in zip(partitions, keys, strict=False)]
+                  partitions=tuple(ps), ef=task_ef) for key, ps in by_key.items()]
     tasks += _fragment_tasks(stats, fragments, keys[len(partitions):], min_row_id=watermark)
     return SearchPlan(
         table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
         strategy="ivf-postfilter" if postfilter else "ivf", tasks=tasks, fetch_k=fetch_k,
         index_version=manifest.index_version, nprobes=nprobes, ef=ef if graph else 0, breadth=breadth,
-        target_recall=manifest.params.get("target_recall"), partitions=partitions, refine_factor=refine,
+        target_recall=manifest.params.get("target_recall"), partitions=partitions.tolist(), refine_factor=refine,
         postfilter=postfilter, verify_alive=verify, selectivity=selectivity, groups=touched, work_bytes=work,
-        fanout=fanout, replica=replica,
+        fanout=fanout, replica=replica, probes=probed,
     )
 
 
 # ---- The plan's wire form: query node <-> executor, on both transports -----------------------------------
 # A task batch's header holds its tasks, k (candidates per query), the metric, the filter, `timeout_ms` (the
 # time the query node still waits for it, appliance/deadline.py, from which the executor makes its own
-# deadline), the request id, and how the executor finishes its candidates (`finish`: results kept per query,
-# and whether to drop deleted rows, post-filter, refine with exact vectors) and which payload columns it
-# returns for the results it keeps (`columns`). Over HTTP (`POST /internal/v1/search`) the header and the
-# float32 query matrix travel as one frame (appliance/storage/frames.py), and so do the answer's ids,
-# distances and payload (the Arrow IPC stream's bytes as a third, uint8, array).
+# deadline), the request id, an IVF plan's `probes` (each query's partitions, so each partition of the
+# tasks is scanned for the queries that probe it only), and how the executor finishes its candidates
+# (`finish`: results kept per query, and whether to drop deleted rows, post-filter, refine with exact
+# vectors) and which payload columns it returns for the results it keeps (`columns`). Over HTTP (`POST
+# /internal/v1/search`) the header and the float32 query matrix travel as one frame (appliance/storage/frames.py),
+# and so do the answer's ids, distances and payload (the Arrow IPC stream's bytes as a third, uint8, array).
 #
 # Over Arrow Flight (appliance/executor/runner.py, appliance/query/dispatch.py) one batch is one
 # message of a DoExchange stream: the header, as JSON, is the message's app_metadata, and the query matrix is
@@ -598,6 +627,7 @@ CONTENT_TYPE = "application/x-appliance-tasks"
 INTERNAL_TOKEN_HEADER = "x-appliance-token"  # the fleet's shared internal token, on every call to an executor
 TIMEOUT_FIELD = "timeout_ms"
 REQUEST_ID_FIELD = "request_id"
+PROBES_FIELD = "probes"  # an IVF plan's partitions of each query ([nq][nprobes]); absent: all scan every one
 
 QUERY_SCHEMA = pa.schema([pa.field("vector", pa.list_(pa.float32()), nullable=False)])
 RESULT_SCHEMA = pa.schema([pa.field("ids", pa.uint64(), nullable=False),
@@ -646,6 +676,25 @@ class Finish:
         if not all(isinstance(flag, bool) for flag in flags):
             raise ValueError("finish.refine, .verify and .postfilter are booleans")
         return cls(keep, *flags, columns=tuple(columns))
+
+
+def probes_from_header(header: dict[str, Any], nq: int) -> np.ndarray | None:
+    """The batch's `probes` matrix (int32 [nq, nprobes]), None when it has none. ValueError when it is not
+    one row of partition numbers per query vector, all rows as long, at most MAX_NPROBES."""
+    rows = header.get(PROBES_FIELD)
+    if rows is None:
+        return None
+    if not isinstance(rows, list) or len(rows) != nq:
+        raise ValueError(f"{PROBES_FIELD} must hold one list of partitions per query vector ({nq})")
+    try:
+        probes = np.array(rows)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{PROBES_FIELD} must be lists of partition numbers of one length: {exc}") from exc
+    if (probes.dtype.kind != "i" or probes.ndim != 2 or not 1 <= probes.shape[1] <= limits.MAX_NPROBES
+            or (probes < 0).any() or (probes > np.iinfo(np.int32).max).any()):
+        raise ValueError(f"{PROBES_FIELD} must be lists of 1 to {limits.MAX_NPROBES} partition numbers each, "
+                         "all as long")
+    return probes.astype(np.int32, copy=False)
 
 
 def queries_batch(queries: np.ndarray) -> pa.RecordBatch:

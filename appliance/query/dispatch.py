@@ -55,6 +55,8 @@ from appliance.errors import ApplianceError, DeadlineExceeded, Unavailable
 from appliance.planner.plan import (
     CONTENT_TYPE,
     INTERNAL_TOKEN_HEADER,
+    PARTITION,
+    PROBES_FIELD,
     QUERY_SCHEMA,
     REQUEST_ID_FIELD,
     TIMEOUT_FIELD,
@@ -71,7 +73,7 @@ from appliance.planner.plan import (
 )
 from appliance.routing.connections import ConnectionPool, InFlight
 from appliance.routing.membership import Membership
-from appliance.routing.prewarm import PrewarmReport, RecentGroups, prewarm_tasks
+from appliance.routing.prewarm import PrewarmReport, RecentGroups
 from appliance.routing.ring import HashRing, NoLiveNodes
 
 POLL_SECONDS = 0.05  # how often a waiting search looks at the probe's verdicts, its deadline and its client
@@ -166,6 +168,7 @@ class _WarmPlan:
     metric: str
     fetch_k: int = 1
     filter: str | None = None
+    probes: None = None  # every query (the one) scans every partition of the tasks
 
     def finishing(self, columns: Sequence[str] = ()) -> Finish:
         return Finish(1, columns=tuple(columns))
@@ -380,7 +383,7 @@ class Dispatcher:
             if deadline.remaining() <= 0:
                 report.error = f"prewarm deadline of {seconds:g} s passed"
                 break
-            batch = _Batch(node, prewarm_tasks(warm.tasks))
+            batch = _Batch(node, list(warm.tasks))  # no probes: the one query scans every partition
             plan = _WarmPlan(warm.metric)
             try:
                 self._send_here(batch, plan, plan.finishing(warm.columns), warm.query[None, :], f"prewarm-{warm.key}",  # type: ignore[arg-type]
@@ -415,6 +418,8 @@ class Dispatcher:
         header = {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
                   "filter": plan.filter, TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)),
                   REQUEST_ID_FIELD: request_id, **finish.to_header()}
+        if plan.probes is not None and any(t.kind == PARTITION for t in batch.tasks):
+            header[PROBES_FIELD] = plan.probes.tolist()
         location = self._membership.flight_location(batch.node)
         started = time.perf_counter()
         try:

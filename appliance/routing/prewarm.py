@@ -18,8 +18,8 @@ executor joins anyway, and the log says how far it got.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -106,8 +106,3 @@ class RecentGroups:
                 owned.append(warm)
         return owned
 
-
-def prewarm_tasks(tasks: Iterable[Task]) -> list[Task]:
-    """The tasks of a group as one query vector runs them: a partition task names the batch's queries that
-    probe it, and the prewarm sends one query, which must probe every partition."""
-    return [t if t.queries is None else replace(t, queries=None) for t in tasks]

@@ -5,6 +5,7 @@ columns of the rows kept come back, all from its cache; the query node merges ex
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,8 @@ DELETED = (3, 31, 201, 577)
 
 def _partitions(store: TableStore, manifest) -> list[Task]:
     version = store.snapshot("t").version
-    return [Task(PARTITION, partition_key("t", manifest.index_version, p), "t", version,
-                 index_version=manifest.index_version, partition=p) for p in range(manifest.nlist)]
+    return [Task(PARTITION, partition_key("t", manifest.index_version, 0), "t", version,
+                 index_version=manifest.index_version, partitions=tuple(range(manifest.nlist)))]
 
 
 def _exact(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +129,24 @@ def test_payload_rows_are_gathered_per_fragment_in_the_results_order(values) -> 
     order = np.array([2, 0, 0, 1])  # results: fragment 1's row, then fragment 0's row 2 twice, then its row 0
     got = _gather(arrays, rows, order).to_pylist()
     assert got == [values[1][1], values[0][2], values[0][2], values[0][0]]
+
+
+def test_each_query_of_a_batch_scans_only_the_partitions_its_probes_name(indexed) -> None:
+    """One task lists every partition the batch probes; the batch's `probes` make each query scan its own
+    only, so each answers as it would alone, and as an older query node's one task per partition did."""
+    store, runner, manifest, vectors = indexed
+    queries = vectors[[10, 250, 420, 599]] + 0.02
+    probes = np.array([[0, 1], [2, 3], [1, 3], [3, 0]], np.int32)  # 2 of the 4 partitions each, in probe order
+    [task] = _partitions(store, manifest)
+    ids, dists, _ = runner.run([task], queries, 5, "l2", None, probes=probes)
+    for q, row in enumerate(probes.tolist()):
+        alone, alone_d, _ = runner.run([dataclasses.replace(task, partitions=tuple(sorted(row)))], queries[q:q + 1],
+                                       5, "l2", None)
+        assert np.array_equal(ids[q], alone[0]) and np.array_equal(dists[q], alone_d[0])
+    everything, _, _ = runner.run([task], queries, 5, "l2", None)  # no probes: every query scans every partition
+    assert not np.array_equal(everything, ids)
+    older = [dataclasses.replace(task, partitions=(p,), queries=tuple(q for q, row in enumerate(probes) if p in row))
+             for p in range(4)]
+    assert np.array_equal(runner.run(older, queries, 5, "l2", None)[0], ids)
+    with pytest.raises(ValueError, match="probed by no query"):
+        runner.run([task], queries, 5, "l2", None, probes=np.array([[0, 1]] * 4, np.int32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -15,10 +16,15 @@ from appliance.index.manifest import IndexManifest, ObjectRef
 from appliance.planner.plan import (
     FRAGMENT,
     PARTITION,
+    PROBES_FIELD,
     Routing,
+    SearchPlan,
     SearchRequest,
+    Task,
     group_numbers,
     plan_search,
+    probes_from_header,
+    probes_of,
 )
 from appliance.planner.plan import snapshot_stats as stats
 from appliance.query.catalog import IndexCatalog, LoadedIndex
@@ -92,16 +98,19 @@ def test_a_small_table_is_one_routing_key(store: TableStore) -> None:
     assert [t.kind for t in exact.tasks] == [FRAGMENT] * 4
     assert {t.key for t in exact.tasks} == {"t/fragments/group/0"}
     ivf = plan_search(request(3.0), stats(snapshot), index([1000] * 8))
-    assert [t.kind for t in ivf.tasks] == [PARTITION] * 8
-    assert {t.key for t in ivf.tasks} == {"t/index/v3/group/0"}
+    assert [(t.kind, t.key, t.partitions) for t in ivf.tasks] == [(PARTITION, "t/index/v3/group/0", tuple(range(8)))]
     assert (ivf.fanout, ivf.executors, len(ivf.groups)) == (False, 1, 1)
     assert ivf.work_bytes == 8000
+
+
+def partition_keys(plan: SearchPlan) -> dict[int, str]:
+    return {p: t.key for t in plan.tasks for p in t.partitions}
 
 
 def test_a_big_index_is_cut_into_groups_of_at_most_the_budget(store: TableStore) -> None:
     sizes = [40, 40, 40, 100, 250, 30, 30, 10, 10]
     plan = plan_search(request(4.0), stats(store.snapshot("t")), index(sizes), routing=ALWAYS)
-    key_of = {t.partition: t.key for t in plan.tasks}
+    key_of = partition_keys(plan)
     assert [key_of[p].rsplit("/", 1)[1] for p in range(len(sizes))] == ["0", "0", "1", "2", "3", "4", "4", "4", "4"]
     assert plan.fanout and plan.executors == 5
     for group in plan.groups:
@@ -123,13 +132,14 @@ def test_fanout_only_from_the_threshold_on(store: TableStore) -> None:
             assert {t.key for t in plan.tasks} == {"t/index/v3/group/0", "t/index/v3/group/1"}
         else:  # one hop: every task under the key of the group with the most work
             assert {t.key for t in plan.tasks} == {plan.groups[0].key}
-        assert len(plan.tasks) == 4 and plan.executors == (2 if fans_out else 1)
+        assert len(plan.tasks) == (2 if fans_out else 1) == plan.executors  # one task per key
+        assert sorted(p for t in plan.tasks for p in t.partitions) == [0, 1, 2, 3]
 
 
 def test_one_hop_goes_to_the_group_with_most_of_the_work(store: TableStore) -> None:
     plan = plan_search(request(3.0, nprobes=3), stats(store.snapshot("t")), index([10, 10, 10, 90]),
                        routing=Routing(partition_group_bytes=50, fanout_min_bytes=10**9))
-    assert sorted(t.partition for t in plan.tasks) == [1, 2, 3]  # the 3 partitions nearest to 3.0
+    assert [t.partitions for t in plan.tasks] == [(1, 2, 3)]  # the 3 partitions nearest to 3.0
     assert plan.groups[0].key == "t/index/v3/group/1" and plan.groups[0].work_bytes == 90
     assert {t.key for t in plan.tasks} == {"t/index/v3/group/1"}
 
@@ -140,12 +150,51 @@ def test_keys_are_stable_across_queries_and_change_with_the_index_version(store:
 
     def keys(q: float, version: int = 3) -> dict[int, str]:
         plan = plan_search(request(q, nprobes=2), stats(snapshot), index(sizes, version=version), routing=ALWAYS)
-        return {t.partition: t.key for t in plan.tasks}
+        return partition_keys(plan)
 
     first, second = keys(0.2), keys(1.2)  # partitions {0, 1} and {1, 2}
     assert first == {0: "t/index/v3/group/0", 1: "t/index/v3/group/1"}
     assert second == {1: "t/index/v3/group/1", 2: "t/index/v3/group/2"}
     assert keys(0.2, version=4) == {0: "t/index/v4/group/0", 1: "t/index/v4/group/1"}
+
+
+def test_a_plan_has_one_partition_task_per_key_and_its_probes_say_who_scans_what(store: TableStore) -> None:
+    """Partitions travel grouped by routing key; each query still scans only its own nprobes partitions."""
+    sizes = [60] * 8  # a group each under ALWAYS
+    firsts = (0.2, 1.4, 5.1, 6.6, 2.0)
+    plan = plan_search(request(*firsts, nprobes=3), stats(store.snapshot("t")), index(sizes), routing=ALWAYS)
+    assert plan.probes is not None and plan.probes.shape == (len(firsts), 3)
+    assert [set(row) for row in plan.probes.tolist()] == [
+        set(np.argsort(np.abs(np.arange(8) - q), kind="stable")[:3].tolist()) for q in firsts]
+    assert len({t.key for t in plan.tasks}) == len(plan.tasks)  # one task per key
+    listed = [p for t in plan.tasks for p in t.partitions]
+    assert sorted(listed) == plan.partitions == sorted(set(plan.probes.ravel().tolist()))
+    for p, rows in zip(listed, probes_of(plan.probes, listed), strict=True):
+        expected = [q for q, row in enumerate(plan.probes.tolist()) if p in row]
+        assert (list(range(len(firsts))) if rows is None else rows.tolist()) == expected
+        assert rows is not None  # no partition here is probed by all five
+    everyone = probes_of(np.array([[1, 0], [0, 2]], np.int32), [0, 1, 2])
+    assert everyone[0] is None and everyone[1].tolist() == [0] and everyone[2].tolist() == [1]
+
+
+def test_tasks_and_probes_read_back_from_the_wire_in_both_forms() -> None:
+    task = Task(PARTITION, "t/index/v3/group/0", "t", 7, index_version=3, partitions=(1, 4, 9), ef=40)
+    assert Task.from_json(json.loads(json.dumps(task.to_json()))) == task
+    fragment = Task(FRAGMENT, "t/fragments/group/0", "t", 7, fragment_id=2, min_row_id=100)
+    assert Task.from_json(json.loads(json.dumps(fragment.to_json()))) == fragment
+    older = {"kind": "partition", "key": "k", "table": "t", "version": 7, "fragment": -1, "min_row_id": 0,
+             "index_version": 3, "partition": 5, "queries": [0, 2]}  # a query node before the probe matrix
+    assert Task.from_json(older) == Task(PARTITION, "k", "t", 7, index_version=3, partitions=(5,), queries=(0, 2))
+    for bad in ({"partitions": [1.5]}, {"partitions": [True]}, {"partitions": [-1]}, {"partitions": 3},
+                {"queries": ["0"]}):
+        with pytest.raises(ValueError, match="malformed task"):
+            Task.from_json({**task.to_json(), **bad})
+    assert probes_from_header({}, 2) is None
+    assert probes_from_header({PROBES_FIELD: [[3, 1], [0, 2]]}, 2).tolist() == [[3, 1], [0, 2]]
+    for rows in ([[3, 1]], [[3, 1], [0]], [[3, 1.0], [0, 2]], [[-1, 1], [0, 2]], [[], []],
+                 [[2**40, 1], [0, 2]], "12", [["a", "b"], [0, 2]]):
+        with pytest.raises(ValueError, match=PROBES_FIELD):
+            probes_from_header({PROBES_FIELD: rows}, 2)
 
 
 def test_unindexed_rows_are_still_scanned_in_their_fragments_group(store: TableStore) -> None:
@@ -179,12 +228,14 @@ def test_explain_names_tasks_groups_and_executors(store: TableStore) -> None:
 
 def test_dispatch_sends_every_task_of_a_shared_key_to_one_executor(store: TableStore) -> None:
     """Tasks of one group share a key: the dispatcher must route all of them, not one per key."""
-    plan = plan_search(request(0.0, 3.0), stats(store.snapshot("t")), index([60] * 8))
+    plan = plan_search(request(0.0, 3.0), stats(store.snapshot("t")), index([60] * 8), routing=Routing(
+        partition_group_bytes=10**6, fanout_min_bytes=10**9))
+    plan = dataclasses.replace(plan, tasks=[dataclasses.replace(plan.tasks[0], partitions=(p,)) for p in range(8)])
     assert len(plan.tasks) == 8 and len({t.key for t in plan.tasks}) == 1
     dispatcher = Dispatcher(AllLive(["http://127.0.0.1:1", "http://127.0.0.1:2"]), "token", 1.0, 0.25)  # type: ignore[arg-type]
     assignment = dispatcher.assignment(plan)
     assert len(assignment) == 1
-    assert sorted(t.partition for tasks in assignment.values() for t in tasks) == list(range(8))
+    assert sorted(p for tasks in assignment.values() for t in tasks for p in t.partitions) == list(range(8))
 
 
 def test_replicas_spread_searches_and_keep_a_repeated_search_on_one(store: TableStore) -> None:
