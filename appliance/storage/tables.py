@@ -148,6 +148,20 @@ class TableSnapshot:
 
         return _MATCHES.get_or_load((self.dataset.uri, self.version, predicate), load)
 
+    def info(self) -> TableInfo:
+        """This version described: rows, dimension, metric, schema, fragments."""
+        ds = self.dataset
+        return TableInfo(name=self.name, version=ds.version, rows=ds.count_rows(), dimension=self.dimension,
+                         metric=self.metric, schema=ds.schema, fragments=len(ds.get_fragments()))
+
+    def count_rows(self, predicate: str | None = None) -> int:
+        """Rows at this version, optionally only those matching a filter."""
+        if predicate is None:
+            return self.dataset.count_rows()
+        self.validate_filter(predicate)
+        with lance_errors.map_lance_errors("the filter"):
+            return self.dataset.count_rows(predicate)
+
     def take(self, row_ids: np.ndarray, columns: list[str]) -> dict[int, dict[str, Any]]:
         """Payload columns of the given rows, keyed by row id (rows deleted in this version are absent)."""
         if not len(row_ids) or not columns:
@@ -258,17 +272,7 @@ class TableStore:
         return TableSnapshot(name=name, dataset=ds)
 
     def describe(self, name: str) -> TableInfo:
-        snap = self.snapshot(name)
-        ds = snap.dataset
-        return TableInfo(
-            name=name,
-            version=ds.version,
-            rows=ds.count_rows(),
-            dimension=snap.dimension,
-            metric=snap.metric,
-            schema=ds.schema,
-            fragments=len(ds.get_fragments()),
-        )
+        return self.snapshot(name).info()
 
     def drop(self, name: str) -> None:
         check_table_name(name)  # an over-long or odd name is bad input, not a storage failure
@@ -366,12 +370,7 @@ class TableStore:
 
     def count(self, name: str, predicate: str | None = None, version: int | None = None) -> int:
         """Rows at a version (latest when None), optionally only those matching a filter."""
-        snap = self.snapshot(name, version)
-        if predicate is None:
-            return snap.dataset.count_rows()
-        snap.validate_filter(predicate)
-        with lance_errors.map_lance_errors("the filter"):
-            return snap.dataset.count_rows(predicate)
+        return self.snapshot(name, version).count_rows(predicate)
 
     def update(self, name: str, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
         """Set columns to SQL expressions on matching rows (all rows without a predicate); returns
