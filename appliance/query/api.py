@@ -53,7 +53,7 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
 
     @api.get("/tables/<name>")
     def describe(name: str) -> Response:
-        return json_response(service.describe(name).to_json())
+        return json_response(service.table(name).describe().to_json())
 
     @api.delete("/tables/<name>")
     def drop(name: str) -> Response:
@@ -78,7 +78,7 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
             raise PayloadTooLarge(f"at most {max_batch_rows} rows per request, got {inserted}")
         if inserted == 0:
             raise InvalidInput("no rows to insert")
-        version = service.insert(name, data)
+        version = service.table(name).insert(data)
         return json_response({"table": name, "version": version, "inserted": inserted})
 
     @api.post("/tables/<name>/delete")
@@ -87,31 +87,32 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
         check_fields(doc, DELETE_FIELDS, "a delete body")
         predicate = doc.get("filter")
         check_filter_text(predicate)
-        version, deleted = service.delete(name, predicate)
+        version, deleted = service.table(name).delete(predicate)
         return json_response({"table": name, "version": version, "deleted": deleted})
 
     @api.post("/tables/<name>/index")
     def build_index(name: str) -> Response:
         background, metric, doc = parse_index_request(parse_json_body(request.get_data() or b"{}"))
+        table = service.table(name)
         if background:  # leave the build to the indexer fleet: 202 and its event
-            return json_response(service.request_index(name, doc), 202)
-        manifest = service.build_index(name, IndexParams.from_json(doc), metric)
+            return json_response(table.request_index(doc), 202)
+        manifest = table.build_index(IndexParams.from_json(doc), metric)
         return json_response(manifest.describe(), 201)
 
     @api.post("/tables/<name>/optimize")
     def optimize(name: str) -> Response:
-        return json_response(service.request_optimize(name), 202)
+        return json_response(service.table(name).request_optimize(), 202)
 
     @api.get("/tables/<name>/index")
     def index_status(name: str) -> Response:
-        return json_response(service.index_stats(name))
+        return json_response(service.table(name).index_stats())
 
     @api.post("/tables/<name>/explain")
     def explain(name: str) -> Response:
         doc = parse_json_body(request.get_data())
         check_fields(doc, search_fields(), "an explain body")
         search_request, _ = parse_search(name, doc, max_k, max_queries)
-        return json_response(service.explain(search_request).explain())
+        return json_response(service.table(name, search_request.version).explain(search_request).explain())
 
     @api.post("/tables/<name>/search")
     def search(name: str) -> Response:
@@ -123,8 +124,8 @@ def native_api(service: QueryService, max_k: int, max_queries: int, max_batch_ro
             doc = parse_json_body(request.get_data())
             check_fields(doc, search_fields(), "a search body")
             search_request, batch = parse_search(name, doc, max_k, max_queries)
-        deadline = requested(service.dispatcher.search_timeout, request.environ, request.headers, doc)
-        result = service.search(search_request, g.request_id, deadline)
+        deadline = requested(service.search_timeout, request.environ, request.headers, doc)
+        result = service.table(name, search_request.version).search(search_request, g.request_id, deadline)
         warnings = metric_warnings(search_request, result.plan)
         if ARROW_STREAM in request.headers.get("accept", ""):
             sink = pa.BufferOutputStream()

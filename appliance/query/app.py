@@ -55,9 +55,9 @@ def create_app(settings: Settings | None = None) -> Flask:
                            batch_rows=settings.search_batch_rows, batches_inflight=settings.search_batches_inflight)
     service.routing = Routing.from_settings(settings)
     service.build_threads = settings.build_threads
-    service.recall_monitor = RecallMonitor(service.exact_ids, settings.recall_sample_rate,
-                                           settings.recall_sample_per_second, settings.recall_window,
-                                           settings.recall_budget)
+    service.recall_monitor = RecallMonitor(lambda name, request: service.table(name).exact_ids(request),
+                                           settings.recall_sample_rate, settings.recall_sample_per_second,
+                                           settings.recall_window, settings.recall_budget)
     attach_indexer_events(service, settings, root)
 
     app = Flask("appliance.query")

@@ -1,7 +1,10 @@
 """The query node's work, independent of any HTTP front: tables, writes and searches.
 
-`QueryService.search` is the one search entry point of both fronts; concurrent searches of one shape run as
-one batch through the `Coalescer` (cross-request batching, the last section of this module).
+The fronts create, list and drop tables through the `QueryService`, and work on one table through the
+`Table` handle that `QueryService.table(name, version)` hands out (its section, below): its reads, its
+writes, and `Table.search`, the one search entry point of both fronts. Concurrent searches of one shape
+run as one batch through the `Coalescer` (cross-request batching, the last section of this module), then
+are planned and run on the executors by the service.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ GROUP_COMMIT_ROWS = 262_144
 """Most rows one group commit round appends (a single larger request still commits alone)."""
 COMMIT_RETRY_SECONDS = 20.0
 """How long a write lost to other writers (other query nodes, compaction) is retried before 409/503."""
+Queued = tuple[SearchRequest, str, Deadline | None, TableSnapshot | None]
+"""A search waiting for its batch: request, request id, deadline, and the version it pinned (None: latest)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +110,7 @@ class QueryService:
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.prefilter_threshold = prefilter_threshold
-        self.coalescer: Coalescer[tuple[SearchRequest, str, Deadline | None], SearchResult] | None = (
+        self.coalescer: Coalescer[Queued, SearchResult] | None = (
             Coalescer(self._search_batch, batch_rows, batches_inflight) if batch_rows > 0 else None)
         self.commits = GroupCommitter(self._commit_appends, GROUP_COMMIT_ROWS, COMMIT_RETRY_SECONDS,
                                       on_commit=store.written)
@@ -119,9 +124,6 @@ class QueryService:
     def list_tables(self) -> list[str]:
         return self.store.list()
 
-    def describe(self, name: str) -> TableInfo:
-        return self.store.describe(name)
-
     def drop(self, name: str) -> None:
         try:
             self.store.drop(name)
@@ -130,52 +132,48 @@ class QueryService:
         self.catalog.indexes.drop(name)
         self.catalog.forget(name)
 
-    def insert(self, name: str, data: pa.Table | list[Any]) -> int:
-        """Commit rows and return the committed version; the caller acknowledges only after this returns.
-        The rows are checked against the table's schema first, then committed together with the table's
-        other concurrent inserts, in one version (group commit, commits.py)."""
-        return self.commits.append(name, self.store.conform_rows(name, data))
-
     def _commit_appends(self, name: str, parts: list[pa.Table]) -> int:
         """One group commit round of appends: one version, one event."""
         version = self.store.append_parts(name, parts)
         self._announce(name, APPENDED, version)
         return version
 
-    def delete(self, name: str, predicate: str) -> tuple[int, int]:
-        return self.commits.run(name, lambda: self._delete_now(name, predicate))
+    def table(self, name: str, version: int | None = None) -> Table:
+        """Table `name` at `version` (None: the latest), for reads, writes and searches (Table, below).
+        Nothing is opened yet: a missing table fails at the handle's first use."""
+        return Table(self, name, version)
 
-    def _delete_now(self, name: str, predicate: str) -> tuple[int, int]:
-        version, deleted = self.store.delete(name, predicate)
-        if deleted:
-            self._announce(name, DELETED, version)
-        return version, deleted
+    @property
+    def search_timeout(self) -> float:
+        """Seconds a search may take when its client sets no deadline."""
+        return self.dispatcher.search_timeout
 
-    def search(self, request: SearchRequest, request_id: str = "", deadline: Deadline | None = None
-               ) -> SearchResult:
-        """The one search entry point (both fronts): pin the version (latest unless the request names one),
-        validate the request against it once, plan, run the plan on the executors, then fetch the payload
-        columns from that version. Concurrent searches of one shape run as one batch when batching is on
-        (the Coalescer). `deadline` (default: the dispatcher's search_timeout) stops the plan's work
-        everywhere when it passes."""
+    # --- searches: batched across requests (the Coalescer), then planned and run on the executors ----------
+
+    def _search(self, request: SearchRequest, request_id: str, deadline: Deadline | None,
+                snapshot: TableSnapshot | None) -> SearchResult:
+        """Table.search: a search of the version `snapshot` pins (None: the latest, pinned by its batch when
+        the batch runs). Concurrent searches of one shape run as one batch when batching is on."""
         if self.coalescer is None:
-            return self._search_now(request, request_id, deadline)
-        return self.coalescer.submit(request.shape(), (request, request_id, deadline), rows=len(request.queries))
+            return self._search_now(request, request_id, deadline, snapshot)
+        return self.coalescer.submit(request.shape(), (request, request_id, deadline, snapshot),
+                                     rows=len(request.queries))
 
-    def _search_batch(self, _shape: object, members: list[tuple[SearchRequest, str, Deadline | None]]
-                      ) -> list[SearchResult]:
+    def _search_batch(self, _shape: object, members: list[Queued]) -> list[SearchResult]:
         """One search for the stacked queries of `members`, split back into one result per member; it runs
-        until the latest member's deadline, and stops early only when every member's client is gone."""
-        request, request_id, _ = members[0]
+        until the latest member's deadline, and stops early only when every member's client is gone. Its
+        members share a shape, version included: a search of an explicit version brings its pinned snapshot,
+        one of the latest pins it here, now that every member has arrived (read-your-writes)."""
+        request, request_id, _, snapshot = members[0]
         if len(members) > 1:
-            request = dataclasses.replace(request, queries=np.concatenate([m.queries for m, _, _ in members]))
-        deadlines = [d or Deadline.after(self.dispatcher.search_timeout) for _, _, d in members]
-        result = self._search_now(request, request_id, Deadline.latest(deadlines))
-        return result.split([len(m.queries) for m, _, _ in members]) if len(members) > 1 else [result]
+            request = dataclasses.replace(request, queries=np.concatenate([m[0].queries for m in members]))
+        deadlines = [m[2] or Deadline.after(self.dispatcher.search_timeout) for m in members]
+        result = self._search_now(request, request_id, Deadline.latest(deadlines), snapshot)
+        return result.split([len(m[0].queries) for m in members]) if len(members) > 1 else [result]
 
-    def _search_now(self, request: SearchRequest, request_id: str, deadline: Deadline | None = None
-                    ) -> SearchResult:
-        snapshot, stats, request = self._bind(request)
+    def _search_now(self, request: SearchRequest, request_id: str, deadline: Deadline | None = None,
+                    snapshot: TableSnapshot | None = None) -> SearchResult:
+        snapshot, stats, request = self._bind(request, snapshot)
         plan, answer = self._execute(snapshot, stats, request, request_id, deadline, list(request.columns or ()))
         if self.recall_monitor is not None and plan.uses_index:  # only queues a sample (query/recall.py)
             self.recall_monitor.offer(request.table, request, answer.ids, plan.index_version, plan.target_recall,
@@ -189,32 +187,15 @@ class QueryService:
     recall_monitor: RecallMonitor | None = None  # app.py sets it from the settings
     build_threads: int | None = None  # app.py sets it from the settings; None: builds keep the process's threads
 
-    def _bind(self, request: SearchRequest) -> tuple[TableSnapshot, SnapshotStats, SearchRequest]:
-        """Pin the request's version (a warm latest one makes no storage call, tables.py), take its
-        statistics (gathered once per version) and validate the request against them: the only check of
-        a request against its table."""
-        snapshot = self.store.snapshot(request.table, request.version, cached=True)
+    def _bind(self, request: SearchRequest, snapshot: TableSnapshot | None = None
+              ) -> tuple[TableSnapshot, SnapshotStats, SearchRequest]:
+        """Pin the request's version unless `snapshot` is it (a warm latest one makes no storage call,
+        tables.py), take its statistics (gathered once per version) and validate the request against them:
+        the only check of a request against its table."""
+        snapshot = snapshot or self.store.snapshot(request.table, request.version, cached=True)
         latest = request.version is None or request.version == snapshot.dataset.latest_version
         stats = snapshot_stats(snapshot)
         return snapshot, stats, validate(request, snapshot, stats, latest)
-
-    def exact_ids(self, name: str, request: SearchRequest) -> np.ndarray:
-        """The ids [nq, k] of a search run exactly (the recall monitor's reference answer)."""
-        request = dataclasses.replace(request, table=name, version=None, bypass_index=True)
-        snapshot, stats, request = self._bind(request)
-        return self._execute(snapshot, stats, request, "recall-monitor")[1].ids
-
-    def explain(self, request: SearchRequest) -> SearchPlan:
-        """The plan a search of `request` runs now (the same binding and planning as `search`), with the
-        executors its routing keys go to now (None when none is live)."""
-        snapshot, stats, request = self._bind(request)
-        plan = self._plan(snapshot, stats, request)
-        try:
-            assignment = self.dispatcher.assignment(plan)
-        except Unavailable:
-            return plan
-        return dataclasses.replace(plan, assignment={
-            node: sorted({t.key for t in tasks}) for node, tasks in sorted(assignment.items())})
 
     def _plan(self, snapshot: TableSnapshot, stats: SnapshotStats, request: SearchRequest) -> SearchPlan:
         """The inputs of the (pure) planner: the table's current index, for a filtered search that may use
@@ -254,36 +235,6 @@ class QueryService:
         schema = None if plan.tasks else snapshot.dataset.schema
         return self.dispatcher.search(plan, request.queries, request_id, deadline, columns, schema)
 
-    def build_index(self, name: str, params: IndexParams, metric: str | None = None,
-                    progress: Progress | None = None) -> IndexManifest:
-        """Build and publish a full index version now (the indexer fleet does this in the background).
-
-        The build claims the table, so the indexers leave its index alone meanwhile, and its parameters
-        become the table's choice, which the indexers' rebuilds keep. It is the one served even when an
-        indexer's build published first; Conflict (409) when the table's rows were replaced meanwhile
-        (overwrite, restore, an updating merge_insert). The indexers are told afterwards, to index what
-        was written while it ran."""
-        indexes = self.catalog.indexes
-        threads = nullcontext() if self.build_threads is None else thread_budget(self.build_threads)
-        with indexes.explicit_build(name), threads:
-            manifest = build_full(self.store, indexes, name, params, progress, metric,
-                                  requested={"params": params.to_json(), "metric": metric}, rebase=True)
-        self.catalog.forget(name)
-        self._announce(name, APPENDED, self.store.snapshot(name).version)
-        return manifest
-
-    def index_status(self, name: str) -> dict[str, Any]:
-        """The published index and how many rows it does not cover yet."""
-        snapshot = self.store.snapshot(name)
-        rows = snapshot.dataset.count_rows()
-        manifest = self.catalog.indexes.current(name)
-        if manifest is None:
-            return {"table": name, "index": None, "indexed_rows": 0, "unindexed_rows": rows}
-        unindexed = snapshot.dataset.count_rows(f"_rowid >= {manifest.row_id_watermark}")
-        return {"table": name, "index": manifest.describe(), "indexed_rows": rows - unindexed,
-                "unindexed_rows": unindexed,
-                "recall_monitor": self.recall_monitor.describe(name) if self.recall_monitor else None}
-
     # --- used by the LanceDB-compatible front (appliance/query/lancedb/) ---------------------------------
 
     def create_table_from_arrow(self, name: str, schema: pa.Schema, data: pa.Table | None,
@@ -297,82 +248,12 @@ class QueryService:
             finally:
                 self.store.written(name)
             if existed:
-                self.drop_index(name)
+                self.table(name).drop_index()
             if info.rows:
                 self._announce(name, APPENDED, info.version)
             return info
 
         return self.commits.run(name, create) if mode == "overwrite" else create()
-
-    def overwrite(self, name: str, data: pa.Table) -> int:
-        """Replace every row of the table; the IVF index goes with the old rows (see drop_index)."""
-        def overwrite() -> int:
-            version = self.store.overwrite(name, data)
-            self.drop_index(name)
-            self._announce(name, APPENDED, version)
-            return version
-
-        return self.commits.run(name, overwrite)
-
-    def drop_index(self, name: str, forget_choice: bool = False) -> bool:
-        """Unpublish a table's IVF index, and stop planning with it at once. Called whenever rows the index
-        covers change in place (overwrite, restore, vector updates): its row-id watermark would otherwise
-        claim rows it holds stale vectors for. It starts a new generation of the table's index, so a
-        build that began before cannot publish after it (index/store.py). The user's chosen parameters
-        stay for the rebuild unless `forget_choice` (the user dropped the index). Returns whether there
-        was one."""
-        had = self.catalog.indexes.new_generation(name, forget_choice).version is not None
-        self.catalog.forget(name)
-        return had
-
-    def count_rows(self, name: str, predicate: str | None = None, version: int | None = None) -> int:
-        return self.store.count(name, predicate, version)
-
-    def update(self, name: str, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
-        """SQL updates of payload columns; row ids and vectors stay, so the index stays valid."""
-        return self.commits.run(name, lambda: self.store.update(name, predicate, updates))
-
-    def merge_insert(self, name: str, on: str, data: pa.Table, **when: Any) -> dict[str, int]:
-        """Upsert by key. Updated rows keep their stable row ids but may carry new vectors, which an index
-        built before would still file under their old partition, so an update drops the index."""
-        def merge() -> dict[str, int]:
-            result = self.store.merge_insert(name, on, data, **when)
-            if result["num_updated_rows"]:
-                self.drop_index(name)
-            if result["num_updated_rows"] or result["num_inserted_rows"]:
-                self._announce(name, APPENDED, result["version"])
-            elif result["num_deleted_rows"]:
-                self._announce(name, DELETED, result["version"])
-            return result
-
-        return self.commits.run(name, merge)
-
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        return self.store.versions(name)
-
-    def restore(self, name: str, version: int) -> int:
-        """Bring an old version back as the latest; rows deleted since come back under ids the index
-        already passed, so the index is dropped."""
-        def restore() -> int:
-            new_version = self.store.restore(name, version)
-            self.drop_index(name)
-            self._announce(name, APPENDED, new_version)
-            return new_version
-
-        return self.commits.run(name, restore)
-
-    def snapshot(self, name: str, version: int | None = None) -> TableSnapshot:
-        return self.store.snapshot(name, version)
-
-    def add_columns(self, name: str, expressions: dict[str, str]) -> int:
-        """Schema evolution touches payload columns only: row ids and vectors, hence the index, stay valid."""
-        return self.commits.run(name, lambda: self.store.add_columns(name, expressions))
-
-    def alter_columns(self, name: str, alterations: list[dict[str, Any]]) -> int:
-        return self.commits.run(name, lambda: self.store.alter_columns(name, alterations))
-
-    def drop_columns(self, name: str, columns: list[str]) -> int:
-        return self.commits.run(name, lambda: self.store.drop_columns(name, columns))
 
     # --- the indexer fleet: events out, index stats in (appliance/events/, appliance/indexer/) ------------
 
@@ -392,34 +273,268 @@ class QueryService:
         if self.events is not None:
             self.events.announce(name, kind, version)
 
-    def request_index(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Ask the indexers for a full build (in the background); the request's event, as JSON."""
-        if params:
-            IndexParams.from_json(dict(params))  # reject bad parameters now, not in the indexer
-        return self._request(name, INDEX_REQUESTED, REBUILD, params)
 
-    def request_optimize(self, name: str) -> dict[str, Any]:
-        """Ask the indexers to index new rows, compact small fragments and clean up old versions now."""
-        return self._request(name, OPTIMIZE_REQUESTED, OPTIMIZE, None)
+# ---- Table handles -----------------------------------------------------------------------------------------
+# `QueryService.table(name, version)` hands out a `Table` bound to a version of the table (the latest when
+# none is named), as a lancedb `Table` is; the fronts resolve one per request and work through it.
+#
+# A handle reads one snapshot: the first read pins it (opening the version; its statistics are gathered
+# once per version), and every later read through the handle (describe, count_rows, versions, explain,
+# index status, a LanceDB scan) reuses it, so the reads of one request agree with each other and open
+# storage once. Making a handle touches no storage: a table that does not exist fails (404) at its first
+# use, where the request first reads or writes it.
+#
+# Writes are methods of the handle too. Each commits to the latest version, whatever version the handle
+# reads (group commit, query/commits.py), and then drops the handle's pinned snapshot, so a later read
+# through it sees the write.
+#
+# A search is the exception to pinning. A search of the latest version pins nothing when the handle is
+# made: it joins a batch (the Coalescer, below), which pins the latest version only once its members are
+# fixed, so a search sees every write acknowledged before it was submitted (read-your-writes). A handle
+# bound to an explicit version pins it at once and its search reads it.
 
-    def _request(self, name: str, kind: str, action: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        if self.events is None:
-            raise Unavailable("this query node has no event queue; background index requests are off")
-        version = self.store.snapshot(name).version
-        event = self.events.request(name, kind, version, action, params)
-        return {"table": name, "event": event.id, "kind": kind, "action": action, "table_version": version}
+Write = TypeVar("Write", bound=Callable[..., Any])
 
-    def index_stats(self, name: str) -> dict[str, Any]:
+
+def _write(method: Write) -> Write:
+    """A write through the handle: afterwards (committed or not) the handle reads the table again."""
+
+    @functools.wraps(method)
+    def wrapper(self: Table, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._snapshot = None
+    return wrapper  # type: ignore[return-value]
+
+
+class Table:
+    """Table `name` at `version` (None: the latest) on this query node (see "Table handles", above)."""
+
+    def __init__(self, service: QueryService, name: str, version: int | None = None) -> None:
+        self.service = service
+        self.name = name
+        self.version = version
+        self._snapshot: TableSnapshot | None = None
+
+    def at(self, version: int | None) -> Table:
+        """The same table bound to another version."""
+        return Table(self.service, self.name, version)
+
+    # --- reads: the pinned snapshot --------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> TableSnapshot:
+        """The version this handle reads, pinned by its first read: opened from storage, or, when that read
+        was an explain or exact_ids, the latest version searches use (`_bind`)."""
+        if self._snapshot is None:
+            self._snapshot = self.service.store.snapshot(self.name, self.version)
+        return self._snapshot
+
+    def _bind(self, request: SearchRequest) -> tuple[TableSnapshot, SnapshotStats, SearchRequest]:
+        """`request` bound to this handle's snapshot: its statistics, and the request validated against
+        them. A latest handle not pinned yet pins the latest version searches use (no storage call when
+        warm: storage/tables.py)."""
+        if self._snapshot is None:
+            self._snapshot = self.service.store.snapshot(self.name, self.version, cached=True)
+        return self.service._bind(self._own(request), self._snapshot)
+
+    def _own(self, request: SearchRequest) -> SearchRequest:
+        return dataclasses.replace(request, table=self.name, version=self.version)
+
+    def describe(self) -> TableInfo:
+        return self.snapshot.info()
+
+    def count_rows(self, predicate: str | None = None) -> int:
+        return self.snapshot.count_rows(predicate)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version of the table: number, commit time and Lance's metadata (row counts)."""
+        return self.snapshot.dataset.versions()
+
+    def search(self, request: SearchRequest, request_id: str = "", deadline: Deadline | None = None
+               ) -> SearchResult:
+        """The one search entry point of both fronts: validate the request against the version searched,
+        plan, run the plan on the executors, and fetch the payload columns from that version. At the
+        latest version it pins nothing here: the search's batch pins the version when it runs (see "Table
+        handles", above). `deadline` (default: the service's search_timeout) stops the plan's work
+        everywhere when it passes."""
+        pinned = None if self.version is None else self.snapshot
+        return self.service._search(self._own(request), request_id, deadline, pinned)
+
+    def explain(self, request: SearchRequest) -> SearchPlan:
+        """The plan a search of `request` runs now (the same binding and planning as `search`), with the
+        executors its routing keys go to now (None when none is live)."""
+        snapshot, stats, request = self._bind(request)
+        plan = self.service._plan(snapshot, stats, request)
+        try:
+            assignment = self.service.dispatcher.assignment(plan)
+        except Unavailable:
+            return plan
+        return dataclasses.replace(plan, assignment={
+            node: sorted({t.key for t in tasks}) for node, tasks in sorted(assignment.items())})
+
+    def exact_ids(self, request: SearchRequest) -> np.ndarray:
+        """The ids [nq, k] of a search run exactly (the recall monitor's reference answer)."""
+        snapshot, stats, request = self._bind(dataclasses.replace(request, bypass_index=True))
+        return self.service._execute(snapshot, stats, request, "recall-monitor")[1].ids
+
+    def index_version(self) -> int | None:
+        """The version of the table's published IVF index (None: none)."""
+        return self.service.catalog.indexes.current_version(self.name)
+
+    def index_status(self) -> dict[str, Any]:
+        """The published index and how many rows of the pinned version it does not cover yet."""
+        dataset = self.snapshot.dataset
+        rows = dataset.count_rows()
+        manifest = self.service.catalog.indexes.current(self.name)
+        if manifest is None:
+            return {"table": self.name, "index": None, "indexed_rows": 0, "unindexed_rows": rows}
+        unindexed = dataset.count_rows(f"_rowid >= {manifest.row_id_watermark}")
+        monitor = self.service.recall_monitor
+        return {"table": self.name, "index": manifest.describe(), "indexed_rows": rows - unindexed,
+                "unindexed_rows": unindexed, "recall_monitor": monitor.describe(self.name) if monitor else None}
+
+    def index_stats(self) -> dict[str, Any]:
         """`index_status` plus what the indexer fleet is doing: index version, last build, indexer state."""
-        stats = self.index_status(name)
+        stats = self.index_status()
         index = stats.get("index") or {}
         stats["index_version"] = index.get("index_version")
         stats["last_build_time"] = (index["created_at"] + index["build_seconds"]) if index else None
-        if self.indexer_status is not None:
-            stats["indexer"] = self.indexer_status.describe(name, self.indexer_stale_after)
-        queue = self.events.stats() if self.events is not None else None
+        service = self.service
+        if service.indexer_status is not None:
+            stats["indexer"] = service.indexer_status.describe(self.name, service.indexer_stale_after)
+        queue = service.events.stats() if service.events is not None else None
         stats["events"] = queue.to_json() if queue is not None else None
         return stats
+
+    # --- writes: each commits to the latest version, then the handle reads again ---------------------------
+
+    @_write
+    def insert(self, data: pa.Table | list[Any]) -> int:
+        """Commit rows and return the committed version; the caller acknowledges only after this returns.
+        The rows are checked against the table's schema first, then committed together with the table's
+        other concurrent inserts, in one version (group commit, commits.py)."""
+        service = self.service
+        return service.commits.append(self.name, service.store.conform_rows(self.name, data))
+
+    @_write
+    def delete(self, predicate: str) -> tuple[int, int]:
+        def delete() -> tuple[int, int]:
+            version, deleted = self.service.store.delete(self.name, predicate)
+            if deleted:
+                self.service._announce(self.name, DELETED, version)
+            return version, deleted
+
+        return self.service.commits.run(self.name, delete)
+
+    @_write
+    def update(self, predicate: str | None, updates: dict[str, str]) -> tuple[int, int]:
+        """SQL updates of payload columns; row ids and vectors stay, so the index stays valid."""
+        return self.service.commits.run(self.name, lambda: self.service.store.update(self.name, predicate, updates))
+
+    @_write
+    def merge_insert(self, on: str, data: pa.Table, **when: Any) -> dict[str, int]:
+        """Upsert by key. Updated rows keep their stable row ids but may carry new vectors, which an index
+        built before would still file under their old partition, so an update drops the index."""
+        def merge() -> dict[str, int]:
+            result = self.service.store.merge_insert(self.name, on, data, **when)
+            if result["num_updated_rows"]:
+                self.drop_index()
+            if result["num_updated_rows"] or result["num_inserted_rows"]:
+                self.service._announce(self.name, APPENDED, result["version"])
+            elif result["num_deleted_rows"]:
+                self.service._announce(self.name, DELETED, result["version"])
+            return result
+
+        return self.service.commits.run(self.name, merge)
+
+    @_write
+    def overwrite(self, data: pa.Table) -> int:
+        """Replace every row of the table; the IVF index goes with the old rows (see drop_index)."""
+        return self._replace_rows(lambda: self.service.store.overwrite(self.name, data))
+
+    @_write
+    def restore(self, version: int) -> int:
+        """Bring an old version back as the latest; rows deleted since come back under ids the index
+        already passed, so the index is dropped."""
+        return self._replace_rows(lambda: self.service.store.restore(self.name, version))
+
+    def _replace_rows(self, commit: Callable[[], int]) -> int:
+        """Commit a write that replaces rows the index covers (in the table's commit order), drop the index
+        and tell the indexers; the new version."""
+        def replace() -> int:
+            version = commit()
+            self.drop_index()
+            self.service._announce(self.name, APPENDED, version)
+            return version
+
+        return self.service.commits.run(self.name, replace)
+
+    @_write
+    def add_columns(self, expressions: dict[str, str]) -> int:
+        """Schema evolution touches payload columns only: row ids and vectors, hence the index, stay valid."""
+        return self.service.commits.run(self.name, lambda: self.service.store.add_columns(self.name, expressions))
+
+    @_write
+    def alter_columns(self, alterations: list[dict[str, Any]]) -> int:
+        return self.service.commits.run(self.name, lambda: self.service.store.alter_columns(self.name, alterations))
+
+    @_write
+    def drop_columns(self, columns: list[str]) -> int:
+        return self.service.commits.run(self.name, lambda: self.service.store.drop_columns(self.name, columns))
+
+    @_write
+    def build_index(self, params: IndexParams, metric: str | None = None,
+                    progress: Progress | None = None) -> IndexManifest:
+        """Build and publish a full index version now (the indexer fleet does this in the background).
+
+        The build claims the table, so the indexers leave its index alone meanwhile, and its parameters
+        become the table's choice, which the indexers' rebuilds keep. It is the one served even when an
+        indexer's build published first; Conflict (409) when the table's rows were replaced meanwhile
+        (overwrite, restore, an updating merge_insert). The indexers are told afterwards, to index what
+        was written while it ran."""
+        service = self.service
+        indexes = service.catalog.indexes
+        threads = nullcontext() if service.build_threads is None else thread_budget(service.build_threads)
+        with indexes.explicit_build(self.name), threads:
+            manifest = build_full(service.store, indexes, self.name, params, progress, metric,
+                                  requested={"params": params.to_json(), "metric": metric}, rebase=True)
+        service.catalog.forget(self.name)
+        service._announce(self.name, APPENDED, service.store.snapshot(self.name).version)
+        return manifest
+
+    @_write
+    def drop_index(self, forget_choice: bool = False) -> bool:
+        """Unpublish the table's IVF index, and stop planning with it at once. Called whenever rows the index
+        covers change in place (overwrite, restore, vector updates): its row-id watermark would otherwise
+        claim rows it holds stale vectors for. It starts a new generation of the table's index, so a
+        build that began before cannot publish after it (index/store.py). The user's chosen parameters
+        stay for the rebuild unless `forget_choice` (the user dropped the index). Returns whether there
+        was one."""
+        had = self.service.catalog.indexes.new_generation(self.name, forget_choice).version is not None
+        self.service.catalog.forget(self.name)
+        return had
+
+    # --- requests to the indexer fleet (events out, appliance/events/) ---------------------------------------
+
+    def request_index(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask the indexers for a full build (in the background); the request's event, as JSON."""
+        if params:
+            IndexParams.from_json(dict(params))  # reject bad parameters now, not in the indexer
+        return self._request(INDEX_REQUESTED, REBUILD, params)
+
+    def request_optimize(self) -> dict[str, Any]:
+        """Ask the indexers to index new rows, compact small fragments and clean up old versions now."""
+        return self._request(OPTIMIZE_REQUESTED, OPTIMIZE, None)
+
+    def _request(self, kind: str, action: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        events = self.service.events
+        if events is None:
+            raise Unavailable("this query node has no event queue; background index requests are off")
+        version = self.service.store.snapshot(self.name).version  # the latest, whatever this handle reads
+        event = events.request(self.name, kind, version, action, params)
+        return {"table": self.name, "event": event.id, "kind": kind, "action": action, "table_version": version}
 
 
 # ---- Cross-request batching (the Coalescer) --------------------------------------------------------------

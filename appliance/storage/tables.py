@@ -420,10 +420,6 @@ class TableStore:
         counts = {k: int(result.get(k, 0)) for k in ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")}
         return {"version": snap.dataset.version, **counts}  # the dataset moved to the version it committed
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        """Every version of the table: number, commit time and Lance's metadata (row counts)."""
-        return self.snapshot(name).dataset.versions()
-
     def restore(self, name: str, version: int) -> int:
         """Make an old version the latest again (as a new version, history kept); returns the new version."""
         snap = self.snapshot(name, version)

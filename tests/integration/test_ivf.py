@@ -141,7 +141,8 @@ def test_a_warm_search_reads_nothing_through_lance_on_the_query_node(fleet, mini
                                IndexCatalog(IndexStore(root)))
         request = search_request("minilm", queries[:5], 10, 1000, filter="bucket < 50", columns=["row", "bucket"],
                                  refine_factor=3)  # whatever the codec: the exact vectors come from the cache
-        first = service.search(request)
+        minilm_table = service.table("minilm")
+        first = minilm_table.search(request)
         plan = first.plan
         assert plan.strategy == "ivf-postfilter" and plan.refine_factor > 0 and plan.verify_alive
 
@@ -152,7 +153,7 @@ def test_a_warm_search_reads_nothing_through_lance_on_the_query_node(fleet, mini
             for name in ("to_table", "scanner", "take", "_take_rows", "count_rows"):
                 if hasattr(owner, name):
                     monkeypatch.setattr(owner, name, no_reads)
-        again = service.search(request)
+        again = minilm_table.search(request)
     finally:
         membership.stop()
     assert again.per_query(5) == first.per_query(5)

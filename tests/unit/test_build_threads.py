@@ -43,8 +43,8 @@ def service(tmp_path):
 def build(service: QueryService) -> list[tuple[int, set[int]]]:
     """Build in batches of 1,000 rows; (faiss's OpenMP threads, BLAS threads) seen by each batch."""
     seen: list[tuple[int, set[int]]] = []
-    service.build_index("t", IndexParams(codec="flat", nlist=4, batch_rows=1000),
-                        progress=lambda _: seen.append((faiss.omp_get_max_threads(), blas_threads())))
+    service.table("t").build_index(IndexParams(codec="flat", nlist=4, batch_rows=1000),
+                                   progress=lambda _: seen.append((faiss.omp_get_max_threads(), blas_threads())))
     return seen
 
 

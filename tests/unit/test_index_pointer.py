@@ -119,7 +119,7 @@ def test_an_indexer_build_that_a_drop_index_overtook_does_not_publish(root) -> N
     worker.handle(ev(), lambda: True)
     assert service.catalog.indexes.current_version("t") == 1
     with pytest.raises(Conflict, match="replaced"):
-        worker.handle(ev("rebuild"), once(lambda: service.drop_index("t")))
+        worker.handle(ev("rebuild"), once(lambda: service.table("t").drop_index()))
     assert IndexStore(root).current_version("t") is None, "a build begun before drop_index published after it"
 
 
@@ -129,7 +129,7 @@ def test_an_indexer_build_that_an_overwrite_overtook_does_not_serve_old_vectors(
     worker.handle(ev(), lambda: True)
     new = rows(1100, 0, shift=100.0)  # same row numbers, vectors far from the old ones
     with pytest.raises(Conflict):
-        worker.handle(ev("rebuild"), once(lambda: service.overwrite("t", new)))
+        worker.handle(ev("rebuild"), once(lambda: service.table("t").overwrite(new)))
     indexes = IndexStore(local_root)
     assert indexes.current_version("t") is None, "an index of the overwritten rows was published"
     report = worker.handle(ev(), lambda: True)  # the event again: a full build of the new rows
@@ -146,11 +146,12 @@ def test_an_updating_merge_insert_and_a_restore_start_new_generations(local_root
     indexes = IndexStore(local_root)
     update = rows(10, 0, shift=50.0)
     with pytest.raises(Conflict):
-        worker.handle(ev("rebuild"), once(lambda: service.merge_insert("t", "row", update, update_matched=True)))
+        worker.handle(ev("rebuild"),
+                      once(lambda: service.table("t").merge_insert("row", update, update_matched=True)))
     assert indexes.current_version("t") is None
     worker.handle(ev(), lambda: True)
     with pytest.raises(Conflict):
-        worker.handle(ev("rebuild"), once(lambda: service.restore("t", 2)))
+        worker.handle(ev("rebuild"), once(lambda: service.table("t").restore(2)))
     assert indexes.current_version("t") is None and indexes.pointer("t").generation == 2
 
 
@@ -163,8 +164,8 @@ def test_the_indexer_leaves_a_table_alone_while_an_explicit_build_runs(local_roo
     tables, service = setup(local_root)
     worker = TableWorker(local_root, POLICY, grace=3600)
     reports = []
-    manifest = service.build_index("t", IndexParams(codec="sq8", nlist=4), "cosine",
-                                   progress=once(lambda: reports.append(worker.handle(ev(), lambda: True))))
+    manifest = service.table("t").build_index(IndexParams(codec="sq8", nlist=4), "cosine",
+                                              progress=once(lambda: reports.append(worker.handle(ev(), lambda: True))))
     assert "index" not in reports[0] and "yielded" in reports[0]
     current = IndexStore(local_root).current("t")
     assert manifest.index_version == current.index_version == 1
@@ -187,7 +188,8 @@ def test_an_indexer_build_loses_to_an_explicit_build_that_finished_inside_it(loc
     worker = TableWorker(local_root, POLICY, grace=3600)
     worker.handle(ev(), lambda: True)
     with pytest.raises(Conflict):
-        worker.handle(ev("rebuild"), once(lambda: service.build_index("t", IndexParams(codec="fp16", nlist=3))))
+        worker.handle(ev("rebuild"),
+                      once(lambda: service.table("t").build_index(IndexParams(codec="fp16", nlist=3))))
     current = IndexStore(local_root).current("t")
     assert (current.codec, current.nlist) == ("fp16", 3), "the indexer's build replaced the explicit one"
 
@@ -213,7 +215,7 @@ def test_an_explicit_build_is_served_even_when_the_indexer_publishes_first(local
 def test_rebuilds_keep_the_users_codec_parameters_and_metric(local_root) -> None:
     tables, service = setup(local_root)
     worker = TableWorker(local_root, POLICY, grace=3600)
-    service.build_index("t", IndexParams(codec="sq8", nlist=4, nprobes=2), "cosine")
+    service.table("t").build_index(IndexParams(codec="sq8", nlist=4, nprobes=2), "cosine")
     tables.append("t", rows(1300, 1200))  # more than doubled: the indexer retrains
     report = worker.handle(ev(), lambda: True)
     assert report["work"] == "full"
@@ -224,10 +226,10 @@ def test_rebuilds_keep_the_users_codec_parameters_and_metric(local_root) -> None
         return m.codec, m.nlist, m.params["nprobes"], m.metric
 
     assert chosen() == ("sq8", 4, 2, "cosine")  # before: nlist and nprobes re-derived for 2500 rows
-    service.overwrite("t", rows(1500, 0, shift=3.0))  # the index goes; the choice stays
+    service.table("t").overwrite(rows(1500, 0, shift=3.0))  # the index goes; the choice stays
     assert indexes.current_version("t") is None
     assert worker.handle(ev(), lambda: True)["work"] == "full"
     assert chosen() == ("sq8", 4, 2, "cosine")  # before: the indexer's own codec, flat
-    service.drop_index("t", forget_choice=True)  # the user dropped it: the indexer's defaults again
+    service.table("t").drop_index(forget_choice=True)  # the user dropped it: the indexer's defaults again
     worker.handle(ev(), lambda: True)
     assert indexes.current("t").codec == "flat" and indexes.current("t").metric == "l2"

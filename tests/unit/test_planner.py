@@ -268,13 +268,13 @@ def test_explain_shows_the_executors_the_plan_goes_to_now(store: TableStore, tmp
     executors = [f"http://127.0.0.1:{port}" for port in (1, 2, 3)]
     service = QueryService(store, Dispatcher(AllLive(executors), "token", 1.0, 0.25),  # type: ignore[arg-type]
                            IndexCatalog(IndexStore(StorageRoot.parse(str(tmp_path / "root")))))
-    plan = service.explain(request(3.0))
+    plan = service.table("t").explain(request(3.0))
     assert plan.assignment is not None and plan.executors == 1  # a small table: one executor, one hop
     [(node, keys)] = plan.assignment.items()
     assert node in executors and keys == ["t/fragments/group/0"]
     assert plan.explain()["assignment"] == {node: keys}
     service.routing = Routing(partition_group_bytes=FRAGMENT_BYTES, fanout_min_bytes=0)  # a group per fragment
-    spread = service.explain(request(3.0))
+    spread = service.table("t").explain(request(3.0))
     assert sorted(k for keys in spread.assignment.values() for k in keys) == [
         f"t/fragments/group/{g}" for g in range(4)]
     assert spread.executors == len(spread.assignment) > 1

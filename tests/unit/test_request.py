@@ -70,13 +70,13 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter]:
 
 def test_a_filtered_index_search_checks_its_filter_once(service: QueryService, checks: Counter) -> None:
     doc = {"vector": [3.0, 1.0, 0.0, 0.0], "k": 5, "filter": "n > 10"}
-    plan = service.explain(parse_search("t", doc, 100, 10)[0])
+    plan = service.table("t").explain(parse_search("t", doc, 100, 10)[0])
     assert plan.uses_index and plan.strategy == "ivf-postfilter" and plan.selectivity == pytest.approx(0.945)
     assert checks == {"guard": 1, "type_check": 1}
-    service.explain(parse_search("t", doc, 100, 10)[0])  # the same version and filter: typed already
+    service.table("t").explain(parse_search("t", doc, 100, 10)[0])  # the same version and filter: typed already
     assert checks == {"guard": 2, "type_check": 1}
     lance_body = {"vector": [3.0, 1.0, 0.0, 0.0], "k": 5, "offset": 2, "filter": "n > 11"}
-    plan = service.explain(parse_query("t", lance_body, 100, 10).search)
+    plan = service.table("t").explain(parse_query("t", lance_body, 100, 10).search)
     assert checks == {"guard": 3, "type_check": 2} and plan.k == 7
 
 

@@ -28,21 +28,21 @@ def register(bp: Blueprint, service: QueryService) -> None:
                 isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("expression"), str)
                 for c in raw):
             raise InvalidInput("new_columns must be a non-empty list of {name, expression}")
-        return json_response({"version": service.add_columns(name, {c["name"]: c["expression"] for c in raw})})
+        return json_response({"version": service.table(name).add_columns({c["name"]: c["expression"] for c in raw})})
 
     @bp.post("/table/<name>/alter_columns/")
     def alter_columns(name: str) -> Response:
         raw = optional_json().get("alterations")
         if not isinstance(raw, list) or not raw or not all(isinstance(a, dict) for a in raw):
             raise InvalidInput("alterations must be a non-empty list of {path, rename?, nullable?, data_type?}")
-        return json_response({"version": service.alter_columns(name, [_alteration(a) for a in raw])})
+        return json_response({"version": service.table(name).alter_columns([_alteration(a) for a in raw])})
 
     @bp.post("/table/<name>/drop_columns/")
     def drop_columns(name: str) -> Response:
         raw = optional_json().get("columns")
         if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
             raise InvalidInput("columns must be a non-empty list of column names")
-        return json_response({"version": service.drop_columns(name, raw)})
+        return json_response({"version": service.table(name).drop_columns(raw)})
 
 
 def _alteration(doc: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from flask import Blueprint, Response
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.index.params import IndexParams
 from appliance.query.lancedb.wire import optional_bool, optional_int, optional_json, optional_str
-from appliance.query.service import QueryService
+from appliance.query.service import QueryService, Table
 from appliance.storage.schema import VECTOR_COLUMN
 from appliance.storage.tables import clean_lance_message
 from appliance.web import json_response
@@ -47,13 +47,14 @@ def register(bp: Blueprint, service: QueryService) -> None:
         column = optional_str(doc, "column") or VECTOR_COLUMN
         index_type = (optional_str(doc, "index_type") or "IVF_PQ").upper()
         replace = optional_bool(doc, "replace", True)
-        snapshot = service.snapshot(name)
-        if column not in snapshot.dataset.schema.names:
+        table = service.table(name)
+        dataset = table.snapshot.dataset
+        if column not in dataset.schema.names:
             raise InvalidInput(f"column '{column}' is not in table '{name}'")
         if index_type in VECTOR_TYPES:
-            _create_vector_index(service, name, column, index_type, replace, doc)
+            _create_vector_index(table, column, index_type, replace, doc)
         elif index_type in SCALAR_TYPES or index_type == "FTS":
-            _create_lance_index(snapshot.dataset, column, index_type, replace, doc)
+            _create_lance_index(dataset, column, index_type, replace, doc)
         else:
             raise InvalidInput(f"index_type {index_type!r} is not supported",
                                f"supported: {', '.join([*VECTOR_TYPES, *SCALAR_TYPES, 'FTS'])}")
@@ -61,30 +62,31 @@ def register(bp: Blueprint, service: QueryService) -> None:
 
     @bp.post("/table/<name>/index/list/")
     def list_indices(name: str) -> Response:
-        return json_response({"indexes": _list(service, name)})
+        return json_response({"indexes": _list(service.table(name))})
 
     @bp.post("/table/<name>/index/<index>/stats/")
     def index_stats(name: str, index: str) -> Response:
-        return json_response(_stats(service, name, index))
+        return json_response(_stats(service.table(name), index))
 
     @bp.post("/table/<name>/index/<index>/drop/")
     def drop_index(name: str, index: str) -> Response:
+        table = service.table(name)
         if index == VECTOR_INDEX:
-            if not service.drop_index(name, forget_choice=True):
+            if not table.drop_index(forget_choice=True):
                 raise IndexNotFound(index)
             return json_response({})
-        dataset = service.snapshot(name).dataset
+        dataset = table.snapshot.dataset
         if index not in {i["name"] for i in dataset.list_indices()}:
             raise IndexNotFound(index)
         _lance(lambda: dataset.drop_index(index))
         return json_response({})
 
 
-def _create_vector_index(service: QueryService, name: str, column: str, index_type: str, replace: bool,
-                         doc: dict[str, Any]) -> None:
+def _create_vector_index(table: Table, column: str, index_type: str, replace: bool, doc: dict[str, Any]) -> None:
+    name = table.name
     if column != VECTOR_COLUMN:
         raise InvalidInput(f"{index_type} indexes the '{VECTOR_COLUMN}' column, not '{column}'")
-    if not replace and service.catalog.indexes.current_version(name) is not None:
+    if not replace and table.index_version() is not None:
         raise InvalidInput(f"Index '{VECTOR_INDEX}' already exists on table '{name}' (replace is false)")
     metric = (optional_str(doc, "metric_type") or optional_str(doc, "distance_type") or "l2").lower()
     if metric not in ("l2", "cosine", "dot"):
@@ -92,7 +94,7 @@ def _create_vector_index(service: QueryService, name: str, column: str, index_ty
     if metric == "l2":
         # The client sends l2 whenever no metric was given (its default), so on a table created with another
         # metric l2 means "the table's": an l2 index there would serve none of the table's default searches.
-        metric = service.snapshot(name).metric
+        metric = table.snapshot.metric
     params: dict[str, Any] = {"codec": VECTOR_TYPES[index_type]}
     if params["codec"] == "pq":
         # num_bits 4 (LanceDB's 4-bit PQ): codes scanned with faiss's SIMD fast-scan (codec pq4); 8 (the default)
@@ -100,7 +102,7 @@ def _create_vector_index(service: QueryService, name: str, column: str, index_ty
         if bits not in (4, 8):
             raise InvalidInput(f"num_bits must be 4 or 8 for IVF_PQ, got {bits}")
         params["codec"] = "pq4" if bits == 4 else "pq"
-    rows = service.count_rows(name)
+    rows = table.count_rows()
     if params["codec"] in ("pq", "pq4") and rows < PQ_MIN_ROWS:  # as LanceDB: PQ codebooks need 256 training rows
         raise InvalidInput(f"{index_type} needs at least {PQ_MIN_ROWS} rows to train, table '{name}' has {rows}",
                            "use IVF_FLAT or IVF_SQ for small tables")
@@ -109,7 +111,7 @@ def _create_vector_index(service: QueryService, name: str, column: str, index_ty
         value = optional_int(doc, theirs, 0, 1_000_000)
         if value:
             params[ours] = value
-    service.build_index(name, IndexParams.from_json(params), metric)
+    table.build_index(IndexParams.from_json(params), metric)
 
 
 def _create_lance_index(dataset: Any, column: str, index_type: str, replace: bool, doc: dict[str, Any]) -> None:
@@ -125,10 +127,10 @@ def _create_lance_index(dataset: Any, column: str, index_type: str, replace: boo
         _lance(lambda: dataset.create_scalar_index(column, index_type, name=name, replace=True))
 
 
-def _list(service: QueryService, name: str) -> list[dict[str, Any]]:
-    snapshot = service.snapshot(name)
+def _list(table: Table) -> list[dict[str, Any]]:
+    snapshot = table.snapshot
     out = []
-    status = service.index_status(name)
+    status = table.index_status()
     if status["index"] is not None:
         out.append({"index_name": VECTOR_INDEX, "columns": [VECTOR_COLUMN],
                     "index_type": CODEC_TYPES.get(status["index"]["codec"], "IVF_FLAT"),
@@ -139,15 +141,15 @@ def _list(service: QueryService, name: str) -> list[dict[str, Any]]:
     return out
 
 
-def _stats(service: QueryService, name: str, index: str) -> dict[str, Any]:
+def _stats(table: Table, index: str) -> dict[str, Any]:
     if index == VECTOR_INDEX:
-        status = service.index_status(name)
+        status = table.index_status()
         if status["index"] is None:
             raise IndexNotFound(index)
         return {"num_indexed_rows": status["indexed_rows"], "num_unindexed_rows": status["unindexed_rows"],
                 "index_type": CODEC_TYPES.get(status["index"]["codec"], "IVF_FLAT"),
                 "distance_type": status["index"]["metric"], "num_indices": 1}
-    dataset = service.snapshot(name).dataset
+    dataset = table.snapshot.dataset
     if index not in {i["name"] for i in dataset.list_indices()}:
         raise IndexNotFound(index)
     stats = _lance(lambda: dataset.index_statistics(index))

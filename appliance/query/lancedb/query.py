@@ -3,8 +3,8 @@ or a full-text search, answered as one Arrow table.
 
 A body with a non-empty `vector` is a vector search: `parse_query` builds its `SearchRequest`
 (query/request.py, the one the native API builds too), which `explain_plan/` explains and `run_query` runs
-through `QueryService.search` (the planner and the executor fleet, exact or IVF); every other query is a
-scan of one pinned version that Lance does on the query node (`search().where(...)`, `head()`,
+through `Table.search` (the planner and the executor fleet, exact or IVF); every other query is a scan of
+the version the table handle pins, which Lance does on the query node (`search().where(...)`, `head()`,
 `take_row_ids()`, full-text search).
 """
 
@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 from flask import request as http_request
 
 from appliance import limits
-from appliance.deadline import requested
+from appliance.deadline import Deadline, requested
 from appliance.errors import InvalidInput, LimitExceeded
 from appliance.planner.plan import SearchPlan
 from appliance.query.lancedb.wire import HUGE_K, optional_bool, optional_float, optional_int, optional_str
 from appliance.query.request import SearchRequest, parse_vectors, search_request, type_check_filter
-from appliance.query.service import QueryService
+from appliance.query.service import QueryService, Table
 from appliance.storage.schema import VECTOR_COLUMN
 from appliance.storage.tables import TableSnapshot, check_filter_text, clean_lance_message, raise_if_rejected
 
@@ -115,18 +115,19 @@ def _search_request(name: str, q: LanceQuery, max_k: int) -> SearchRequest:
 def run_query(service: QueryService, name: str, q: LanceQuery, request_id: str
               ) -> tuple[pa.Table, int, SearchPlan | None]:
     """The result table, the version it was read from, and the plan a vector search ran."""
+    table = service.table(name, q.version)
     if q.search is not None:
-        return _vector_search(service, name, q, q.search, request_id)
-    snapshot = service.snapshot(name, q.version)
+        deadline = requested(service.search_timeout, http_request.environ, http_request.headers)
+        return _vector_search(table, q, q.search, request_id, deadline)
+    snapshot = table.snapshot
     return _scan(snapshot, q), snapshot.version, None
 
 
-def _vector_search(service: QueryService, name: str, q: LanceQuery, request: SearchRequest, request_id: str
+def _vector_search(table: Table, q: LanceQuery, request: SearchRequest, request_id: str, deadline: Deadline
                    ) -> tuple[pa.Table, int, SearchPlan]:
     k = request.k
     try:
-        deadline = requested(service.dispatcher.search_timeout, http_request.environ, http_request.headers)
-        result = service.search(request, request_id, deadline)
+        result = table.search(request, request_id, deadline)
     except (OSError, ValueError) as exc:  # a filter that fails on the data (IVF post-filter, payload fetch)
         raise_if_rejected(exc)
         raise
@@ -141,7 +142,7 @@ def _vector_search(service: QueryService, name: str, q: LanceQuery, request: Sea
         keep &= dist < q.upper_bound
     rows = rows.filter(pa.array(keep))
     if isinstance(q.columns, dict):  # SQL projections, evaluated by Lance on the version that was searched
-        rows = _project(service.snapshot(name, result.version), rows, q.columns)  # type: ignore[arg-type]
+        rows = _project(table.at(result.version).snapshot, rows, q.columns)  # type: ignore[arg-type]
     out = [c for c in rows.column_names if c not in ("query_index", "_rowid", "_distance")]
     out += ["_distance"] + (["_rowid"] if q.with_row_id else [])
     if q.multi:

@@ -51,4 +51,4 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
         q = parse_query(name, body, limits.max_k, limits.max_query_vectors)
         if q.search is None:
             return json_response(f"scan of table '{name}' (filter: {q.filter}) on the query node")
-        return json_response(json.dumps(service.explain(q.search).explain(), indent=2))
+        return json_response(json.dumps(service.table(name, q.version).explain(q.search).explain(), indent=2))

@@ -21,7 +21,7 @@ from appliance.query.lancedb.wire import (
     optional_str,
     query_flag,
 )
-from appliance.query.service import QueryService
+from appliance.query.service import QueryService, Table
 from appliance.storage.schema import METRIC_KEY, METRICS, VECTOR_COLUMN
 from appliance.storage.tables import check_filter_text, raise_if_rejected
 from appliance.web import json_response
@@ -55,7 +55,7 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/describe/")
     def describe(name: str) -> Response:
         version = optional_int(optional_json(), "version", 1)
-        snapshot = service.snapshot(name, version)
+        snapshot = service.table(name, version).snapshot
         body = {"version": snapshot.version, "schema": schema_to_lance_json(snapshot.dataset.schema),
                 "location": snapshot.dataset.uri}
         return json_response(body)
@@ -68,7 +68,8 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/count_rows/")
     def count_rows(name: str) -> Response:
         doc = optional_json()
-        return json_response(service.count_rows(name, optional_filter(doc), optional_int(doc, "version", 1)))
+        predicate = optional_filter(doc)
+        return json_response(service.table(name, optional_int(doc, "version", 1)).count_rows(predicate))
 
     @bp.post("/table/<name>/insert/")
     def insert(name: str) -> Response:
@@ -78,18 +79,19 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
         if mode not in ("append", "overwrite"):
             raise InvalidInput(f"mode must be append or overwrite, got {mode!r}")
         data = arrow_body(limits.max_batch_rows)
+        table = service.table(name)
         if mode == "overwrite":
-            return json_response({"version": service.overwrite(name, data)})
+            return json_response({"version": table.overwrite(data)})
         if data.num_rows == 0:
-            return json_response({"version": service.snapshot(name).version})
-        return json_response({"version": service.insert(name, data)})
+            return json_response({"version": table.snapshot.version})
+        return json_response({"version": table.insert(data)})
 
     @bp.post("/table/<name>/delete/")
     def delete(name: str) -> Response:
         predicate = optional_str(optional_json(), "predicate")
         check_filter_text(predicate)
         try:
-            version, deleted = service.delete(name, predicate)  # type: ignore[arg-type]
+            version, deleted = service.table(name).delete(predicate)  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:  # a filter that fails on the data: 400, not a retried 503
             raise_if_rejected(exc)
             raise
@@ -98,7 +100,7 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
     @bp.post("/table/<name>/update/")
     def update(name: str) -> Response:
         doc = optional_json()
-        version, updated = service.update(name, optional_filter(doc), _updates(doc.get("updates")))
+        version, updated = service.table(name).update(optional_filter(doc), _updates(doc.get("updates")))
         return json_response({"rows_updated": updated, "version": version})
 
     @bp.post("/table/<name>/merge_insert/")
@@ -112,8 +114,8 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
         for condition in (matched_filter, delete_filter):
             if condition is not None:
                 check_filter_text(condition)  # the cost guard, as for every filter
-        result = service.merge_insert(
-            name, on, data,
+        result = service.table(name).merge_insert(
+            on, data,
             update_matched=query_flag("when_matched_update_all"),
             matched_filter=matched_filter,
             insert_unmatched=query_flag("when_not_matched_insert_all"),
@@ -124,7 +126,7 @@ def register(bp: Blueprint, service: QueryService, limits: Limits) -> None:
 
     @bp.post("/table/<name>/stats/")
     def stats(name: str) -> Response:
-        return json_response(_stats(service, name))
+        return json_response(_stats(service.table(name)))
 
 
 def _page(names: list[str]) -> dict[str, Any]:
@@ -159,7 +161,7 @@ def _replaced_metric(service: QueryService, name: str, mode: str) -> str:
     """Without a metric in the schema: a table replaced (mode=overwrite) keeps its own, a new one is l2."""
     if mode == "overwrite":
         try:
-            return service.snapshot(name).metric
+            return service.table(name).snapshot.metric
         except TableNotFound:
             pass
     return "l2"
@@ -198,16 +200,15 @@ def _updates(raw: Any) -> dict[str, str]:
     return {column: expression for column, expression in raw}
 
 
-def _stats(service: QueryService, name: str) -> dict[str, Any]:
-    snapshot = service.snapshot(name)
-    ds = snapshot.dataset
+def _stats(table: Table) -> dict[str, Any]:
+    ds = table.snapshot.dataset
     lengths = sorted(f.count_rows() for f in ds.get_fragments())
     total_bytes = sum(int(v.get("metadata", {}).get("total_files_size", 0)) for v in ds.versions()[-1:])
 
     def pct(p: float) -> int:
         return lengths[min(len(lengths) - 1, int(p * len(lengths)))] if lengths else 0
 
-    indices = len(ds.list_indices()) + (1 if service.catalog.indexes.current_version(name) is not None else 0)
+    indices = len(ds.list_indices()) + (1 if table.index_version() is not None else 0)
     return {
         "total_bytes": total_bytes,
         "num_rows": ds.count_rows(),

@@ -13,7 +13,7 @@ from flask import Blueprint, Response
 
 from appliance.errors import InvalidInput
 from appliance.query.lancedb.wire import optional_int, optional_json, optional_str
-from appliance.query.service import QueryService
+from appliance.query.service import QueryService, Table
 from appliance.storage.tables import clean_lance_message
 from appliance.web import json_response
 
@@ -23,7 +23,7 @@ def register(bp: Blueprint, service: QueryService) -> None:
     def list_versions(name: str) -> Response:
         versions = [{"version": int(v["version"]), "timestamp": _rfc3339(v.get("timestamp")),
                      "metadata": {str(k): str(x) for k, x in (v.get("metadata") or {}).items()}}
-                    for v in service.versions(name)]
+                    for v in service.table(name).versions()]
         return json_response({"versions": versions})
 
     @bp.post("/table/<name>/restore/")
@@ -31,11 +31,11 @@ def register(bp: Blueprint, service: QueryService) -> None:
         version = optional_int(optional_json(), "version", 1)
         if version is None:
             raise InvalidInput("restore needs {\"version\": N}")
-        return json_response({"version": service.restore(name, version)})
+        return json_response({"version": service.table(name).restore(version)})
 
     @bp.post("/table/<name>/tags/list/")
     def list_tags(name: str) -> Response:
-        tags = service.snapshot(name).dataset.tags.list()
+        tags = service.table(name).snapshot.dataset.tags.list()
         # manifestSize is camelCase and required: the client fails without it
         return json_response({tag: {"branch": t.get("branch"), "version": int(t["version"]),
                                     "manifestSize": int(t.get("manifest_size") or 0)} for tag, t in tags.items()})
@@ -43,25 +43,25 @@ def register(bp: Blueprint, service: QueryService) -> None:
     @bp.post("/table/<name>/tags/create/")
     def create_tag(name: str) -> Response:
         tag, version = _tag_and_version(optional_json())
-        _tags(lambda tags: tags.create(tag, version), service, name)
+        _tags(lambda tags: tags.create(tag, version), service.table(name))
         return json_response({})
 
     @bp.post("/table/<name>/tags/update/")
     def update_tag(name: str) -> Response:
         tag, version = _tag_and_version(optional_json())
-        _tags(lambda tags: tags.update(tag, version), service, name)
+        _tags(lambda tags: tags.update(tag, version), service.table(name))
         return json_response({})
 
     @bp.post("/table/<name>/tags/delete/")
     def delete_tag(name: str) -> Response:
         tag = _tag(optional_json())
-        _tags(lambda tags: tags.delete(tag), service, name)
+        _tags(lambda tags: tags.delete(tag), service.table(name))
         return json_response({})
 
     @bp.post("/table/<name>/tags/version/")
     def tag_version(name: str) -> Response:
         tag = _tag(optional_json())
-        return json_response({"version": int(_tags(lambda tags: tags.get_version(tag), service, name))})
+        return json_response({"version": int(_tags(lambda tags: tags.get_version(tag), service.table(name)))})
 
 
 def _tag(doc: dict[str, Any]) -> str:
@@ -78,10 +78,10 @@ def _tag_and_version(doc: dict[str, Any]) -> tuple[str, int]:
     return _tag(doc), version
 
 
-def _tags(run: Any, service: QueryService, name: str) -> Any:
-    """Run a tag operation on the latest version; Lance's refusals become 400 (a 404 would make the client
-    report the *table* as not found)."""
-    tags = service.snapshot(name).dataset.tags
+def _tags(run: Any, table: Table) -> Any:
+    """Run a tag operation on the table's version (the latest); Lance's refusals become 400 (a 404 would make
+    the client report the *table* as not found)."""
+    tags = table.snapshot.dataset.tags
     try:
         return run(tags)
     except (ValueError, OSError, RuntimeError) as exc:
