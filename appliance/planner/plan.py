@@ -426,19 +426,19 @@ def group_numbers(sizes: Sequence[int], budget: int) -> list[int]:
     return numbers
 
 
-_PARTITION_GROUPS: dict[tuple[object, ...], tuple[list[int], list[int]]] = {}
+_PARTITION_GROUPS: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
 _MEMO_INDEXES = 256
 
 
-def partition_groups(manifest: IndexManifest, budget: int) -> tuple[list[int], list[int]]:
-    """(group of each partition, bytes of each partition: its base and delta objects) of an index version,
-    remembered per version, since every query of it asks again."""
+def partition_groups(manifest: IndexManifest, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each partition, bytes of each partition: its base and delta objects), int64 arrays, of an
+    index version, remembered per version, since every query of it asks again."""
     memo = (manifest.table, manifest.generation, manifest.index_version, manifest.created_at,
             manifest.centroids.checksum, manifest.nlist, budget)  # names one published manifest
     known = _PARTITION_GROUPS.get(memo)
     if known is None:
         sizes = [sum(ref.size for ref in refs) for refs in manifest.partitions]
-        known = (group_numbers(sizes, budget), sizes)
+        known = (np.array(group_numbers(sizes, budget), np.int64), np.array(sizes, np.int64))
         if len(_PARTITION_GROUPS) >= _MEMO_INDEXES:
             _PARTITION_GROUPS.clear()  # one atomic step, safe beside other threads' lookups
         _PARTITION_GROUPS[memo] = known
@@ -452,22 +452,23 @@ def fragment_groups(stats: SnapshotStats, budget: int) -> dict[int, tuple[int, i
                                                                      sizes, strict=True)}
 
 
-def route(planned: list[tuple[str, int]], routing: Routing, replica: int = 0
+def route(planned: list[tuple[str, int, int]], routing: Routing, replica: int = 0
           ) -> tuple[list[str], list[GroupWork], int, bool]:
-    """The routing key of each task from its (group's key, bytes it scans x queries): its group's key when
-    the plan's work reaches `fanout_min_bytes` (one executor per group, in parallel), else the key of the
-    group holding most of the work (one executor, one hop); of the given replica of that group. Returns
-    the keys, the groups largest work first, the work, and whether the plan fans out."""
+    """The routing key of each planned item from its (group's key, tasks it stands for, bytes they scan x
+    queries): its group's key when the plan's work reaches `fanout_min_bytes` (one executor per group, in
+    parallel), else the key of the group holding most of the work (one executor, one hop); of the given
+    replica of that group. Returns the keys, the groups largest work first, the work, and whether the plan
+    fans out."""
     per_group: dict[str, list[int]] = {}
-    for key, work in planned:
+    for key, tasks, work in planned:
         counts = per_group.setdefault(key, [0, 0])
-        counts[0] += 1
+        counts[0] += tasks
         counts[1] += work
     groups = sorted((GroupWork(key, n, work) for key, (n, work) in per_group.items()),
                     key=lambda g: (-g.work_bytes, g.key))
     total = sum(g.work_bytes for g in groups)
     fanout = len(groups) > 1 and total >= routing.fanout_min_bytes
-    keys = [key for key, _ in planned] if fanout or not groups else [groups[0].key] * len(planned)
+    keys = [key for key, _, _ in planned] if fanout or not groups else [groups[0].key] * len(planned)
     if replica:
         keys = [replica_key(key, replica) for key in keys]
     return keys, groups, total, fanout
@@ -525,7 +526,7 @@ def _exact_plan(stats: SnapshotStats, request: SearchRequest, metric: str, selec
                 routing: Routing, index_metric: str | None = None) -> SearchPlan:
     fragments = _fragment_work(stats, fragment_groups(stats, routing.partition_group_bytes), len(request.queries))
     replica = routing.replica(request.queries)
-    keys, touched, work, fanout = route([(key, work) for _, key, work in fragments], routing, replica)
+    keys, touched, work, fanout = route([(key, 1, work) for _, key, work in fragments], routing, replica)
     return SearchPlan(
         table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
         strategy="exact-prefilter" if request.filter else "exact", tasks=_fragment_tasks(stats, fragments, keys),
@@ -559,14 +560,18 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
     probed = kernels.probe(request.queries, index.centroids, nprobes, metric=metric).astype(np.int32, copy=False)
     partitions, probing = np.unique(probed, return_counts=True)  # probed partitions, and how many queries each
     group_of, sizes = partition_groups(manifest, routing.partition_group_bytes)
-    planned = [(partition_group_key(stats.table, manifest.index_version, group_of[p]), sizes[p] * n)
-               for p, n in zip(partitions.tolist(), probing.tolist(), strict=True)]
+    # a group is a run of consecutive partitions, so the probed ones (ascending) come group by group
+    groups = group_of[partitions]
+    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
+    runs = np.split(partitions, starts[1:])  # the probed partitions of each group touched
+    planned = [(partition_group_key(stats.table, manifest.index_version, g), len(run), w) for g, run, w in zip(
+        groups[starts].tolist(), runs, np.add.reduceat(sizes[partitions] * probing, starts).tolist(), strict=True)]
     watermark = manifest.row_id_watermark
     unindexed = stats.rows_from(watermark)  # rows the index lacks, at most, per fragment
     fragments = _fragment_work(stats, fragment_groups(stats, routing.partition_group_bytes), nq,
                                unindexed) if unindexed else []
     replica = routing.replica(request.queries)
-    keys, touched, work, fanout = route(planned + [(key, work) for _, key, work in fragments], routing, replica)
+    keys, touched, work, fanout = route(planned + [(key, 1, work) for _, key, work in fragments], routing, replica)
     refine = request.refine_factor if request.refine_factor is not None else int(manifest.params["refine_factor"])
     postfilter = request.filter is not None
     # the index may hold rows deleted since its build when fewer live rows remain below the watermark than
@@ -586,12 +591,12 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
     if breadth > 1:
         ef = min(math.ceil(ef * breadth), limits.MAX_EF)
     task_ef = ef if graph and ef != default_ef(fetch_k) else 0
-    by_key: dict[str, list[int]] = {}  # one task per routing key, its partitions ascending
-    for p, key in zip(partitions.tolist(), keys, strict=False):
-        by_key.setdefault(key, []).append(p)
+    by_key: dict[str, list[np.ndarray]] = {}  # one task per routing key, its partitions ascending
+    for run, key in zip(runs, keys, strict=False):
+        by_key.setdefault(key, []).append(run)
     tasks = [Task(PARTITION, key, stats.table, stats.version, index_version=manifest.index_version,
-                  partitions=tuple(ps), ef=task_ef) for key, ps in by_key.items()]
-    tasks += _fragment_tasks(stats, fragments, keys[len(partitions):], min_row_id=watermark)
+                  partitions=tuple(np.concatenate(rs).tolist()), ef=task_ef) for key, rs in by_key.items()]
+    tasks += _fragment_tasks(stats, fragments, keys[len(planned):], min_row_id=watermark)
     return SearchPlan(
         table=stats.table, version=stats.version, metric=metric, k=request.limit, filter=request.filter,
         strategy="ivf-postfilter" if postfilter else "ivf", tasks=tasks, fetch_k=fetch_k,
