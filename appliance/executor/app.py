@@ -30,6 +30,8 @@ from appliance.metrics import Metrics, cache_metrics, metrics_of
 from appliance.planner.plan import (
     CONTENT_TYPE,
     TIMEOUT_FIELD,
+    WIRE_FIELD,
+    WIRE_LEVEL,
     Finish,
     Task,
     WireError,
@@ -84,7 +86,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = metrics_of(app)
     metrics.add_gauges(cache_metrics(runner.cache.stats))
 
-    advertised: dict[str, object] = {}  # the Flight port, once its server runs: query nodes learn it here
+    # the task batch form it reads, and the Flight port once its server runs: query nodes learn them here
+    advertised: dict[str, object] = {WIRE_FIELD: WIRE_LEVEL}
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -633,6 +633,13 @@ INTERNAL_TOKEN_HEADER = "x-appliance-token"  # the fleet's shared internal token
 TIMEOUT_FIELD = "timeout_ms"
 REQUEST_ID_FIELD = "request_id"
 PROBES_FIELD = "probes"  # an IVF plan's partitions of each query ([nq][nprobes]); absent: all scan every one
+WIRE_FIELD = "wire"  # in an executor's /readyz: the task batch form it reads
+WIRE_LEVEL = 2
+"""The task batch form executors of this version read, and advertise (`wire` in /readyz): 2, partition tasks
+listing their partitions and the batch's `probes`; executors before it (no `wire`) read 1, one task per
+partition naming its queries (`legacy_tasks`). Executors read both, so a query node sends each executor the
+form it advertises, and a fleet upgrades in any order (an AWS instance refresh replaces query nodes and
+executors side by side)."""
 
 QUERY_SCHEMA = pa.schema([pa.field("vector", pa.list_(pa.float32()), nullable=False)])
 RESULT_SCHEMA = pa.schema([pa.field("ids", pa.uint64(), nullable=False),
@@ -681,6 +688,28 @@ class Finish:
         if not all(isinstance(flag, bool) for flag in flags):
             raise ValueError("finish.refine, .verify and .postfilter are booleans")
         return cls(keep, *flags, columns=tuple(columns))
+
+
+def legacy_tasks(tasks: Sequence[Task], probes: np.ndarray | None) -> list[dict[str, object]]:
+    """`tasks` in wire form 1, for an executor that does not read `probes`: one task per partition, with the
+    queries that probe it (all: none named), each as that form spelled every field."""
+    docs: list[dict[str, object]] = []
+    for task in tasks:
+        if task.kind != PARTITION:
+            docs.append({**task.to_json(), "fragment": task.fragment_id, "min_row_id": task.min_row_id,
+                         "index_version": -1, "partition": -1})
+            continue
+        rows = [None] * len(task.partitions) if probes is None else probes_of(probes, task.partitions)
+        for partition, queries in zip(task.partitions, rows, strict=True):
+            doc: dict[str, object] = {
+                "kind": PARTITION, "key": task.key, "table": task.table, "version": task.version, "fragment": -1,
+                "min_row_id": 0, "index_version": task.index_version, "partition": partition}
+            if queries is not None:
+                doc["queries"] = queries.tolist()
+            if task.ef:
+                doc["ef"] = task.ef
+            docs.append(doc)
+    return docs
 
 
 def probes_from_header(header: dict[str, Any], nq: int) -> np.ndarray | None:

@@ -60,12 +60,14 @@ from appliance.planner.plan import (
     QUERY_SCHEMA,
     REQUEST_ID_FIELD,
     TIMEOUT_FIELD,
+    WIRE_LEVEL,
     Finish,
     SearchPlan,
     Task,
     WireError,
     decode,
     encode,
+    legacy_tasks,
     payload_of,
     queries_batch,
     result_of,
@@ -415,11 +417,15 @@ class Dispatcher:
         """Run one batch on its executor: over Arrow Flight when the executor's /readyz named a Flight port,
         else over HTTP (an executor of an older version, or Flight turned off). Both transports' failures
         end in the same classes, so who is blamed does not depend on the transport."""
-        header = {"tasks": [t.to_json() for t in batch.tasks], "k": plan.fetch_k, "metric": plan.metric,
-                  "filter": plan.filter, TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)),
-                  REQUEST_ID_FIELD: request_id, **finish.to_header()}
-        if plan.probes is not None and any(t.kind == PARTITION for t in batch.tasks):
-            header[PROBES_FIELD] = plan.probes.tolist()
+        header = {"k": plan.fetch_k, "metric": plan.metric, "filter": plan.filter,
+                  TIMEOUT_FIELD: max(1, int(deadline.remaining() * 1000)), REQUEST_ID_FIELD: request_id,
+                  **finish.to_header()}
+        if self._membership.wire(batch.node) < WIRE_LEVEL:  # an executor of an older version, mid-upgrade
+            header["tasks"] = legacy_tasks(batch.tasks, plan.probes)
+        else:
+            header["tasks"] = [t.to_json() for t in batch.tasks]
+            if plan.probes is not None and any(t.kind == PARTITION for t in batch.tasks):
+                header[PROBES_FIELD] = plan.probes.tolist()
         location = self._membership.flight_location(batch.node)
         started = time.perf_counter()
         try:

@@ -51,6 +51,7 @@ class MemberState:
     last_error: str = ""
     failures: int = 0
     flight: str | None = None  # grpc+tcp://host:port of its Flight server, as its last answered probe said
+    wire: int = 1  # the task batch form it reads, as its last answered probe said (planner/plan.py WIRE_LEVEL)
     joining: bool = False  # named by the source, not yet in the ring (waiting to be ready, or prewarming)
     prewarm: PrewarmReport | None = field(default=None)  # how its prewarm went, once it joined
 
@@ -181,7 +182,7 @@ class Membership:
             ok, draining, error, doc = self._probe(url)
             self._record(url, ok, error, draining)
             if ok and not draining:
-                self._learn_flight(url, doc.get("flight_port"))
+                self._learn(url, doc)
 
     def _probe(self, url: str) -> tuple[bool, bool, str, dict]:
         """(alive, draining, error, answer) from the executor's `/readyz`: 503 with `"draining": true` is a
@@ -200,7 +201,9 @@ class Membership:
             return True, True, "", doc
         return False, False, f"answered {status}", doc
 
-    def _learn_flight(self, url: str, port: object) -> None:
+    def _learn(self, url: str, doc: dict) -> None:
+        """Where the executor's Flight server listens, and which task batch form it reads, from its /readyz."""
+        port, wire = doc.get("flight_port"), doc.get("wire")
         location = None
         if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
             host = urlsplit(url).hostname or ""
@@ -213,6 +216,12 @@ class Membership:
                 log.info("executor %s: task batches go %s", url, f"over Flight to {location}" if location
                          else "over HTTP")
             state.flight = location
+            state.wire = wire if isinstance(wire, int) and not isinstance(wire, bool) and wire > 0 else 1
+
+    def wire(self, url: str) -> int:
+        """The task batch form `url` reads (planner/plan.py WIRE_LEVEL); 1 when it never said."""
+        state = self._states.get(url)
+        return state.wire if state is not None else 1
 
     def flight_location(self, url: str) -> str | None:
         """Where to send `url`'s task batches over Flight; None: over HTTP (or not a member any more)."""

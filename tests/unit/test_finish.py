@@ -18,7 +18,7 @@ from appliance.executor.runner import TaskRunner
 from appliance.index import IndexStore
 from appliance.index.builder import build_full
 from appliance.index.params import IndexParams
-from appliance.planner.plan import FRAGMENT, PARTITION, Finish, Task, fragment_key, partition_key
+from appliance.planner.plan import FRAGMENT, PARTITION, Finish, Task, fragment_key, legacy_tasks, partition_key
 from appliance.query.dispatch import Found, merge_found
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table
@@ -145,8 +145,9 @@ def test_each_query_of_a_batch_scans_only_the_partitions_its_probes_name(indexed
         assert np.array_equal(ids[q], alone[0]) and np.array_equal(dists[q], alone_d[0])
     everything, _, _ = runner.run([task], queries, 5, "l2", None)  # no probes: every query scans every partition
     assert not np.array_equal(everything, ids)
-    older = [dataclasses.replace(task, partitions=(p,), queries=tuple(q for q, row in enumerate(probes) if p in row))
-             for p in range(4)]
+    older = [Task.from_json(doc) for doc in legacy_tasks([task], probes)]  # what older executors are sent
+    assert [(t.partitions, t.queries) for t in older] == [
+        ((0,), (0, 3)), ((1,), (0, 2)), ((2,), (1,)), ((3,), (1, 2, 3))]
     assert np.array_equal(runner.run(older, queries, 5, "l2", None)[0], ids)
     with pytest.raises(ValueError, match="probed by no query"):
         runner.run([task], queries, 5, "l2", None, probes=np.array([[0, 1]] * 4, np.int32))

@@ -50,6 +50,8 @@ class FakeExecutor:
         self.answer = False
         self.delay = 0.0
         self.batches = 0
+        self.wire: int | None = None  # the task batch form it advertises in /readyz (None: says nothing)
+        self.header: dict = {}  # the last batch's header
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -57,7 +59,8 @@ class FakeExecutor:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                body = json.dumps({"ready": owner.ready and not owner.draining, "draining": owner.draining}).encode()
+                doc = {"ready": owner.ready and not owner.draining, "draining": owner.draining}
+                body = json.dumps(doc if owner.wire is None else {**doc, "wire": owner.wire}).encode()
                 self.send_response(200 if owner.ready and not owner.draining else 503)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -65,6 +68,7 @@ class FakeExecutor:
 
             def do_POST(self) -> None:  # noqa: N802
                 header, (queries,) = decode(self.rfile.read(int(self.headers.get("content-length", 0))))
+                owner.header = header
                 owner.batches += 1
                 time.sleep(owner.delay)
                 if owner.answer:
@@ -417,3 +421,30 @@ def test_a_query_node_follows_its_executor_autoscaling_group(moto_aws, tmp_path)
     # the new instance is seen and waits to join (moto's addresses answer no probe, so it stays joining)
     _wait(lambda: len(ring()["members"]) == 2, "the scale-out is seen")
     assert [m["joining"] for m in ring()["members"] if m["url"] != url] == [True] and ring()["ring"] == [url]
+
+
+def test_each_executor_gets_the_task_batch_form_it_advertises(executors) -> None:
+    """Executors read both forms; a query node sends an executor that does not advertise `wire` 2 (an older
+    version, mid-upgrade, in either order) one task per partition naming its queries, and no probe matrix."""
+    from appliance.planner.plan import PARTITION, WIRE_LEVEL, SearchPlan, Task
+
+    older, current, _ = executors
+    current.wire = WIRE_LEVEL
+    probes = np.array([[0, 2], [2, 5]], np.int32)
+    tasks = [Task(PARTITION, "t/index/v1/group/0", "t", 3, index_version=1, partitions=(0, 2, 5), ef=40)]
+    plan = SearchPlan(table="t", version=3, metric="l2", k=1, filter=None, strategy="ivf", tasks=tasks, fetch_k=1,
+                      index_version=1, partitions=[0, 2, 5], probes=probes)
+    for executor in (older, current):
+        executor.answer = True
+        membership = Membership([executor.url], interval=3600)
+        membership.start()
+        try:
+            Dispatcher(membership, "token", timeout=60, eps=0.25).search(plan, np.ones((2, 4), np.float32))
+        finally:
+            membership.stop()
+    assert "probes" not in older.header
+    assert [(t["partition"], t.get("queries"), t["ef"]) for t in older.header["tasks"]] == [
+        (0, [0], 40), (2, None, 40), (5, [1], 40)]
+    assert [Task.from_json(t).partitions for t in older.header["tasks"]] == [(0,), (2,), (5,)]
+    assert current.header["probes"] == probes.tolist()
+    assert [Task.from_json(t) for t in current.header["tasks"]] == tasks
