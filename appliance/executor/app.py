@@ -65,12 +65,17 @@ class TooExpensive(LimitExceeded):
 
 def check_batch(tasks: list[Task], queries: np.ndarray, k: int) -> None:
     """The batch's bounds, so that no query node (a buggy or an older one) can make this executor allocate
-    without limit: 400 `limit_exceeded` naming the bound."""
+    without limit: 400 `limit_exceeded` naming the bound; and a task naming a query the batch lacks is a 400
+    `invalid_input`, not an IndexError (a 500) or a negative index's silent wrap to another query."""
     limits.check_bound("tasks per batch", len(tasks), MAX_TASKS)
     limits.check_bound("partitions per batch", sum(len(t.partitions) for t in tasks), MAX_TASKS)
     limits.check_bound("k (candidates per query vector)", k, MAX_FETCH_K, low=1)
     limits.check_bound("dimension", queries.shape[1], MAX_DIMENSION, low=1)
     limits.check_bound("query vectors x k", len(queries) * k, MAX_RESULT_CELLS)
+    for task in tasks:  # an older query node's tasks name their queries: rows of this batch's matrix
+        if task.queries and not 0 <= min(task.queries) <= max(task.queries) < len(queries):
+            raise InvalidInput(f"malformed task batch: a task names queries {min(task.queries)} to "
+                               f"{max(task.queries)} of a batch of {len(queries)} query vectors")
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -6,6 +6,7 @@ columns of the rows kept come back, all from its cache; the query node merges ex
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,13 @@ import pytest
 
 import kernels
 from appliance.cache import TieredCache
+from appliance.errors import InvalidInput
+from appliance.executor.app import BatchRunner
 from appliance.executor.runner import TaskRunner
 from appliance.index import IndexStore
 from appliance.index.builder import build_full
 from appliance.index.params import IndexParams
+from appliance.metrics import Metrics
 from appliance.planner.plan import FRAGMENT, PARTITION, Finish, Task, fragment_key, legacy_tasks, partition_key
 from appliance.query.dispatch import Found, merge_found
 from appliance.storage import StorageRoot, TableStore
@@ -151,3 +155,20 @@ def test_each_query_of_a_batch_scans_only_the_partitions_its_probes_name(indexed
     assert np.array_equal(runner.run(older, queries, 5, "l2", None)[0], ids)
     with pytest.raises(ValueError, match="probed by no query"):
         runner.run([task], queries, 5, "l2", None, probes=np.array([[0, 1]] * 4, np.int32))
+
+
+def test_a_task_naming_a_query_the_batch_lacks_is_refused_as_bad_input(indexed) -> None:
+    """An older query node's task names its queries by row of the batch's matrix: a row past the matrix was an
+    IndexError (a 500, retried on another executor), and a negative one silently scanned another query."""
+    store, runner, manifest, vectors = indexed
+    [task] = _partitions(store, manifest)
+    batches = BatchRunner(runner, Metrics("executor"), 10.0)
+    queries = vectors[[10, 250, 420, 599]] + 0.02
+    header = {"tasks": [], "k": 5, "metric": "l2", "filter": None}
+    for named in ([0, 4], [-1], [3, 0, 7]):
+        doc = json.loads(json.dumps({**header, "tasks": [{**task.to_json(), "queries": named}]}))
+        with pytest.raises(InvalidInput, match="names queries") as refused:
+            batches.run(doc, queries, lambda: False)
+        assert refused.value.status == 400
+    doc = json.loads(json.dumps({**header, "tasks": [{**task.to_json(), "queries": [3, 0]}]}))
+    assert batches.run(doc, queries, lambda: False)[0].shape == (4, 5)
