@@ -174,6 +174,7 @@ def estimate_selectivity(snapshot: TableSnapshot, stats: SnapshotStats, predicat
 
 FRAGMENT = "fragment"
 PARTITION = "partition"
+_INT32_MAX = int(np.iinfo(np.int32).max)  # the largest partition number on the wire (probes are int32)
 
 
 
@@ -279,7 +280,7 @@ class Task:
                 listed = doc.get("partitions")
                 if listed is None:
                     listed = [doc["partition"]]
-                if not isinstance(listed, list) or not all(type(p) is int and p >= 0 for p in listed):
+                if not isinstance(listed, list) or not all(type(p) is int and 0 <= p <= _INT32_MAX for p in listed):
                     raise ValueError("partitions must be a list of partition numbers")
                 partitions = tuple(listed)
             queries = doc.get("queries")
@@ -725,7 +726,7 @@ def probes_from_header(header: dict[str, Any], nq: int) -> np.ndarray | None:
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{PROBES_FIELD} must be lists of partition numbers of one length: {exc}") from exc
     if (probes.dtype.kind != "i" or probes.ndim != 2 or not 1 <= probes.shape[1] <= limits.MAX_NPROBES
-            or (probes < 0).any() or (probes > np.iinfo(np.int32).max).any()):
+            or (probes < 0).any() or (probes > _INT32_MAX).any()):
         raise ValueError(f"{PROBES_FIELD} must be lists of 1 to {limits.MAX_NPROBES} partition numbers each, "
                          "all as long")
     return probes.astype(np.int32, copy=False)

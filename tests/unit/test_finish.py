@@ -172,3 +172,18 @@ def test_a_task_naming_a_query_the_batch_lacks_is_refused_as_bad_input(indexed) 
         assert refused.value.status == 400
     doc = json.loads(json.dumps({**header, "tasks": [{**task.to_json(), "queries": [3, 0]}]}))
     assert batches.run(doc, queries, lambda: False)[0].shape == (4, 5)
+
+
+def test_a_partition_number_past_int32_beside_probes_is_refused_as_bad_input(indexed) -> None:
+    """The batch's probes are int32, and the executor matches its tasks' partitions against them: a partition
+    number past int32 raised OverflowError there (a 500), where any other partition it lacks is a 400."""
+    store, runner, manifest, vectors = indexed
+    [task] = _partitions(store, manifest)
+    batches = BatchRunner(runner, Metrics("executor"), 10.0)
+    queries = vectors[[10, 250]] + 0.02
+    for partition in (2**31, 2**40):
+        doc = json.loads(json.dumps({"tasks": [{**task.to_json(), "partitions": [0, partition]}], "k": 5,
+                                     "metric": "l2", "filter": None, "probes": [[0, 1], [0, 2]]}))
+        with pytest.raises(InvalidInput, match="partition numbers") as refused:
+            batches.run(doc, queries, lambda: False)
+        assert refused.value.status == 400
