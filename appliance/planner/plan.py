@@ -175,6 +175,7 @@ def estimate_selectivity(snapshot: TableSnapshot, stats: SnapshotStats, predicat
 FRAGMENT = "fragment"
 PARTITION = "partition"
 _INT32_MAX = int(np.iinfo(np.int32).max)  # the largest partition number on the wire (probes are int32)
+_INT64_MAX = int(np.iinfo(np.int64).max)  # the largest table, fragment or index version on the wire
 
 
 
@@ -286,7 +287,7 @@ class Task:
             queries = doc.get("queries")
             if queries is not None and not (isinstance(queries, list) and all(type(q) is int for q in queries)):
                 raise ValueError("queries must be a list of query numbers")
-            return cls(
+            task = cls(
                 kind=kind,
                 key=str(doc["key"]),
                 table=str(doc["table"]),
@@ -298,6 +299,12 @@ class Task:
                 queries=None if queries is None else tuple(queries),
                 ef=_ef(doc.get("ef", 0)),
             )
+            # what Lance and the index store take (a number out of range was an OverflowError there: a 500)
+            for name, value in (("version", task.version), ("fragment", task.fragment_id if kind == FRAGMENT else 0),
+                                ("index_version", task.index_version if kind == PARTITION else 0)):
+                if not 0 <= value <= _INT64_MAX:
+                    raise ValueError(f"{name} must be a number from 0 to {_INT64_MAX}, got {value}")
+            return task
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed task: {exc}") from exc
 

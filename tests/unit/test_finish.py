@@ -187,3 +187,18 @@ def test_a_partition_number_past_int32_beside_probes_is_refused_as_bad_input(ind
         with pytest.raises(InvalidInput, match="partition numbers") as refused:
             batches.run(doc, queries, lambda: False)
         assert refused.value.status == 400
+
+
+def test_a_task_numbering_its_version_or_fragment_out_of_range_is_refused_as_bad_input(indexed) -> None:
+    """A table version or fragment id past what Lance takes (negative, past int64) was an OverflowError in
+    the scan (a 500), and a partition task's negative index version a missing manifest (a 500)."""
+    store, runner, manifest, vectors = indexed
+    batches = BatchRunner(runner, Metrics("executor"), 10.0)
+    fragment = Task(FRAGMENT, "k", "t", store.snapshot("t").version, fragment_id=0).to_json()
+    [partition] = [t.to_json() for t in _partitions(store, manifest)]
+    for task in ({**fragment, "fragment": -5}, {**fragment, "fragment": 2**70}, {**fragment, "version": -3},
+                 {**fragment, "version": 2**70}, {**partition, "index_version": -1}):
+        doc = json.loads(json.dumps({"tasks": [task], "k": 5, "metric": "l2", "filter": None}))
+        with pytest.raises(InvalidInput, match="must be a number from 0") as refused:
+            batches.run(doc, vectors[:2], lambda: False)
+        assert refused.value.status == 400
