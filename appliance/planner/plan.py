@@ -18,6 +18,8 @@ query node computes the same keys.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import weakref
 from collections.abc import Sequence
@@ -283,6 +285,8 @@ class Task:
                     listed = [doc["partition"]]
                 if not isinstance(listed, list) or not all(type(p) is int and 0 <= p <= _INT32_MAX for p in listed):
                     raise ValueError("partitions must be a list of partition numbers")
+                if any(a >= b for a, b in itertools.pairwise(listed)):  # a partition listed twice scans it twice
+                    raise ValueError("partitions must be listed in ascending order, each once")
                 partitions = tuple(listed)
             queries = doc.get("queries")
             if queries is not None and not (isinstance(queries, list) and all(type(q) is int for q in queries)):
@@ -350,8 +354,14 @@ class SearchPlan:
     assignment: dict[str, list[str]] | None = None  # executor -> routing keys, filled in by explain
     index_metric: str | None = None  # an exact plan's: the metric of the index it left out for the search's
     # an IVF plan's partitions of each query, [nq, nprobes] (int32): its partition tasks scan each partition
-    # for the queries that probe it; it travels in the batch's header (`probes`)
+    # for the queries that probe it; it travels in the batch's header (`probes`). None when every query
+    # probes every partition (nprobes = nlist), as a batch without `probes` means
     probes: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @functools.cached_property
+    def probes_doc(self) -> list[list[int]] | None:
+        """`probes` as the header's JSON lists, made once for all the plan's batches (one per executor)."""
+        return None if self.probes is None else self.probes.tolist()
 
     @property
     def executors(self) -> int:
@@ -611,7 +621,7 @@ def _ivf_plan(stats: SnapshotStats, request: SearchRequest, metric: str, index: 
         index_version=manifest.index_version, nprobes=nprobes, ef=ef if graph else 0, breadth=breadth,
         target_recall=manifest.params.get("target_recall"), partitions=partitions.tolist(), refine_factor=refine,
         postfilter=postfilter, verify_alive=verify, selectivity=selectivity, groups=touched, work_bytes=work,
-        fanout=fanout, replica=replica, probes=probed,
+        fanout=fanout, replica=replica, probes=None if nprobes >= manifest.nlist else probed,
     )
 
 
@@ -736,6 +746,8 @@ def probes_from_header(header: dict[str, Any], nq: int) -> np.ndarray | None:
             or (probes < 0).any() or (probes > _INT32_MAX).any()):
         raise ValueError(f"{PROBES_FIELD} must be lists of 1 to {limits.MAX_NPROBES} partition numbers each, "
                          "all as long")
+    if (np.diff(np.sort(probes, axis=1), axis=1) == 0).any():  # probed twice, a partition's rows come twice
+        raise ValueError(f"{PROBES_FIELD} must name each partition at most once per query")
     return probes.astype(np.int32, copy=False)
 
 

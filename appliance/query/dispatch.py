@@ -425,7 +425,7 @@ class Dispatcher:
         else:
             header["tasks"] = [t.to_json() for t in batch.tasks]
             if plan.probes is not None and any(t.kind == PARTITION for t in batch.tasks):
-                header[PROBES_FIELD] = plan.probes.tolist()
+                header[PROBES_FIELD] = plan.probes_doc
         location = self._membership.flight_location(batch.node)
         started = time.perf_counter()
         try:

@@ -173,6 +173,8 @@ def test_a_plan_has_one_partition_task_per_key_and_its_probes_say_who_scans_what
         expected = [q for q, row in enumerate(plan.probes.tolist()) if p in row]
         assert (list(range(len(firsts))) if rows is None else rows.tolist()) == expected
         assert rows is not None  # no partition here is probed by all five
+    every = plan_search(request(*firsts, nprobes=8), stats(store.snapshot("t")), index(sizes), routing=ALWAYS)
+    assert every.probes is None and every.partitions == list(range(8))  # all scan all: as no probes says
     everyone = probes_of(np.array([[1, 0], [0, 2]], np.int32), [0, 1, 2])
     assert everyone[0] is None and everyone[1].tolist() == [0] and everyone[2].tolist() == [1]
 
@@ -186,12 +188,12 @@ def test_tasks_and_probes_read_back_from_the_wire_in_both_forms() -> None:
              "index_version": 3, "partition": 5, "queries": [0, 2]}  # a query node before the probe matrix
     assert Task.from_json(older) == Task(PARTITION, "k", "t", 7, index_version=3, partitions=(5,), queries=(0, 2))
     for bad in ({"partitions": [1.5]}, {"partitions": [True]}, {"partitions": [-1]}, {"partitions": 3},
-                {"queries": ["0"]}):
+                {"partitions": [4, 1, 9]}, {"partitions": [1, 4, 4]}, {"queries": ["0"]}):
         with pytest.raises(ValueError, match="malformed task"):
             Task.from_json({**task.to_json(), **bad})
     assert probes_from_header({}, 2) is None
     assert probes_from_header({PROBES_FIELD: [[3, 1], [0, 2]]}, 2).tolist() == [[3, 1], [0, 2]]
-    for rows in ([[3, 1]], [[3, 1], [0]], [[3, 1.0], [0, 2]], [[-1, 1], [0, 2]], [[], []],
+    for rows in ([[3, 1]], [[3, 1], [0]], [[3, 1.0], [0, 2]], [[3, 3], [0, 2]], [[-1, 1], [0, 2]], [[], []],
                  [[2**40, 1], [0, 2]], "12", [["a", "b"], [0, 2]]):
         with pytest.raises(ValueError, match=PROBES_FIELD):
             probes_from_header({PROBES_FIELD: rows}, 2)
