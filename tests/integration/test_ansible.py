@@ -23,7 +23,8 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +126,13 @@ def health(url: str) -> dict | None:
         return None
 
 
-@pytest.mark.slow
-def test_rolling_upgrade_with_no_failed_query(tmp_path: Path, release_wheel: Callable[..., Path]) -> None:
-    old, new, bad = __version__, NEW_VERSION, f"{__version__}+broken1"
-    wheels = {v: release_wheel(v, broken=v == bad) for v in (old, new, bad)}
+BAD_VERSION = f"{__version__}+broken1"
+
+
+def rolling_upgrade(tmp_path: Path, wheels: dict[str, Path]) -> str:
+    """The fleet's install, rolling upgrade, broken rollout and rollback under load: what it saw, or an
+    AssertionError."""
+    old, new, bad = __version__, NEW_VERSION, BAD_VERSION
 
     # The inventory, generated from outputs shaped like `terraform output -json` of the local environment.
     # Two executors: one drained or broken at a time, the other serving (a third would only add a turn).
@@ -207,15 +211,30 @@ def test_rolling_upgrade_with_no_failed_query(tmp_path: Path, release_wheel: Cal
             assert {n: (health(u) or {}).get("version") for n, u in urls.items()} == dict.fromkeys(nodes, new)
             time.sleep(0.5)
 
-        print(f"queries: {load.answered} answered ({during_upgrade} during the upgrade), "
-              f"{len(load.failures)} failed, {load.retries} sent again to the other query node")
         assert not load.failures, load.failures[:5]
         assert during_upgrade > 20
+        return (f"queries: {load.answered} answered ({during_upgrade} during the upgrade), "
+                f"{len(load.failures)} failed, {load.retries} sent again to the other query node")
     finally:
         for name in nodes:
             ctl = tmp_path / "nodes" / name / "bin" / "appliance-ctl"
             if ctl.exists():
                 subprocess.run([str(ctl), "stop"], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def rollout(tmp_path_factory: pytest.TempPathFactory, release_wheel: Callable[..., Path],
+            request: pytest.FixtureRequest) -> Iterator[Future[str] | None]:
+    """The rolling upgrade, started with the module in a thread of its own when its test is selected: it is
+    mostly one Ansible process working node after node (about a core), so the syntax checks, ansible-lint and
+    the inventory test (each a process of its own) run beside it; its test, after those, waits for it."""
+    if not any(item.module is request.module and item.name == "test_rolling_upgrade_with_no_failed_query"
+               for item in request.session.items):
+        yield None
+        return
+    wheels = {v: release_wheel(v, broken=v == BAD_VERSION) for v in (__version__, NEW_VERSION, BAD_VERSION)}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(rolling_upgrade, tmp_path_factory.mktemp("rollout"), wheels)
 
 
 @pytest.mark.parametrize("name", PLAYBOOKS)
@@ -249,6 +268,12 @@ def test_inventory_from_terraform_outputs(tmp_path: Path) -> None:
     hostvars = doc["_meta"]["hostvars"]
     assert hostvars["executor-1"]["ansible_host"] == "10.0.2.11" and hostvars["executor-1"]["common_port"] == 9000
     assert hostvars["query-0"]["common_data"] == "s3://bucket/appliance"
+
+
+@pytest.mark.slow
+def test_rolling_upgrade_with_no_failed_query(rollout: Future[str] | None) -> None:
+    assert rollout is not None
+    print(rollout.result())  # the rollout's own AssertionError, if any, is raised here
 
 
 def aws_script(monkeypatch: pytest.MonkeyPatch, path: Path):
