@@ -100,6 +100,47 @@ def test_validate(tf: Terraform, tree: Path, root: str) -> None:
     assert report["warning_count"] == 0, json.dumps(report["diagnostics"], indent=2)
 
 
+# ---- static security scan ---------------------------------------------------------------------------------------
+# (Here, not last: it runs while the README's Ansible run and the AWS apply work in the background; after
+# the AWS destroy, the module's last wait, it added its ~7 s to the module.)
+
+CHECKOV_VERSION = "3.3.30"
+
+
+def _checkov() -> str | None:
+    """checkov lives in its own virtual environment: it pins boto3 1.35 and packaging 23, which conflict
+    with the test requirements. CHECKOV_BIN names it (the Makefile points it at .venv-checkov), else `checkov`
+    on PATH."""
+    return os.environ.get("CHECKOV_BIN") or shutil.which("checkov")
+
+
+def test_every_checkov_skip_is_justified() -> None:
+    import re
+
+    for path in (REPO / "terraform").rglob("*.tf"):
+        for line in path.read_text().splitlines():
+            if "checkov:skip" in line:
+                match = re.search(r"#checkov:skip=(CKV2?_AWS_\d+):(.+)$", line)
+                assert match and len(match.group(2).strip()) >= 30, f"{path}: unjustified skip: {line.strip()}"
+
+
+@pytest.mark.skipif(_checkov() is None or not Path(_checkov()).exists(), reason=(
+    "checkov is not installed: `make test` builds it in .venv-checkov (its pins conflict with the test "
+    "requirements) and sets CHECKOV_BIN; or set CHECKOV_BIN to a checkov of your own"))
+def test_checkov_finds_no_failed_check(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [_checkov(), "-d", str(REPO / "terraform"), "--framework", "terraform", "--quiet", "--compact",
+         "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})"
+              for r in reports for c in r.get("results", {}).get("failed_checks", [])]
+    assert failed == [], "checkov failed checks:\n" + "\n".join(failed)
+    assert sum(r["summary"]["passed"] for r in reports) > 100
+
+
 # ---- environments/local: a real fleet on this machine ---------------------------------------------------------
 
 
@@ -793,42 +834,3 @@ def test_aws_destroy_removes_everything(tf: Terraform, aws_env) -> None:
     assert not [g for g in client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]]
     assert not [r for r in client("iam").list_roles()["Roles"] if r["RoleName"].startswith("tftest-")]
     assert client("ec2").describe_launch_templates()["LaunchTemplates"] == []
-
-
-# ---- static security scan ---------------------------------------------------------------------------------------
-
-CHECKOV_VERSION = "3.3.30"
-
-
-def _checkov() -> str | None:
-    """checkov lives in its own virtual environment: it pins boto3 1.35 and packaging 23, which conflict
-    with the test requirements. CHECKOV_BIN names it (the Makefile points it at .venv-checkov), else `checkov`
-    on PATH."""
-    return os.environ.get("CHECKOV_BIN") or shutil.which("checkov")
-
-
-def test_every_checkov_skip_is_justified() -> None:
-    import re
-
-    for path in (REPO / "terraform").rglob("*.tf"):
-        for line in path.read_text().splitlines():
-            if "checkov:skip" in line:
-                match = re.search(r"#checkov:skip=(CKV2?_AWS_\d+):(.+)$", line)
-                assert match and len(match.group(2).strip()) >= 30, f"{path}: unjustified skip: {line.strip()}"
-
-
-@pytest.mark.skipif(_checkov() is None or not Path(_checkov()).exists(), reason=(
-    "checkov is not installed: `make test` builds it in .venv-checkov (its pins conflict with the test "
-    "requirements) and sets CHECKOV_BIN; or set CHECKOV_BIN to a checkov of your own"))
-def test_checkov_finds_no_failed_check(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [_checkov(), "-d", str(REPO / "terraform"), "--framework", "terraform", "--quiet", "--compact",
-         "--skip-download", "-o", "json"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
-    )
-    report = json.loads(result.stdout)
-    reports = report if isinstance(report, list) else [report]
-    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})"
-              for r in reports for c in r.get("results", {}).get("failed_checks", [])]
-    assert failed == [], "checkov failed checks:\n" + "\n".join(failed)
-    assert sum(r["summary"]["passed"] for r in reports) > 100
