@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -174,6 +175,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "storage" in metafunc.fixturenames:
         backends = getattr(metafunc.module, "STORAGE_BACKENDS", ["local"])
         metafunc.parametrize("storage", backends, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def started_with_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Background work a module would otherwise wait for, started as the session starts: each selected module
+    with a `start_with_session(request, tmp_path_factory)` function starts its own (test_terraform: the AWS
+    apply against moto, minutes of the provider's waits) and returns what stops what its fixtures did not take
+    over, or None."""
+    stops = []
+    for module in dict.fromkeys(item.module for item in request.session.items if hasattr(item, "module")):
+        start = getattr(module, "start_with_session", None)
+        if start is not None:
+            try:
+                stops.append(start(request, tmp_path_factory))
+            except Exception as exc:  # noqa: BLE001 - the module starts its own then, and says what failed
+                warnings.warn(f"{module.__name__}: start_with_session failed: {exc!r}", stacklevel=1)
+    yield
+    for stop in stops:
+        if stop is not None:
+            stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -436,20 +436,19 @@ def _moto_override(endpoint: str) -> str:
 """
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("moto", reason="moto[server] is not installed (pip install -r requirements-test.txt)")
-    boto3 = pytest.importorskip("boto3")
+def _start_moto(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Popen, str]:
+    """moto's server on a free port, once it listens: (process, endpoint)."""
     port = free_port_block(1)
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     proc = start_moto(port, log)
-    endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while not _port_open(port):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
-    kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
-    yield endpoint, lambda service: boto3.client(service, **kw)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -458,9 +457,20 @@ def moto(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("moto", reason="moto[server] is not installed (pip install -r requirements-test.txt)")
+    boto3 = pytest.importorskip("boto3")
+    proc, endpoint = EARLY.pop("moto", None) or _start_moto(tmp_path_factory)
+    kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    yield endpoint, lambda service: boto3.client(service, **kw)
+    _stop(proc)
+
+
 # The AWS apply against moto spends most of its two minutes in the provider's waits (SQS attributes, S3
 # lifecycle rules, the load balancer going active), not on the CPU: it runs in a process of its own, started
-# with the module, in a private copy of terraform/, while the tests before the AWS ones run.
+# with the session (start_with_session; else with the module), in a private copy of terraform/, while the tests
+# before the AWS ones run.
 AWS_JOB = """
 import json, sys, time
 from pathlib import Path
@@ -490,17 +500,16 @@ def _aws_tests_selected(request: pytest.FixtureRequest) -> bool:
     return any(item.module is request.module and "aws_env" in item.fixturenames for item in request.session.items)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def aws_job(tf: Terraform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """Starts environments/aws (planned in full, then applied against moto) in the background when AWS tests
-    are selected and can run; aws_env waits for it. Yields (workdir, process, report file) or None."""
+def _can_run_aws(module_selected: bool) -> bool:
     import importlib.util
 
-    if MIRROR is None or not _aws_tests_selected(request) or not all(
-            importlib.util.find_spec(m) for m in ("moto", "boto3")):
-        yield None
-        return
-    endpoint, client = request.getfixturevalue("moto")
+    return MIRROR is not None and module_selected and all(importlib.util.find_spec(m) for m in ("moto", "boto3"))
+
+
+def _start_aws_job(tmp_path_factory: pytest.TempPathFactory, cli_config: str, endpoint: str,
+                   client: Callable[[str], object]) -> tuple[Path, subprocess.Popen, Path]:
+    """environments/aws planned in full, then applied against moto at `endpoint`, in a process of its own in a
+    private copy of terraform/: (workdir, process, report file)."""
     tree = copy_tree(tmp_path_factory.mktemp("tf-aws") / "terraform")
     workdir = tree / "environments" / "aws"
     (workdir / "moto_override.tf").write_text(_moto_override(endpoint))
@@ -520,11 +529,14 @@ def aws_job(tf: Terraform, tmp_path_factory: pytest.TempPathFactory, request: py
     gaps = {str(tree / module / "moto_override.tf"): f'resource "{rtype}" "{name}" {{\n  count = 0\n}}\n'
             for (module, rtype, name) in MOTO_GAPS}
     report = workdir.parent / "aws-job.json"
-    args = {"cli_config": tf.env["TF_CLI_CONFIG_FILE"], "workdir": str(workdir), "report": str(report), "gaps": gaps}
+    args = {"cli_config": cli_config, "workdir": str(workdir), "report": str(report), "gaps": gaps}
     log = (workdir.parent / "aws-job.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-c", AWS_JOB, str(REPO / "tests"), json.dumps(args)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    yield workdir, proc, report
+    return workdir, proc, report
+
+
+def _end_aws_job(proc: subprocess.Popen) -> None:
     if proc.poll() is None:  # the AWS tests did not wait for it (failed or deselected on the way)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -532,6 +544,57 @@ def aws_job(tf: Terraform, tmp_path_factory: pytest.TempPathFactory, request: py
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
+
+
+# What start_with_session started, for the module's fixtures to take over: "moto" (process, endpoint) and
+# "aws_job" (workdir, process, report file).
+EARLY: dict[str, tuple] = {}
+
+
+def start_with_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Callable[[], None] | None:
+    """Called by tests/conftest.py as the session starts: the AWS apply against moto (about two minutes, mostly
+    the provider's waits: SQS attributes, S3 lifecycle rules, the load balancer going active; little CPU)
+    starts then, when this module's AWS tests are selected, instead of with the module, whose tests then
+    find it done rather than wait up to 40 s for it. Returns what stops whatever the module did not take over."""
+    selected = any(item.module.__name__ == __name__ and "aws_env" in item.fixturenames
+                   for item in request.session.items)
+    if not _can_run_aws(selected):
+        return None
+    import boto3
+
+    def stop() -> None:
+        if "aws_job" in EARLY:
+            _end_aws_job(EARLY.pop("aws_job")[1])
+        if "moto" in EARLY:
+            _stop(EARLY.pop("moto")[0])
+
+    try:
+        EARLY["moto"] = proc, endpoint = _start_moto(tmp_path_factory)
+        kw = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                  aws_secret_access_key="test")
+        cli_config = write_cli_config(tmp_path_factory.mktemp("tfcli-early") / "terraformrc", MIRROR)
+        EARLY["aws_job"] = _start_aws_job(tmp_path_factory, str(cli_config), endpoint,
+                                          lambda service: boto3.client(service, **kw))
+    except BaseException:
+        stop()
+        raise
+    return stop
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aws_job(tf: Terraform, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """environments/aws (planned in full, then applied against moto) running in the background when AWS tests
+    are selected and can run: started with the session (start_with_session), else now; aws_env waits for it.
+    Yields (workdir, process, report file) or None."""
+    if not _can_run_aws(_aws_tests_selected(request)):
+        yield None
+        return
+    endpoint, client = request.getfixturevalue("moto")
+    job = EARLY.pop("aws_job", None) or _start_aws_job(tmp_path_factory, tf.env["TF_CLI_CONFIG_FILE"], endpoint,
+                                                       client)
+    yield job
+    _end_aws_job(job[1])
 
 
 @pytest.fixture(scope="module")
