@@ -153,6 +153,22 @@ def merge_found(parts: list[Found], keep: int) -> Found:
     return Found(ids, distances, payload, short)
 
 
+def replace_rows(found: Found, rows: np.ndarray, other: Found) -> Found:
+    """`found` with the queries `rows` (ascending query numbers) answered as `other` answers them, its row i
+    for query rows[i]: ids, distances, short, and their payload rows in place."""
+    ids, distances, short = found.ids.copy(), found.distances.copy(), found.short.copy()
+    ids[rows], distances[rows], short[rows] = other.ids, other.distances, other.short
+    payload = None
+    if found.payload is not None and other.payload is not None:
+        mine, theirs = (found.ids != kernels.NO_ID).sum(axis=1), (other.ids != kernels.NO_ID).sum(axis=1)
+        starts, counts = np.cumsum(mine) - mine, mine.copy()  # each query's payload rows in the two, concatenated
+        starts[rows], counts[rows] = np.cumsum(theirs) - theirs + len(found.payload), theirs
+        offsets = np.cumsum(counts) - counts
+        at = np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()))
+        payload = pa.concat_tables([found.payload, other.payload.cast(found.payload.schema)]).take(pa.array(at))
+    return Found(ids, distances, payload, short)
+
+
 @dataclass(eq=False)
 class _Batch:
     node: str

@@ -33,7 +33,7 @@ from appliance.index.params import IndexParams
 from appliance.planner.plan import Routing, SearchPlan, SnapshotStats, estimate_selectivity, plan_search, snapshot_stats
 from appliance.query.catalog import IndexCatalog
 from appliance.query.commits import GroupCommitter
-from appliance.query.dispatch import Dispatcher, Found
+from appliance.query.dispatch import Dispatcher, Found, replace_rows
 from appliance.query.recall import RecallMonitor
 from appliance.query.request import SearchRequest, validate
 from appliance.storage.tables import TableInfo, TableSnapshot, TableStore
@@ -215,19 +215,28 @@ class QueryService:
     def _execute(self, snapshot: TableSnapshot, stats: SnapshotStats, request: SearchRequest, request_id: str,
                  deadline: Deadline | None = None, columns: list[str] | None = None) -> tuple[SearchPlan, Found]:
         """Run the plan: the executors finish their candidates (deleted rows dropped, post-filter, refine)
-        and return their top k with the payload `columns`. An IVF plan some query of which came up short
-        while an executor's candidates were full is re-run wider, and finally exactly, so deletions and
-        post-filters never cost results that exist. One deadline covers them all."""
+        and return their top k with the payload `columns`. The queries of an IVF plan that came up short
+        while an executor's candidates were full are searched again, alone, wider (4x and 16x the candidates),
+        and finally exactly, so deletions and post-filters never cost results that exist; the batch's other
+        queries keep their answers, as they would have alone. One deadline covers them all. Returns the
+        last plan run with the answer."""
         deadline = deadline or Deadline.after(self.dispatcher.search_timeout)
         columns = columns or []
         plan = self._plan(snapshot, stats, request)
-        for _ in range(WIDEN_ATTEMPTS):
-            answer = self._dispatch(snapshot, plan, request, request_id, deadline, columns)
-            if not plan.uses_index or not answer.short.any():
-                return plan, answer
-            plan = dataclasses.replace(plan, fetch_k=plan.fetch_k * 4)
-        plan = self._plan(snapshot, stats, dataclasses.replace(request, bypass_index=True))
-        return plan, self._dispatch(snapshot, plan, request, request_id, deadline, columns)
+        answer = self._dispatch(snapshot, plan, request, request_id, deadline, columns)
+        fetch_k = plan.fetch_k
+        for attempt in range(1, WIDEN_ATTEMPTS + 1):
+            short = np.flatnonzero(answer.short)
+            if not plan.uses_index or not len(short):
+                break
+            again = dataclasses.replace(request, queries=request.queries[short])
+            if attempt < WIDEN_ATTEMPTS:
+                fetch_k *= 4
+                plan = dataclasses.replace(self._plan(snapshot, stats, again), fetch_k=fetch_k)
+            else:
+                plan = self._plan(snapshot, stats, dataclasses.replace(again, bypass_index=True))
+            answer = replace_rows(answer, short, self._dispatch(snapshot, plan, again, request_id, deadline, columns))
+        return plan, answer
 
     def _dispatch(self, snapshot: TableSnapshot, plan: SearchPlan, request: SearchRequest, request_id: str,
                   deadline: Deadline, columns: list[str]) -> Found:

@@ -23,7 +23,7 @@ from appliance.index.builder import build_full
 from appliance.index.params import IndexParams
 from appliance.metrics import Metrics
 from appliance.planner.plan import FRAGMENT, PARTITION, Finish, Task, fragment_key, legacy_tasks, partition_key
-from appliance.query.dispatch import Found, merge_found
+from appliance.query.dispatch import Found, merge_found, replace_rows
 from appliance.storage import StorageRoot, TableStore
 from appliance.storage.schema import rows_to_table
 
@@ -119,6 +119,22 @@ def test_merged_lists_keep_the_best_by_distance_then_row_id_with_their_payload()
     assert merged.ids.tolist() == [[4, 5, 8], [1, none, none]]
     assert merged.payload is not None and merged.payload.column("n").to_pylist() == [40, 50, 80, 10]
     assert merged.short.tolist() == [False, True]  # query 1 came up short where a's candidates were full
+
+
+def test_queries_searched_again_replace_their_rows_and_payload_only() -> None:
+    """The queries of a batch that came up short are searched again alone; their new answers replace
+    theirs, payload rows included, and the other queries keep theirs."""
+    none = kernels.NO_ID
+    first = Found(np.array([[1, 2], [3, none], [4, 5], [6, none]], np.uint64),
+                  np.array([[0.1, 0.2], [0.3, np.inf], [0.4, 0.5], [0.6, np.inf]], np.float32),
+                  pa.table({"n": [10, 20, 30, 40, 50, 60]}), np.array([False, True, False, True]))
+    again = Found(np.array([[3, 7], [none, none]], np.uint64), np.array([[0.3, 0.7], [np.inf, np.inf]], np.float32),
+                  pa.table({"n": [30, 70]}), np.array([False, False]))
+    out = replace_rows(first, np.array([1, 3]), again)
+    assert out.ids.tolist() == [[1, 2], [3, 7], [4, 5], [none, none]]
+    assert out.distances[1].tolist() == pytest.approx([0.3, 0.7]) and out.short.tolist() == [False] * 4
+    assert out.payload is not None and out.payload.column("n").to_pylist() == [10, 20, 30, 70, 40, 50]
+    assert first.ids[1].tolist() == [3, none]  # the first answer is left as it was
 
 
 @pytest.mark.parametrize("values", [
