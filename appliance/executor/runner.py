@@ -550,7 +550,10 @@ def start_flight_server(host: str, port: int, token: str, handler: BatchHandler,
     """Serve task batches on grpc+tcp://host:port in this process (a gunicorn worker) until it exits;
     `on_batch` hears of every batch answered (metrics, the access log)."""
     server = SearchServer(f"grpc+tcp://{bind_address(host, port)}", token, handler, drain, on_batch)
-    threading.Thread(target=server.serve, name="flight-server", daemon=True).start()
+    # Serving since the constructor returned. Not `server.serve()`: pyarrow's serve() takes over SIGTERM and
+    # SIGINT while it blocks, and re-raises them only once gRPC's shutdown ends, which the streams the query
+    # nodes keep open hold forever: gunicorn's worker never hears its SIGTERM, and its master kills it when
+    # graceful_timeout is up (a drained executor's stop took 10 s, and the exit below never ran).
     flight_log.info("serving task batches over Arrow Flight on %s:%d", host, server.port)
 
     def stop() -> None:

@@ -21,6 +21,7 @@ from proc_support import cpu_seconds, tree
 
 from appliance.config import Settings
 from appliance.fleet import Fleet, Node
+from appliance.launch import GRACEFUL_TIMEOUT
 from appliance.planner.plan import FRAGMENT, QUERY_SCHEMA, Task, fragment_key, queries_batch
 from appliance.query.dispatch import FlightStreams, StreamBroken
 from appliance.routing.connections import InFlight
@@ -275,6 +276,26 @@ def test_stale_streams_to_a_restarted_executor_are_replaced_without_blaming_it(f
     # its stale streams failed once each and were replaced: the executor was not marked down for it
     assert member["healthy"] and not member["last_error"], member
     assert executor_tasks(victim) > 0  # and it ran its tasks again (its counters restarted at 0)
+
+
+def test_a_stopped_executor_hears_sigterm_though_query_nodes_hold_streams_open(fleet: Fleet) -> None:
+    """gunicorn stops a worker with SIGTERM and SIGKILLs it after --graceful-timeout. pyarrow's
+    `FlightServerBase.serve()` takes SIGTERM over while it blocks and hands it back only once gRPC has shut
+    down, which waits for every open stream: with the query node's streams open, the worker would never
+    hear it, and would be killed mid-batch instead of draining and exiting."""
+    searches_succeed(fleet, 5)  # the query node holds open streams to the executors
+    victim = working_executor(fleet)
+    began = time.monotonic()
+    os.kill(victim.process.pid, signal.SIGTERM)  # to the master, as a service manager stops it
+    victim.process.wait(timeout=120)
+    took = time.monotonic() - began
+    # the master waits GRACEFUL_TIMEOUT before it SIGKILLs a worker that did not leave; one that heard its
+    # SIGTERM refuses new batches, finishes its running ones (none here) and exits within a second or two
+    assert took < GRACEFUL_TIMEOUT, f"the executor took {took:.1f} s to stop: its worker was killed"
+    victim.log.close()
+    fleet._spawn(victim)  # on the same ports
+    wait_live(fleet, victim, flight_expected=True)
+    searches_succeed(fleet, 3)
 
 
 def test_an_executor_without_flight_is_served_over_http(fleet: Fleet) -> None:
