@@ -37,7 +37,8 @@ def api(tmp_path_factory: pytest.TempPathFactory):
     fleet = Fleet(Settings.load(env={}).replace(
         data=str(root / "data"), port=port, executors=2, executor_base_port=port + 1, log_level="warning",
         partition_group_bytes=16 * 2**10, fanout_min_bytes=0,
-        recall_sample_rate=0.0), log_dir=root / "logs")  # the recall monitor would widen searches meanwhile
+        # nothing changes the plans meanwhile: the recall monitor would widen them, an indexer index the tail
+        recall_sample_rate=0.0, indexers=0), log_dir=root / "logs")
     fleet.start()
     api = Api(fleet.url, fleet.api_key)
     # no cluster structure, and a low recall target: each query's 4 partitions miss many of its neighbours,
