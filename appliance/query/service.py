@@ -299,8 +299,9 @@ class QueryService:
 #
 # A search is the exception to pinning. A search of the latest version pins nothing when the handle is
 # made: it joins a batch (the Coalescer, below), which pins the latest version only once its members are
-# fixed, so a search sees every write acknowledged before it was submitted (read-your-writes). A handle
-# bound to an explicit version pins it at once and its search reads it.
+# fixed, so a search sees every write acknowledged before it was submitted (read-your-writes). A search of
+# an explicit version reads that version: through the handle's pin when it holds one, else its batch opens
+# it, once for all the batch's searches of that version (the version is part of a batch's shape).
 
 Write = TypeVar("Write", bound=Callable[..., Any])
 
@@ -366,9 +367,10 @@ class Table:
         """The one search entry point of both fronts: validate the request against the version searched,
         plan, run the plan on the executors, and fetch the payload columns from that version. At the
         latest version it pins nothing here: the search's batch pins the version when it runs (see "Table
-        handles", above). `deadline` (default: the service's search_timeout) stops the plan's work
+        handles", above); at an explicit version it reads the handle's pin, if it holds one, else the batch
+        opens that version. `deadline` (default: the service's search_timeout) stops the plan's work
         everywhere when it passes."""
-        pinned = None if self.version is None else self.snapshot
+        pinned = None if self.version is None else self._snapshot
         return self.service._search(self._own(request), request_id, deadline, pinned)
 
     def explain(self, request: SearchRequest) -> SearchPlan:

@@ -147,3 +147,32 @@ def test_a_handle_touches_no_storage_until_first_used(service: QueryService) -> 
         service.table("missing").search(far_query())
     with pytest.raises(TableNotFound):
         insert_far_row(service.table("missing"))
+
+
+def test_searches_of_an_explicit_version_batched_together_open_it_once(tmp_path, monkeypatch) -> None:
+    """A version is part of a batch's shape, so the batch opens it once for all its searches, not each search
+    on its own handle."""
+    service, fleet = make_service(tmp_path, batch_rows=64)
+    coalescer = service.coalescer
+    assert coalescer is not None
+    version = service.table("t").describe().version
+    opened: list[int | None] = []
+    real_open = service.store._open
+    monkeypatch.setattr(service.store, "_open", lambda name, v: opened.append(v) or real_open(name, v))
+    fleet.release.clear()
+    query = search_request("t", np.array([FAR], np.float32), 1, 100, version=version, columns=[])
+    threads = [threading.Thread(target=lambda: service.table("t", version).search(query)) for _ in range(4)]
+    threads[0].start()
+    assert fleet.running.wait(10)  # the first search's batch holds the only slot; the others queue behind it
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while sum(len(kind.queue) for kind in list(coalescer._kinds.values())) < 3:
+        assert time.monotonic() < deadline, "the searches never queued"
+        time.sleep(0.005)
+    fleet.release.set()
+    for thread in threads:
+        thread.join(10)
+    # two batches (the first search's, then the other three's), each opening the version once, and the
+    # stand-in fleet reading it once per batch; a handle that opened it for each search made this six
+    assert opened == [version] * 4
