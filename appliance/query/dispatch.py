@@ -140,7 +140,9 @@ def merge_found(parts: list[Found], keep: int) -> Found:
     order = np.lexsort((ids, np.where(ids == kernels.NO_ID, np.inf, distances)), axis=-1)[:, :keep]
     ids, distances = np.take_along_axis(ids, order, 1), np.take_along_axis(distances, order, 1)
     found = ids != kernels.NO_ID
-    short = (found.sum(axis=1) < keep) & np.any([p.short for p in parts], axis=0)
+    # a part short of keep with its candidates full may hold more matching rows past its last candidate,
+    # closer than the other parts' worst kept ones: the merged query is short too, however many it has
+    short = np.any([p.short for p in parts], axis=0)
     payload = None
     if parts[0].payload is not None:
         rows, offset = [], 0  # each candidate's row in the parts' payloads, concatenated

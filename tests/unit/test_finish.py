@@ -121,6 +121,17 @@ def test_merged_lists_keep_the_best_by_distance_then_row_id_with_their_payload()
     assert merged.short.tolist() == [False, True]  # query 1 came up short where a's candidates were full
 
 
+def test_a_merged_query_is_short_when_any_executor_came_up_short_with_full_candidates() -> None:
+    """Executor a kept 1 of its candidates (the post-filter dropped the rest, its list was full): rows past its
+    last candidate may still beat b's worst kept one, so the query is searched wider, though b filled k."""
+    none = kernels.NO_ID
+    a = Found(np.array([[5, none, none]], np.uint64), np.array([[0.1, np.inf, np.inf]], np.float32), None,
+              np.array([True]))
+    b = Found(np.array([[4, 8, 2]], np.uint64), np.array([[0.2, 0.3, 0.9]], np.float32), None, np.array([False]))
+    merged = merge_found([a, b], 3)
+    assert merged.ids.tolist() == [[5, 4, 8]] and merged.short.tolist() == [True]
+
+
 def test_queries_searched_again_replace_their_rows_and_payload_only() -> None:
     """The queries of a batch that came up short are searched again alone; their new answers replace
     theirs, payload rows included, and the other queries keep theirs."""
