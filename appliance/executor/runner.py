@@ -357,15 +357,14 @@ def _no_check() -> None:
 def _work(tasks: list[Task], probes: np.ndarray | None) -> list[tuple[int, Sequence[int] | None]]:
     """(partition, the queries that scan it or None for all) of every partition of `tasks`: a task's own
     `queries` (an older query node's), else as `probes` says. A plan gives all its partition tasks one ef."""
-    listed = [t for t in tasks if t.queries is not None]
-    if probes is None or len(listed) == len(tasks):
-        return [(p, t.queries) for t in tasks for p in t.partitions]
-    partitions = [p for t in tasks if t.queries is None for p in t.partitions]
-    work: list[tuple[int, Sequence[int] | None]] = [(p, t.queries) for t in listed for p in t.partitions]
-    for p, rows in zip(partitions, probes_of(probes, partitions), strict=True):
+    work = [(p, t.queries) for t in tasks for p in t.partitions]
+    if probes is None:
+        return work
+    free = [i for i, (_, queries) in enumerate(work) if queries is None]
+    for i, rows in zip(free, probes_of(probes, [work[i][0] for i in free]), strict=True):
         if rows is not None and not len(rows):
-            raise ValueError(f"partition {p} of a task is probed by no query of the batch")
-        work.append((p, rows))
+            raise ValueError(f"partition {work[i][0]} of a task is probed by no query of the batch")
+        work[i] = (work[i][0], rows)
     return work
 
 

@@ -145,14 +145,19 @@ def merge_found(parts: list[Found], keep: int) -> Found:
     short = np.any([p.short for p in parts], axis=0)
     payload = None
     if parts[0].payload is not None:
-        rows, offset = [], 0  # each candidate's row in the parts' payloads, concatenated
-        for part in parts:
-            hit = (part.ids != kernels.NO_ID).ravel()
-            rows.append((np.cumsum(hit) - 1 + offset).reshape(part.ids.shape))
-            offset += int(hit.sum())
-        at = np.take_along_axis(np.concatenate(rows, axis=1), order, 1)[found]
+        at = np.take_along_axis(np.concatenate(_payload_rows(parts), axis=1), order, 1)[found]
         payload = pa.concat_tables([p.payload for p in parts if p.payload is not None]).take(pa.array(at))
     return Found(ids, distances, payload, short)
+
+
+def _payload_rows(parts: Sequence[Found]) -> list[np.ndarray]:
+    """Each part's candidates' rows in the parts' payloads concatenated, shaped as its ids (-1 where none)."""
+    rows, offset = [], 0
+    for part in parts:
+        hit = (part.ids != kernels.NO_ID).ravel()
+        rows.append((np.cumsum(hit) - 1 + offset).reshape(part.ids.shape))
+        offset += int(hit.sum())
+    return rows
 
 
 def replace_rows(found: Found, rows: np.ndarray, other: Found) -> Found:
@@ -162,12 +167,10 @@ def replace_rows(found: Found, rows: np.ndarray, other: Found) -> Found:
     ids[rows], distances[rows], short[rows] = other.ids, other.distances, other.short
     payload = None
     if found.payload is not None and other.payload is not None:
-        mine, theirs = (found.ids != kernels.NO_ID).sum(axis=1), (other.ids != kernels.NO_ID).sum(axis=1)
-        starts, counts = np.cumsum(mine) - mine, mine.copy()  # each query's payload rows in the two, concatenated
-        starts[rows], counts[rows] = np.cumsum(theirs) - theirs + len(found.payload), theirs
-        offsets = np.cumsum(counts) - counts
-        at = np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()))
-        payload = pa.concat_tables([found.payload, other.payload.cast(found.payload.schema)]).take(pa.array(at))
+        at, theirs = _payload_rows([found, other])
+        at[rows] = theirs
+        payload = pa.concat_tables([found.payload, other.payload.cast(found.payload.schema)]).take(
+            pa.array(at[ids != kernels.NO_ID]))
     return Found(ids, distances, payload, short)
 
 
